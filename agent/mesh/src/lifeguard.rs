@@ -1,0 +1,137 @@
+//! Lifeguard (arXiv 1707.00788) on top of foca's SWIM: the arithmetic and bookkeeping.
+//!
+//! Owns the local health multiplier (LHM: a node that misses acks or has to refute suspicions of
+//! itself slows its own probing instead of accusing others) and the confirmation-driven suspicion
+//! timeout (a suspicion starts long and shrinks as other members independently confirm it). It is
+//! pure: no clock, no I/O; [`crate::mesh`] feeds it events and applies the durations.
+
+use std::time::Duration;
+
+/// Lifeguard parameters. Defaults follow memberlist, with a shorter minimum so a crash in 100
+/// nodes is seen within seconds (see docs/mesh.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifeguardConfig {
+    /// Highest local health score; timeouts scale by `score + 1`.
+    pub max_lhm: u32,
+    /// Minimum suspicion = `suspicion_mult · max(1, log10 N) · probe period`.
+    pub suspicion_mult: f64,
+    /// Maximum suspicion = `suspicion_max_mult ·` minimum.
+    pub suspicion_max_mult: f64,
+    /// Independent confirmations after which the suspicion is at its minimum.
+    pub expected_confirmations: u32,
+}
+
+impl Default for LifeguardConfig {
+    fn default() -> Self {
+        Self {
+            max_lhm: 8,
+            suspicion_mult: 1.0,
+            suspicion_max_mult: 6.0,
+            expected_confirmations: 3,
+        }
+    }
+}
+
+/// The local health multiplier: 0 is healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LocalHealth {
+    score: u32,
+    max: u32,
+}
+
+impl LocalHealth {
+    /// Healthy, saturating at `max`.
+    pub fn new(max: u32) -> Self {
+        Self { score: 0, max }
+    }
+
+    /// The current score.
+    pub fn score(&self) -> u32 {
+        self.score
+    }
+
+    /// A probe of ours got no ack, directly or indirectly.
+    pub fn probe_failed(&mut self) {
+        self.score = (self.score + 1).min(self.max);
+    }
+
+    /// Someone suspected us and we had to refute it.
+    pub fn refuted(&mut self) {
+        self.score = (self.score + 1).min(self.max);
+    }
+
+    /// A probe of ours was acked.
+    pub fn probe_succeeded(&mut self) {
+        self.score = self.score.saturating_sub(1);
+    }
+
+    /// `base` stretched by how unhealthy we are.
+    pub fn scale(&self, base: Duration) -> Duration {
+        base * (self.score + 1)
+    }
+}
+
+/// The minimum suspicion timeout for a cluster of `n` members.
+pub fn min_suspicion(cfg: &LifeguardConfig, n: usize, probe_period: Duration) -> Duration {
+    let log_n = (n.max(1) as f64).log10().max(1.0);
+    probe_period.mul_f64(cfg.suspicion_mult * log_n)
+}
+
+/// The suspicion timeout after `confirmations` independent confirmations (memberlist's formula):
+/// `max(min, max - (max - min) · log(C + 1) / log(K + 1))`, with `K` lowered for tiny clusters.
+pub fn suspicion_timeout(
+    cfg: &LifeguardConfig,
+    n: usize,
+    probe_period: Duration,
+    confirmations: u32,
+) -> Duration {
+    let min = min_suspicion(cfg, n, probe_period);
+    let max = min.mul_f64(cfg.suspicion_max_mult);
+    // Fewer than K+2 members cannot produce K independent confirmations.
+    let k = cfg.expected_confirmations.min(n.saturating_sub(2) as u32);
+    if k == 0 {
+        return min;
+    }
+    let frac = f64::from(confirmations + 1).ln() / f64::from(k + 1).ln();
+    let timeout = max.as_secs_f64() - (max - min).as_secs_f64() * frac;
+    Duration::from_secs_f64(timeout.max(min.as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_saturates_and_recovers() {
+        let mut h = LocalHealth::new(3);
+        for _ in 0..10 {
+            h.probe_failed();
+        }
+        assert_eq!(h.score(), 3);
+        assert_eq!(h.scale(Duration::from_secs(1)), Duration::from_secs(4));
+        h.probe_succeeded();
+        h.probe_succeeded();
+        h.probe_succeeded();
+        h.probe_succeeded();
+        assert_eq!(h.score(), 0);
+        assert_eq!(h.scale(Duration::from_millis(500)), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn suspicion_shrinks_with_confirmations() {
+        let cfg = LifeguardConfig::default();
+        let p = Duration::from_secs(1);
+        let t: Vec<_> = (0..5).map(|c| suspicion_timeout(&cfg, 100, p, c)).collect();
+        assert_eq!(t[0], Duration::from_secs(12));
+        assert!(t[0] > t[1] && t[1] > t[2] && t[2] > t[3]);
+        assert_eq!(t[3], Duration::from_secs(2));
+        assert_eq!(t[4], Duration::from_secs(2));
+    }
+
+    #[test]
+    fn tiny_clusters_use_the_minimum() {
+        let cfg = LifeguardConfig::default();
+        let p = Duration::from_secs(1);
+        assert_eq!(suspicion_timeout(&cfg, 2, p, 0), Duration::from_secs(1));
+    }
+}

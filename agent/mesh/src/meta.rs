@@ -1,0 +1,73 @@
+//! Node metadata gossiped alongside membership.
+//!
+//! Owns [`NodeMeta`] (name, role, addresses, versions, lifecycle state) and the versioned
+//! [`MetaRecord`] that carries it in custom broadcasts and anti-entropy. It must not decide
+//! liveness: that is foca's and [`crate::lifeguard`]'s.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::NodeId;
+
+/// What the node is for in the Kubernetes cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Runs etcd and the control plane.
+    ControlPlane,
+    /// Runs workloads.
+    Worker,
+}
+
+/// Where the node is in its life (DESIGN.md "The agent's job").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeState {
+    /// The agent started and is preparing the host.
+    Booting,
+    /// The host is prepared; not yet in the Kubernetes cluster.
+    Ready,
+    /// Running `kubeadm init/join`.
+    Joining,
+    /// A Kubernetes node of the cluster.
+    Member,
+    /// Cordoned for maintenance (patch reboot).
+    Maintenance,
+    /// Shutting down on purpose: a following down is a leave, not a failure.
+    Leaving,
+}
+
+/// Metadata one node publishes about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    /// The node (host) name.
+    pub name: String,
+    /// Control plane or worker.
+    pub role: Role,
+    /// The node's addresses (the mesh address is the member's identity).
+    pub addresses: Vec<IpAddr>,
+    /// Version of kubedna-agent.
+    pub agent_version: String,
+    /// Version of the node image.
+    pub image_version: String,
+    /// Lifecycle state.
+    pub state: NodeState,
+}
+
+/// A node's metadata at one version; a higher `(generation, version)` replaces a lower one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaRecord {
+    /// Whose metadata.
+    pub id: NodeId,
+    /// Bumped by the owner on every change.
+    pub version: u64,
+    /// The metadata.
+    pub meta: NodeMeta,
+}
+
+impl MetaRecord {
+    /// Whether this record should replace `other`, a record for the same address.
+    pub fn newer_than(&self, other: &MetaRecord) -> bool {
+        (self.id.generation, self.version) > (other.id.generation, other.version)
+            && self.id.addr == other.id.addr
+    }
+}
