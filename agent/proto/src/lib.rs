@@ -1,0 +1,284 @@
+//! The admin API between `kubedna` (the CLI) and `kubedna-agent`: paths, request and response
+//! bodies, roles and audit records. This crate is data only: it does no I/O and knows nothing of
+//! how the daemon authorizes or stores anything, so the CLI can depend on it without the daemon.
+//!
+//! The API is HTTP/1.1 with JSON bodies on a Unix socket, versioned by the first path segment
+//! (`/v1/...`). Compatible additions add optional fields; anything else gets a new version.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The API version this crate describes; the first segment of every path.
+pub const API_VERSION: &str = "v1";
+/// Where the agent listens unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/kubedna/agent.sock";
+
+/// Request paths, relative to the socket.
+pub mod paths {
+    pub const VERSION: &str = "/v1/version";
+    pub const STATUS: &str = "/v1/status";
+    pub const AUDIT_RECORDS: &str = "/v1/audit/records";
+    pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
+    pub const LOG_LEVEL: &str = "/v1/log-level";
+    pub const CONFIG_RELOAD: &str = "/v1/config/reload";
+}
+
+/// Admin roles, ordered: each role may do everything the roles below it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?}: allowed are viewer, operator, admin"
+            )),
+        }
+    }
+}
+
+/// What a node is in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeRole {
+    ControlPlane,
+    Worker,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::ControlPlane => "control-plane",
+            NodeRole::Worker => "worker",
+        }
+    }
+}
+
+impl fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a call reached the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// The admin socket; uid, gid and pid come from the kernel (SO_PEERCRED).
+    Socket,
+    /// A signal such as SIGHUP; the sender is not known.
+    Signal,
+    /// The agent itself (start-up repairs, retention).
+    Agent,
+}
+
+/// Who made a call, as the kernel reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub via: Via,
+}
+
+/// `GET /v1/version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionResponse {
+    pub agent_version: String,
+    pub api_version: String,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub node: NodeStatus,
+    pub agent: AgentStatus,
+    pub caller: CallerStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub cluster: String,
+    pub role: NodeRole,
+    /// Stable random identity of this node's state directory; a wiped disk gets a new one.
+    pub node_id: String,
+    /// Lifecycle state: booting, ready, joining, member, maintenance, leaving.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub version: String,
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+    pub uptime_seconds: u64,
+    pub config_path: String,
+    /// Increments on each accepted reload.
+    pub config_generation: u64,
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerStatus {
+    pub uid: u32,
+    pub role: Role,
+}
+
+/// `GET /v1/audit/records?since=RFC3339&action=A&limit=N`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecordsResponse {
+    pub records: Vec<AuditRecord>,
+    /// True when more records matched than `limit`; the newest are returned.
+    pub truncated: bool,
+}
+
+/// One line of the audit log. The line's bytes, with `hash` removed, hash to `hash`; `prev` is
+/// the `hash` of the record before it. See `docs/api.md` for the exact format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub time: DateTime<Utc>,
+    pub caller: Caller,
+    /// The caller's role, or none when it has no role at all.
+    pub role: Option<Role>,
+    pub action: String,
+    /// Arguments of the call, with every secret replaced by `"[redacted]"`.
+    pub args: serde_json::Value,
+    pub result: AuditResult,
+    pub prev: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditResult {
+    pub outcome: Outcome,
+    /// The HTTP status the caller got (0 for calls that did not come over HTTP).
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Denied,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// `GET /v1/audit/verify` (and `kubedna audit verify --dir` offline).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerifyResponse {
+    pub ok: bool,
+    pub files_checked: usize,
+    pub records_checked: u64,
+    /// Hash of the newest valid record: note it elsewhere to detect later truncation.
+    pub head: Option<String>,
+    pub first_break: Option<AuditBreak>,
+}
+
+/// The first place where the chain does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditBreak {
+    pub file: String,
+    /// 1-based line number in `file`.
+    pub line: u64,
+    pub reason: String,
+}
+
+/// `PUT /v1/log-level`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLevelRequest {
+    /// A tracing filter directive, e.g. `info` or `info,kubedna_agent=debug`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLevelResponse {
+    pub previous: String,
+    pub current: String,
+}
+
+/// `POST /v1/config/reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadResponse {
+    pub generation: u64,
+    /// Top-level config sections whose value changed.
+    pub changed: Vec<String>,
+}
+
+/// The body of every non-2xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    /// For 403: the least role that may make this call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_role: Option<Role>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered_by_power() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>(), Ok(r));
+        }
+        assert!("root".parse::<Role>().unwrap_err().contains("allowed"));
+    }
+
+    #[test]
+    fn audit_record_rejects_unknown_fields() {
+        let line = r#"{"seq":1,"time":"2026-01-01T00:00:00Z","caller":{"uid":0,"gid":0,"via":"agent"},"role":null,"action":"a","args":{},"result":{"outcome":"ok","status":0},"prev":"","hash":"","extra":1}"#;
+        assert!(serde_json::from_str::<AuditRecord>(line).is_err());
+    }
+}
