@@ -1011,7 +1011,10 @@ impl Mesh {
                 State::Alive,
             )))
             .collect();
-        let meta_versions = shared.metas.values().map(|r| (r.id, r.version)).collect();
+        // Sorted so a simulated run does not depend on hash order.
+        let mut meta_versions: Vec<(NodeId, u64)> =
+            shared.metas.values().map(|r| (r.id, r.version)).collect();
+        meta_versions.sort_unstable_by_key(|(id, _)| id.addr);
         let metas = match metas_for {
             None => Vec::new(),
             Some(theirs) => shared
@@ -1025,6 +1028,8 @@ impl Mesh {
                 .cloned()
                 .collect(),
         };
+        let mut metas = metas;
+        metas.sort_unstable_by_key(|r| r.id.addr);
         SyncState {
             members,
             meta_versions,
