@@ -1,0 +1,656 @@
+//! The `build` command end to end: check inputs, obtain and verify the pinned artifacts, get the
+//! mmdebstrap base (from a cache keyed by every input that shapes it), layer our files on top,
+//! scrub what must not leak from the build host, then write the outputs into a staging
+//! directory that only becomes `--out` when everything succeeded. A failed build leaves no
+//! output behind and never touches a previous one.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::artifacts::{self, Artifact, ArtifactError, Cache, Install, Manifest, Source};
+use crate::base::{self, BaseError, BaseName, BaseSpec};
+use crate::cmd::{Cmd, CmdError};
+use crate::disk::{self, DiskError, DiskIds};
+
+/// Which outputs to write.
+#[derive(Debug, Clone, Copy)]
+pub struct Outputs {
+    pub tarball: bool,
+    pub disk: bool,
+    pub pxe: bool,
+}
+
+/// Everything a build depends on; paths are resolved by the caller.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub base: BaseName,
+    pub out: PathBuf,
+    pub agent_bin: PathBuf,
+    pub units_dir: PathBuf,
+    pub layer_dir: PathBuf,
+    pub agent_config: PathBuf,
+    pub artifacts_manifest: PathBuf,
+    pub artifacts_dir: Option<PathBuf>,
+    pub without_kubernetes: bool,
+    pub cache_dir: PathBuf,
+    pub work_dir: PathBuf,
+    pub apt_dir: PathBuf,
+    pub source_date_epoch: u64,
+    pub outputs: Outputs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Base(#[from] BaseError),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(
+        "agent binary {path} not found: build it first (`cargo build --release -p kubedna-daemon \
+         -p kubedna-cli`) or pass --agent-bin DIR holding kubedna-agent and kubedna"
+    )]
+    AgentMissing { path: PathBuf },
+    #[error("{path} is missing from the units directory; the image installs every unit from it")]
+    UnitMissing { path: PathBuf },
+    #[error("I/O on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{out} exists and is not a kubedna-image output (no manifest.json): refusing to replace it"
+    )]
+    ForeignOut { out: PathBuf },
+    #[error("build must run as root (mmdebstrap --mode=root, file ownership in the tarball)")]
+    NotRoot,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The image's own record of what it carries: `/etc/kubedna/image.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ImageRecord {
+    pub kubedna_image_version: String,
+    pub base: String,
+    pub suite: String,
+    pub source_date_epoch: u64,
+    pub base_key: String,
+    pub agent: BTreeMap<String, String>,
+    pub kubernetes: Option<Vec<ArtifactRecord>>,
+    pub units: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ArtifactRecord {
+    pub name: String,
+    pub version: String,
+    pub url: String,
+    pub sha256: String,
+}
+
+/// The bill of materials written beside the outputs as `manifest.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BuildManifest {
+    pub image: ImageRecord,
+    pub sources: Vec<String>,
+    pub packages: BTreeMap<String, String>,
+    pub outputs: BTreeMap<String, OutputRecord>,
+    pub disk_ids: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OutputRecord {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// Progress on stderr with the time since the build started.
+#[derive(Debug)]
+pub struct Progress {
+    start: Instant,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+        }
+    }
+    pub fn step(&self, msg: &str) {
+        eprintln!(
+            "kubedna-image [{:6.1}s] {msg}",
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, BuildError> {
+    progress.step(&format!("resolving base {}", opts.base));
+    let spec = base::resolve(opts.base, &opts.apt_dir)?;
+
+    let agent_files = ["kubedna-agent", "kubedna"].map(|n| opts.agent_bin.join(n));
+    for p in &agent_files {
+        if !p.is_file() {
+            return Err(BuildError::AgentMissing { path: p.clone() });
+        }
+    }
+    let agent_unit = opts.units_dir.join("kubedna-agent.service");
+    if !agent_unit.is_file() {
+        return Err(BuildError::UnitMissing { path: agent_unit });
+    }
+    if let Some(parent) = opts.out.parent() {
+        if opts.out.exists() && !opts.out.join("manifest.json").is_file() {
+            return Err(BuildError::ForeignOut {
+                out: opts.out.clone(),
+            });
+        }
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+
+    // Every artifact is verified before anything is assembled: a bad one stops the build here.
+    let manifest = Manifest::load(&opts.artifacts_manifest)?;
+    let kube = if opts.without_kubernetes {
+        progress.step("building without Kubernetes artifacts (--without-kubernetes)");
+        None
+    } else {
+        let cache = Cache::new(opts.cache_dir.join("artifacts"));
+        let source = match &opts.artifacts_dir {
+            Some(d) => Source::Mirror(d.clone()),
+            None => Source::Network,
+        };
+        let mut got = Vec::new();
+        for a in &manifest.artifacts {
+            let p = cache.obtain(a, &source, &|m| progress.step(m))?;
+            progress.step(&format!(
+                "artifact {}: sha256 {} verified",
+                a.name, a.sha256
+            ));
+            got.push((a.clone(), p));
+        }
+        Some(got)
+    };
+
+    if !is_root() {
+        return Err(BuildError::NotRoot);
+    }
+    let base_tar = base_tarball(&spec, opts, progress)?;
+    let base_key = base_key(&spec, opts.source_date_epoch)?;
+
+    std::fs::create_dir_all(&opts.work_dir).map_err(io(&opts.work_dir))?;
+    let work = tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in(&opts.work_dir)
+        .map_err(io(&opts.work_dir))?;
+    let rootfs = work.path().join("rootfs");
+    std::fs::create_dir(&rootfs).map_err(io(&rootfs))?;
+    progress.step(&format!("unpacking base {}", base_tar.display()));
+    Cmd::new("tar")
+        .args([
+            "--extract",
+            "--numeric-owner",
+            "--same-permissions",
+            "--xattrs",
+            "--xattrs-include=*",
+        ])
+        .arg("--file")
+        .arg(&base_tar)
+        .arg("--directory")
+        .arg(&rootfs)
+        .run()?;
+
+    // Our files are assembled in their own tree first: it is both what goes on top of the
+    // base and the `layer.tar` output that packer and autoinstall apply to Ubuntu's images.
+    progress.step("assembling the layer: agent, units, configuration, artifacts");
+    let layer = work.path().join("layer");
+    std::fs::create_dir(&layer).map_err(io(&layer))?;
+    copy_tree(&opts.layer_dir, &layer)?;
+    let unit_dir = layer.join("usr/lib/systemd/system");
+    let units = copy_units(&opts.units_dir, &unit_dir)?;
+    install_file(
+        &opts.agent_config,
+        &layer.join("etc/kubedna/agent.yaml"),
+        0o644,
+    )?;
+    let mut agent = BTreeMap::new();
+    for p in &agent_files {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_default();
+        install_file(p, &layer.join("usr/bin").join(&name), 0o755)?;
+        agent.insert(name, artifacts::sha256_file(p)?);
+    }
+    let mut kube_records = None;
+    if let Some(got) = &kube {
+        let mut recs = Vec::new();
+        for (a, p) in got {
+            install_artifact(a, p, &layer)?;
+            recs.push(ArtifactRecord {
+                name: a.name.clone(),
+                version: a.version.clone(),
+                url: a.url.clone(),
+                sha256: a.sha256.clone(),
+            });
+        }
+        kube_records = Some(recs);
+    }
+    let record = ImageRecord {
+        kubedna_image_version: env!("CARGO_PKG_VERSION").to_string(),
+        base: spec.name.clone(),
+        suite: spec.suite.clone(),
+        source_date_epoch: opts.source_date_epoch,
+        base_key: base_key.clone(),
+        agent,
+        kubernetes: kube_records,
+        units,
+    };
+    write_json(&layer.join("etc/kubedna/image.json"), &record)?;
+    let record_path = rootfs.join("etc/kubedna/image.json");
+
+    progress.step("layering onto the base and scrubbing host traces");
+    let mut layer_dot = layer.clone().into_os_string();
+    layer_dot.push("/.");
+    Cmd::new("cp")
+        .args(["--archive", "--no-target-directory"])
+        .arg(&layer_dot)
+        .arg(&rootfs)
+        .run()?;
+    set_unit_states(&rootfs)?;
+    scrub(&rootfs)?;
+    let packages = packages(&rootfs)?;
+
+    // Outputs are staged beside --out and renamed into place only at the end.
+    let out_name = opts
+        .out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let out_parent = opts
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{out_name}.partial-"))
+        .tempdir_in(out_parent)
+        .map_err(io(out_parent))?;
+    let stage = staging.path();
+    let mut outputs = BTreeMap::new();
+    let mut disk_ids = None;
+
+    disk::write_tarball(&layer, &stage.join("layer.tar"), opts.source_date_epoch)?;
+    if opts.outputs.tarball {
+        progress.step("writing rootfs.tar");
+        disk::write_tarball(&rootfs, &stage.join("rootfs.tar"), opts.source_date_epoch)?;
+    }
+    if opts.outputs.disk || opts.outputs.pxe {
+        let (kernel, initrd) = disk::kernel_and_initrd(&rootfs)?;
+        if opts.outputs.disk {
+            let ids = DiskIds::derive(&format!("{base_key}/{}", opts.source_date_epoch));
+            progress.step("writing disk.raw (GPT, ESP with systemd-boot, ext4 root)");
+            let sdboot = rootfs.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
+            disk::write_disk(
+                &disk::DiskInput {
+                    rootfs: &rootfs,
+                    kernel: &kernel,
+                    initrd: &initrd,
+                    systemd_boot: &sdboot,
+                    ids: &ids,
+                    title: &format!("KubeDNA node ({})", spec.name),
+                    epoch: opts.source_date_epoch,
+                    work: work.path(),
+                },
+                &stage.join("disk.raw"),
+            )?;
+            progress.step("writing disk.qcow2");
+            disk::write_qcow2(&stage.join("disk.raw"), &stage.join("disk.qcow2"))?;
+            disk_ids = Some(serde_json::to_value(&ids).unwrap_or_default());
+        }
+        if opts.outputs.pxe {
+            progress.step("writing pxe/ (kernel, initrd, root.squashfs, boot.ipxe)");
+            disk::write_pxe(
+                &rootfs,
+                &kernel,
+                &initrd,
+                &stage.join("pxe"),
+                &spec.pxe_boot_args,
+                opts.source_date_epoch,
+            )?;
+        }
+    }
+    std::fs::copy(&record_path, stage.join("image.json")).map_err(io(&record_path))?;
+    progress.step("hashing outputs");
+    for rel in [
+        "rootfs.tar",
+        "layer.tar",
+        "disk.raw",
+        "disk.qcow2",
+        "pxe/vmlinuz",
+        "pxe/initrd.img",
+        "pxe/root.squashfs",
+        "pxe/boot.ipxe",
+        "image.json",
+    ] {
+        let p = stage.join(rel);
+        if p.is_file() {
+            let bytes = std::fs::metadata(&p).map_err(io(&p))?.len();
+            let sha256 = artifacts::sha256_file(&p)?;
+            outputs.insert(rel.to_string(), OutputRecord { sha256, bytes });
+        }
+    }
+    let manifest = BuildManifest {
+        image: record,
+        sources: spec.sources.clone(),
+        packages,
+        outputs,
+        disk_ids,
+    };
+    write_json(&stage.join("manifest.json"), &manifest)?;
+    let sums: String = manifest
+        .outputs
+        .iter()
+        .map(|(k, v)| format!("{}  {k}\n", v.sha256))
+        .collect();
+    let sums_path = stage.join("SHA256SUMS");
+    std::fs::write(&sums_path, sums).map_err(io(&sums_path))?;
+
+    // Swap into place: the old output (if any) is removed only after the new one is complete.
+    let staged = staging.keep();
+    if opts.out.exists() {
+        let old = out_parent.join(format!(".{out_name}.old-{}", std::process::id()));
+        std::fs::rename(&opts.out, &old).map_err(io(&opts.out))?;
+        std::fs::rename(&staged, &opts.out).map_err(io(&opts.out))?;
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    } else {
+        std::fs::rename(&staged, &opts.out).map_err(io(&opts.out))?;
+    }
+    progress.step(&format!("done: {}", opts.out.display()));
+    Ok(manifest)
+}
+
+fn is_root() -> bool {
+    Cmd::new("id")
+        .arg("-u")
+        .run_text()
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The cache key of a base tarball: every input that changes what mmdebstrap produces.
+fn base_key(spec: &BaseSpec, epoch: u64) -> Result<String, BuildError> {
+    use sha2::{Digest, Sha256};
+    let mmdebstrap = Cmd::new("mmdebstrap").arg("--version").run_text()?;
+    let keyring = std::fs::read(&spec.keyring).map_err(io(&spec.keyring))?;
+    let input = serde_json::json!({
+        "spec": spec,
+        "epoch": epoch,
+        "mmdebstrap": mmdebstrap.trim(),
+        "keyring_sha256": hex::encode(Sha256::digest(&keyring)),
+        "variant": "minbase",
+    });
+    Ok(hex::encode(Sha256::digest(input.to_string().as_bytes())))
+}
+
+/// Returns the cached base tarball for `spec`, running mmdebstrap when there is none.
+fn base_tarball(
+    spec: &BaseSpec,
+    opts: &BuildOptions,
+    progress: &Progress,
+) -> Result<PathBuf, BuildError> {
+    let key = base_key(spec, opts.source_date_epoch)?;
+    let dir = opts.cache_dir.join("base");
+    let tar = dir.join(format!("{}-{key}.tar", spec.name));
+    if tar.is_file() {
+        progress.step(&format!("base {} cached ({})", spec.name, tar.display()));
+        return Ok(tar);
+    }
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".mmdebstrap-")
+        .suffix(".tar")
+        .tempfile_in(&dir)
+        .map_err(io(&dir))?;
+    progress.step(&format!(
+        "mmdebstrap {} from {} (a few minutes; mmdebstrap's progress follows)",
+        spec.suite,
+        spec.sources.join(" | ")
+    ));
+    Cmd::new("mmdebstrap")
+        .args(["--mode=root", "--format=tar", "--variant=minbase"])
+        .arg(format!("--keyring={}", spec.keyring.display()))
+        .arg(format!("--include={}", spec.packages.join(",")))
+        // Nothing of the host's apt state ends up in the image; no recommends keeps it small.
+        .arg("--aptopt=APT::Install-Recommends \"false\"")
+        .arg("--dpkgopt=path-exclude=/usr/share/doc/*")
+        .arg("--dpkgopt=path-include=/usr/share/doc/*/copyright")
+        .arg("--dpkgopt=path-exclude=/usr/share/man/*")
+        .arg("--dpkgopt=path-exclude=/usr/share/locale/*")
+        .arg(&spec.suite)
+        .arg(tmp.path())
+        .args(&spec.sources)
+        .env("SOURCE_DATE_EPOCH", opts.source_date_epoch.to_string())
+        .show_progress()
+        .run()?;
+    tmp.persist(&tar).map_err(|e| BuildError::Io {
+        path: tar.clone(),
+        source: e.error,
+    })?;
+    Ok(tar)
+}
+
+/// Copies a directory tree's regular files (keeping the executable bit) into `to`.
+fn copy_tree(from: &Path, to: &Path) -> Result<Vec<PathBuf>, BuildError> {
+    let mut copied = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(from)
+        .map_err(io(from))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let dest = to.join(e.file_name());
+        if p.is_dir() {
+            if !dest.exists() {
+                std::fs::create_dir_all(&dest).map_err(io(&dest))?;
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
+                    .map_err(io(&dest))?;
+            }
+            copied.extend(copy_tree(&p, &dest)?);
+        } else if p.is_file() {
+            let mode = std::fs::metadata(&p).map_err(io(&p))?.permissions().mode();
+            install_file(&p, &dest, if mode & 0o111 != 0 { 0o755 } else { 0o644 })?;
+            copied.push(dest);
+        }
+    }
+    Ok(copied)
+}
+
+/// Copies the unit files (and `*.d` drop-in directories) from `units/` into the image.
+fn copy_units(from: &Path, to: &Path) -> Result<Vec<String>, BuildError> {
+    let copied = copy_tree(from, to)?;
+    let mut names: Vec<String> = copied
+        .iter()
+        .filter_map(|p| p.strip_prefix(to).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn install_file(from: &Path, to: &Path, mode: u32) -> Result<(), BuildError> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    // Replace, never write through, whatever was there (a symlink must not redirect us).
+    let _ = std::fs::remove_file(to);
+    std::fs::copy(from, to).map_err(io(to))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(io(to))?;
+    Ok(())
+}
+
+fn install_artifact(a: &Artifact, file: &Path, rootfs: &Path) -> Result<(), BuildError> {
+    match &a.install {
+        Install::Binary { path } => {
+            install_file(file, &rootfs.join(path.trim_start_matches('/')), 0o755)
+        }
+        Install::TarGz { dir } => {
+            let dest = rootfs.join(dir.trim_start_matches('/'));
+            std::fs::create_dir_all(&dest).map_err(io(&dest))?;
+            Cmd::new("tar")
+                .args(["--extract", "--gzip", "--no-same-owner"])
+                .arg("--file")
+                .arg(file)
+                .arg("--directory")
+                .arg(&dest)
+                .run()?;
+            Ok(())
+        }
+    }
+}
+
+/// Which units start at boot: the layer's own script decides, so that packer and autoinstall
+/// builds, which run it inside the target, get exactly the same unit states.
+fn set_unit_states(rootfs: &Path) -> Result<(), BuildError> {
+    Cmd::new("sh")
+        .arg(rootfs.join("usr/lib/kubedna/apply-layer-finish.sh"))
+        .arg(rootfs)
+        .run()?;
+    Ok(())
+}
+
+/// Removes what identifies the build host or the build moment, so that the image is the
+/// same on every build and every machine made from it gets its own identity on first boot.
+fn scrub(rootfs: &Path) -> Result<(), BuildError> {
+    let machine_id = rootfs.join("etc/machine-id");
+    // Empty (not missing): systemd treats it as first boot and generates an id.
+    std::fs::write(&machine_id, b"").map_err(io(&machine_id))?;
+    for rel in [
+        "var/lib/dbus/machine-id",
+        "var/lib/systemd/random-seed",
+        "var/cache/ldconfig/aux-cache",
+        "etc/resolv.conf",
+    ] {
+        let p = rootfs.join(rel);
+        if p.symlink_metadata().is_ok() && !p.is_dir() {
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+    }
+    remove_matching(&rootfs.join("etc/ssh"), |n| n.starts_with("ssh_host_"))?;
+    remove_matching(&rootfs.join("var/lib/apt/lists"), |n| {
+        n != "partial" && n != "lock"
+    })?;
+    remove_matching(&rootfs.join("var/cache/apt"), |n| n.ends_with(".bin"))?;
+    remove_matching(&rootfs.join("var/cache/apt/archives"), |n| {
+        n.ends_with(".deb")
+    })?;
+    remove_matching(&rootfs.join("var/cache/debconf"), |n| n.ends_with("-old"))?;
+    remove_matching(&rootfs.join("var/lib/dpkg"), |n| n.ends_with("-old"))?;
+    remove_matching(&rootfs.join("etc"), |n| {
+        matches!(
+            n,
+            "passwd-" | "group-" | "shadow-" | "gshadow-" | "subuid-" | "subgid-"
+        )
+    })?;
+    empty_dir_files(&rootfs.join("var/log"))?;
+    for d in ["tmp", "var/tmp"] {
+        let p = rootfs.join(d);
+        remove_matching(&p, |_| true)?;
+    }
+    let hostname = rootfs.join("etc/hostname");
+    std::fs::write(&hostname, "localhost\n").map_err(io(&hostname))?;
+    Ok(())
+}
+
+fn remove_matching(dir: &Path, pred: impl Fn(&str) -> bool) -> Result<(), BuildError> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !pred(&name) {
+            continue;
+        }
+        let p = e.path();
+        let is_dir = p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false);
+        if is_dir {
+            std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        } else {
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every file under `dir` but keeps the directories (packages own them).
+fn empty_dir_files(dir: &Path) -> Result<(), BuildError> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let p = e.path();
+        let meta = p.symlink_metadata().map_err(io(&p))?;
+        if meta.is_dir() {
+            empty_dir_files(&p)?;
+        } else {
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+    }
+    Ok(())
+}
+
+fn packages(rootfs: &Path) -> Result<BTreeMap<String, String>, BuildError> {
+    let out = Cmd::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            rootfs.join("var/lib/dpkg").display()
+        ))
+        .args([
+            "--show",
+            "--showformat=${Package}\t${Version}\t${db:Status-Abbrev}\n",
+        ])
+        .run_text()?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (name, version, status) = (f.next()?, f.next()?, f.next()?);
+            status
+                .starts_with("ii")
+                .then(|| (name.to_string(), version.to_string()))
+        })
+        .collect())
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), BuildError> {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    std::fs::write(path, text).map_err(io(path))
+}
+
+/// Reads a JSON build manifest back (tests and `inspect`).
+pub fn read_manifest(path: &Path) -> Result<BuildManifest, BuildError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text).map_err(|e| BuildError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}

@@ -1,0 +1,208 @@
+//! The `kubedna-image` command line: parses arguments, resolves defaults relative to the
+//! repository, calls the library and prints errors with their causes. Exit code 2 means bad
+//! usage or input, 1 a failed build step.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kubedna_image::base::BaseName;
+use kubedna_image::build::{self, BuildOptions, Outputs, Progress};
+use kubedna_image::seed;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubedna-image",
+    version,
+    about = "Build the KubeDNA node image and NoCloud seeds"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build the image: rootfs.tar, disk.raw, disk.qcow2, pxe/, manifest.json in --out.
+    Build(BuildArgs),
+    /// Render one node's NoCloud seed from a cluster description.
+    Seed(SeedArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BuildArgs {
+    /// debian-12 or ubuntu-24.04.
+    #[arg(long)]
+    base: BaseName,
+    /// Output directory; replaced only when the build succeeds.
+    #[arg(long)]
+    out: PathBuf,
+    /// Directory holding the kubedna-agent and kubedna binaries.
+    #[arg(long, default_value = "target/release")]
+    agent_bin: PathBuf,
+    /// Repository root (units/, image-builder/layer, image-builder/artifacts.yaml, examples/).
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// Units to install (default REPO/units).
+    #[arg(long)]
+    units_dir: Option<PathBuf>,
+    /// Default agent config (default REPO/examples/agent.yaml, else the layer's own).
+    #[arg(long)]
+    agent_config: Option<PathBuf>,
+    /// Artifact manifest (default REPO/image-builder/artifacts.yaml).
+    #[arg(long)]
+    artifacts_manifest: Option<PathBuf>,
+    /// Read Kubernetes artifacts from this local mirror (files named as in their URLs).
+    #[arg(long)]
+    artifacts_dir: Option<PathBuf>,
+    /// Build without kubelet, kubeadm, kubectl, crictl and CNI plugins (recorded in image.json).
+    #[arg(long)]
+    without_kubernetes: bool,
+    /// Cache of base tarballs and artifacts.
+    #[arg(long, default_value = "/var/tmp/kubedna-image-cache")]
+    cache_dir: PathBuf,
+    /// Scratch space for the root filesystem tree.
+    #[arg(long, default_value = "/var/tmp/kubedna-image-work")]
+    work_dir: PathBuf,
+    /// Timestamp for every file and filesystem (default: $SOURCE_DATE_EPOCH, else now).
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    source_date_epoch: Option<u64>,
+    /// Comma-separated outputs: tar, disk, pxe.
+    #[arg(long, default_value = "tar,disk,pxe", value_delimiter = ',')]
+    outputs: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("dest").required(true).args(["out", "iso"])))]
+struct SeedArgs {
+    /// Cluster description (see cloud-init/cluster.example.yaml).
+    #[arg(long)]
+    cluster: PathBuf,
+    /// Node name from the description.
+    #[arg(long)]
+    node: String,
+    /// Write user-data, meta-data (and network-config) into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write a cidata ISO instead.
+    #[arg(long)]
+    iso: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build(a) => run_build(a),
+        Command::Seed(a) => run_seed(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, e)) => {
+            eprintln!("kubedna-image: error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+type Failure = (u8, anyhow::Error);
+
+fn usage(e: impl Into<anyhow::Error>) -> Failure {
+    (2, e.into())
+}
+
+fn run_build(a: BuildArgs) -> Result<(), Failure> {
+    let mut outputs = Outputs {
+        tarball: false,
+        disk: false,
+        pxe: false,
+    };
+    for o in &a.outputs {
+        match o.as_str() {
+            "tar" => outputs.tarball = true,
+            "disk" => outputs.disk = true,
+            "pxe" => outputs.pxe = true,
+            other => {
+                return Err(usage(anyhow::anyhow!(
+                    "--outputs: unknown output {other:?} (expected tar, disk, pxe)"
+                )))
+            }
+        }
+    }
+    let epoch = match a.source_date_epoch {
+        Some(e) => e,
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            eprintln!(
+                "kubedna-image: SOURCE_DATE_EPOCH not set; using {now} (set it for a reproducible build)"
+            );
+            now
+        }
+    };
+    let repo = a.repo;
+    let agent_config = a.agent_config.unwrap_or_else(|| {
+        let example = repo.join("examples/agent.yaml");
+        if example.is_file() {
+            example
+        } else {
+            repo.join("image-builder/layer/etc/kubedna/agent.yaml")
+        }
+    });
+    let opts = BuildOptions {
+        base: a.base,
+        out: a.out,
+        agent_bin: a.agent_bin,
+        units_dir: a.units_dir.unwrap_or_else(|| repo.join("units")),
+        layer_dir: repo.join("image-builder/layer"),
+        agent_config,
+        artifacts_manifest: a
+            .artifacts_manifest
+            .unwrap_or_else(|| repo.join("image-builder/artifacts.yaml")),
+        artifacts_dir: a.artifacts_dir,
+        without_kubernetes: a.without_kubernetes,
+        cache_dir: a.cache_dir,
+        work_dir: a.work_dir,
+        apt_dir: PathBuf::from("/etc/apt"),
+        source_date_epoch: epoch,
+        outputs,
+    };
+    let progress = Progress::new();
+    build::build(&opts, &progress).map_err(|e| {
+        let code = match &e {
+            build::BuildError::Base(_)
+            | build::BuildError::AgentMissing { .. }
+            | build::BuildError::UnitMissing { .. }
+            | build::BuildError::ForeignOut { .. } => 2,
+            _ => 1,
+        };
+        (code, anyhow::Error::new(e))
+    })?;
+    Ok(())
+}
+
+fn run_seed(a: SeedArgs) -> Result<(), Failure> {
+    let cluster = seed::load_cluster(&a.cluster).map_err(usage)?;
+    let s = seed::render(&cluster, &a.cluster, &a.node).map_err(usage)?;
+    if let Some(dir) = &a.out {
+        seed::write_dir(&s, dir).map_err(|e| (1, e.into()))?;
+        eprintln!(
+            "kubedna-image: seed for {} written to {}",
+            a.node,
+            dir.display()
+        );
+    }
+    if let Some(iso) = &a.iso {
+        let epoch = std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        seed::write_iso(&s, iso, epoch).map_err(|e| (1, e.into()))?;
+        eprintln!(
+            "kubedna-image: seed ISO for {} written to {}",
+            a.node,
+            iso.display()
+        );
+    }
+    Ok(())
+}
