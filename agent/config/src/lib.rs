@@ -135,6 +135,7 @@ impl Config {
 
 /// Reads and validates the config at `file`.
 pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let file = &std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
     let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
         file: file.to_path_buf(),
         source,

@@ -25,7 +25,7 @@ impl Default for LifeguardConfig {
     fn default() -> Self {
         Self {
             max_lhm: 8,
-            suspicion_mult: 1.0,
+            suspicion_mult: 2.0,
             suspicion_max_mult: 6.0,
             expected_confirmations: 3,
         }
@@ -122,16 +122,16 @@ mod tests {
         let cfg = LifeguardConfig::default();
         let p = Duration::from_secs(1);
         let t: Vec<_> = (0..5).map(|c| suspicion_timeout(&cfg, 100, p, c)).collect();
-        assert_eq!(t[0], Duration::from_secs(12));
+        assert_eq!(t[0], Duration::from_secs(24));
         assert!(t[0] > t[1] && t[1] > t[2] && t[2] > t[3]);
-        assert_eq!(t[3], Duration::from_secs(2));
-        assert_eq!(t[4], Duration::from_secs(2));
+        assert_eq!(t[3], Duration::from_secs(4));
+        assert_eq!(t[4], Duration::from_secs(4));
     }
 
     #[test]
     fn tiny_clusters_use_the_minimum() {
         let cfg = LifeguardConfig::default();
         let p = Duration::from_secs(1);
-        assert_eq!(suspicion_timeout(&cfg, 2, p, 0), Duration::from_secs(1));
+        assert_eq!(suspicion_timeout(&cfg, 2, p, 0), Duration::from_secs(2));
     }
 }

@@ -79,8 +79,8 @@ impl MeshConfig {
             addr,
             meta,
             seeds: Vec::new(),
-            probe_period: Duration::from_secs(1),
-            probe_rtt: Duration::from_millis(300),
+            probe_period: Duration::from_millis(500),
+            probe_rtt: Duration::from_millis(200),
             indirect_probes: 3,
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
@@ -405,6 +405,9 @@ pub struct Mesh {
     reannounce_delay: Duration,
     reannounce_pending: bool,
     connected: bool,
+    own_incarnation: Incarnation,
+    stalls: u64,
+    judge_after: Option<Instant>,
     leaving: bool,
     left: bool,
     traffic: TrafficStats,
@@ -519,6 +522,9 @@ impl Mesh {
             reannounce_delay,
             reannounce_pending: false,
             connected: false,
+            own_incarnation: 0,
+            stalls: 0,
+            judge_after: None,
             leaving: false,
             left: false,
             traffic: TrafficStats::default(),
@@ -664,16 +670,62 @@ impl Mesh {
     }
 
     /// Runs every timer due at `now`.
+    ///
+    /// With Lifeguard, timers that run much later than due reveal that this node stalled (GC,
+    /// stolen CPU, a frozen VM). Then it does not judge peers on them: it refutes the suspicion
+    /// its silence has likely raised, and defers its probe and suspicion timers by one probe RTT
+    /// so that what arrived during the stall is read first.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let stalled = self.cfg.lifeguard.is_some()
+            && self
+                .poll_timeout()
+                .is_some_and(|due| now.saturating_duration_since(due) > self.cfg.probe_period / 2);
+        if stalled {
+            self.on_stall(now);
+        }
         while let Some(Reverse((at, seq))) = self.timers.peek().copied() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            if let Some(kind) = self.timer_kinds.remove(&seq) {
+            let Some(kind) = self.timer_kinds.remove(&seq) else {
+                continue;
+            };
+            let judges_peers = matches!(
+                kind,
+                TimerKind::Suspicion(_)
+                    | TimerKind::Foca(
+                        Timer::ProbeRandomMember(_)
+                            | Timer::SendIndirectProbe { .. }
+                            | Timer::ChangeSuspectToDown { .. }
+                    )
+            );
+            if stalled && judges_peers {
+                self.schedule(now + self.cfg.probe_rtt, kind);
+            } else {
                 self.fire(kind, now);
             }
         }
+    }
+
+    fn on_stall(&mut self, now: Instant) {
+        self.stalls += 1;
+        self.health.refuted();
+        self.judge_after = Some(now + self.cfg.probe_rtt);
+        if !self.connected || self.left {
+            return;
+        }
+        // Applying a suspicion of ourselves at our own incarnation makes foca refute it: bump the
+        // incarnation (every packet we send now refutes) and gossip.
+        let me = Member::new(self.id(), self.own_incarnation, State::Suspect);
+        let mut rt = Collector::default();
+        let _ = self.foca.apply_many(std::iter::once(me), true, &mut rt);
+        self.drain(rt, now);
+    }
+
+    /// How many stalls of this node Lifeguard noticed.
+    pub fn stalls(&self) -> u64 {
+        self.stalls
     }
 
     /// Handles one datagram from `from`. Bad packets are dropped and counted, never parsed.
@@ -907,7 +959,10 @@ impl Mesh {
             self.cfg.probe_period,
             confirmations as u32,
         );
-        let deadline = s.started + timeout;
+        let mut deadline = s.started + timeout;
+        if let Some(after) = self.judge_after.filter(|after| *after > now) {
+            deadline = deadline.max(after);
+        }
         if now >= deadline {
             if let Some(s) = self.suspicions.remove(&id) {
                 self.foca_timer(s.foca_timer, now);
@@ -957,6 +1012,7 @@ impl Mesh {
                 self.publish_meta(now);
             }
             N::DataSent(header) => {
+                self.own_incarnation = header.src_incarnation;
                 if let Message::Ping(n) = header.message {
                     self.pings.push_back((header.dst.addr, n, now));
                     if self.pings.len() > 16 {

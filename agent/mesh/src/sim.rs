@@ -48,6 +48,15 @@ impl Default for SimConfig {
     }
 }
 
+/// False failure declarations in a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FalsePositives {
+    /// Distinct live identities declared down (each is a forced rejoin).
+    pub identities: usize,
+    /// (observer, live member) pairs that saw a failure.
+    pub observer_events: usize,
+}
+
 /// One event emitted by one node, at a virtual time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -329,6 +338,43 @@ impl Sim {
     /// The index of the node at `addr`.
     pub fn index_of(&self, addr: SocketAddr) -> Option<usize> {
         self.by_addr.get(&addr).copied()
+    }
+
+    /// For a node `c` that crashed, how long after the crash each live node declared it down
+    /// (`None` for an observer that has not yet).
+    pub fn detection_times(&self, c: usize) -> Vec<Option<Duration>> {
+        let Some(crashed_at) = self.nodes[c].crashed_at else {
+            return Vec::new();
+        };
+        let addr = self.nodes[c].addr;
+        let mut first: HashMap<usize, Duration> = HashMap::new();
+        for r in &self.records {
+            if let Event::MemberDown(id, _) = &r.event {
+                if id.addr == addr && r.at >= crashed_at {
+                    first.entry(r.node).or_insert(r.at - crashed_at);
+                }
+            }
+        }
+        self.live().into_iter().map(|o| first.get(&o).copied()).collect()
+    }
+
+    /// Failure declarations about nodes that were alive (maybe paused) at the time.
+    pub fn false_positives(&self) -> FalsePositives {
+        let mut fp = FalsePositives::default();
+        let mut ids = HashSet::new();
+        for r in &self.records {
+            if let Event::MemberDown(id, crate::mesh::DownReason::Failed) = &r.event {
+                let Some(&x) = self.by_addr.get(&id.addr) else {
+                    continue;
+                };
+                if self.nodes[x].crashed_at.is_none_or(|c| c > r.at) {
+                    fp.observer_events += 1;
+                    ids.insert(*id);
+                }
+            }
+        }
+        fp.identities = ids.len();
+        fp
     }
 
     fn push(&mut self, at: Duration, event: SimEvent) {

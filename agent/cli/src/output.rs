@@ -1,0 +1,173 @@
+//! Rendering answers for people (aligned tables, kubectl style) and for scripts (JSON, YAML).
+//! Renderers are pure functions of the answer, so golden files pin their output.
+
+use kubedna_proto::{
+    AuditRecordsResponse, AuditVerifyResponse, LogLevelResponse, ReloadResponse, StatusResponse,
+    VersionResponse,
+};
+use serde::Serialize;
+
+use crate::cli::Format;
+
+/// Renders `value` as JSON or YAML, or as a table with `table`.
+pub fn render<T: Serialize>(format: Format, value: &T, table: impl FnOnce(&T) -> String) -> String {
+    match format {
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(value).expect("answers serialize");
+            s.push('\n');
+            s
+        }
+        Format::Yaml => serde_yaml_ng::to_string(value).expect("answers serialize"),
+        Format::Table => table(value),
+    }
+}
+
+/// Columns separated by three spaces, each as wide as its widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            l.push_str(cell);
+            if i < last {
+                l.push_str(&" ".repeat(w - cell.chars().count() + 3));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `label: value` lines with the values aligned.
+fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+    let mut out = String::new();
+    for (k, v) in pairs {
+        let label = format!("{k}:");
+        out.push_str(&format!("{label:<width$}{v}\n"));
+    }
+    out
+}
+
+/// 45s, 5m3s, 2h5m, 3d4h.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
+    }
+}
+
+pub fn status_table(s: &StatusResponse) -> String {
+    fields(&[
+        ("Node", format!("{} ({})", s.node.name, s.node.role)),
+        ("Cluster", s.node.cluster.clone()),
+        ("State", s.node.state.clone()),
+        ("Node ID", s.node.node_id.clone()),
+        (
+            "Agent",
+            format!(
+                "{}, pid {}, up {} (since {})",
+                s.agent.version,
+                s.agent.pid,
+                human_duration(s.agent.uptime_seconds),
+                s.agent.started_at.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+        ),
+        (
+            "Config",
+            format!("{} (generation {})", s.agent.config_path, s.agent.config_generation),
+        ),
+        ("Log filter", s.agent.log_filter.clone()),
+        ("You", format!("uid {}, role {}", s.caller.uid, s.caller.role)),
+    ])
+}
+
+/// Both versions; `agent` is None when only the client was asked for.
+#[derive(Debug, Serialize)]
+pub struct Versions {
+    pub client_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<VersionResponse>,
+}
+
+pub fn version_table(v: &Versions) -> String {
+    let mut pairs = vec![("Client", v.client_version.clone())];
+    if let Some(a) = &v.agent {
+        pairs.push(("Agent", a.agent_version.clone()));
+        pairs.push(("API", a.api_version.clone()));
+    }
+    fields(&pairs)
+}
+
+pub fn audit_table(r: &AuditRecordsResponse) -> String {
+    let rows: Vec<Vec<String>> = r
+        .records
+        .iter()
+        .map(|rec| {
+            let who = match &rec.caller.user {
+                Some(u) => format!("{u}({})", rec.caller.uid),
+                None => format!("uid {}", rec.caller.uid),
+            };
+            vec![
+                rec.seq.to_string(),
+                rec.time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                who,
+                format!("{:?}", rec.caller.via).to_lowercase(),
+                rec.role.map_or("-".into(), |r| r.to_string()),
+                rec.action.clone(),
+                rec.result.outcome.as_str().to_string(),
+                rec.result.message.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["SEQ", "TIME", "CALLER", "VIA", "ROLE", "ACTION", "RESULT", "MESSAGE"],
+        &rows,
+    );
+    if r.truncated {
+        out.push_str("(older matching records left out: raise --limit or narrow --since)\n");
+    }
+    out
+}
+
+pub fn verify_table(v: &AuditVerifyResponse) -> String {
+    match &v.first_break {
+        None => format!(
+            "audit log intact: {} records in {} files; head {}\n",
+            v.records_checked,
+            v.files_checked,
+            v.head.as_deref().unwrap_or("(empty)")
+        ),
+        Some(b) => format!(
+            "audit log BROKEN at {} line {}: {}\n{} records before it verified\n",
+            b.file, b.line, b.reason, v.records_checked
+        ),
+    }
+}
+
+pub fn log_level_table(r: &LogLevelResponse) -> String {
+    format!("log filter: {} -> {}\n", r.previous, r.current)
+}
+
+pub fn reload_table(r: &ReloadResponse) -> String {
+    format!(
+        "configuration reloaded (generation {}); changed: {}\n",
+        r.generation,
+        if r.changed.is_empty() { "nothing".to_string() } else { r.changed.join(", ") }
+    )
+}

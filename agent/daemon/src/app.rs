@@ -1,0 +1,180 @@
+//! Start-up, the signal loop and shutdown. The order is the contract with systemd: the config is
+//! validated before anything is touched; the state directory is locked and loaded, the audit log
+//! opened (and a torn tail repaired), the socket bound with its mode and group, and only then is
+//! READY=1 sent. SIGHUP reloads the config (an invalid one is refused and the old one kept);
+//! SIGTERM and SIGINT send STOPPING=1, stop accepting, and drain in-flight calls up to the
+//! configured deadline.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubedna_audit::{AuditHandle, Entry, Writer};
+use kubedna_config::Config;
+use kubedna_host::{creds, notify, state::StateDir};
+use kubedna_proto::{AuditResult, Outcome, Via};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::logging::{LogControl, LogFormat};
+use crate::server;
+
+/// `kubedna-agent [--config FILE] [--log-format plain|json] [--check-config]`
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "kubedna-agent", version, about = "The KubeDNA node agent.")]
+pub struct Options {
+    /// The agent's config file.
+    #[arg(long, short = 'c', env = "KUBEDNA_CONFIG", default_value = kubedna_config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+    /// Validate the config file, print what was found, and exit (0 if valid, 78 if not).
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Why the agent did not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration; fix it and start again (`kubedna-agent --check-config` checks it)")]
+    Config(#[from] kubedna_config::ConfigError),
+    #[error("cannot open the state directory")]
+    State(#[from] kubedna_host::state::StateError),
+    #[error("cannot open the audit log")]
+    Audit(#[from] kubedna_audit::AuditError),
+    #[error("cannot serve the admin socket")]
+    Socket(#[from] server::SocketError),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot install the signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+impl StartError {
+    /// 78 (EX_CONFIG) for configuration errors, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 78,
+            _ => 1,
+        }
+    }
+}
+
+/// What `main` runs.
+pub fn main(opts: Options) -> Result<(), StartError> {
+    let config = kubedna_config::load(&opts.config)?;
+    if opts.check_config {
+        println!(
+            "{}: valid (cluster {}, node {}, role {})",
+            config.file.display(),
+            config.spec.cluster.name,
+            config.node_name,
+            config.spec.node.role
+        );
+        return Ok(());
+    }
+    let log = LogControl::init(opts.log_format, &config.spec.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    runtime.block_on(run(config, log))
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+
+    let state_dir = StateDir::open(config.state_dir())?;
+    let writer = Writer::open(&config.audit_dir(), config.spec.audit.retention_days)?;
+    let repairs = writer.repairs().to_vec();
+    let audit = AuditHandle::spawn(writer);
+    for r in repairs {
+        let entry = Entry {
+            caller: creds::caller_self(Via::Agent),
+            role: None,
+            action: "audit.repair".into(),
+            args: serde_json::json!({"file": r.file, "droppedBytes": r.dropped_bytes}),
+            result: AuditResult {
+                outcome: Outcome::Ok,
+                status: 0,
+                message: Some("cut a torn last line left by an interrupted write".into()),
+            },
+            time: None,
+        };
+        audit.append(entry).await?;
+    }
+
+    let listener = server::bind(&config)?;
+    let socket_path = config.socket_path().to_path_buf();
+    let drain = Duration::from_secs(u64::from(config.spec.admin.drain_timeout_seconds));
+    let node_name = config.node_name.clone();
+    let state = Arc::new(AppState::new(config, state_dir, audit, log));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let server_task = tokio::spawn(server::serve(
+        listener,
+        Arc::clone(&state),
+        shutdown_rx.clone(),
+        drain,
+    ));
+    let watchdog_task = notify::watchdog_interval().map(|every| {
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => notify::watchdog_ping(),
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    });
+
+    notify::ready(&format!("ready; admin API on {}", socket_path.display()));
+    tracing::info!(
+        socket = %socket_path.display(),
+        node = %node_name,
+        node_id = %state.node_id(),
+        version = env!("CARGO_PKG_VERSION"),
+        "kubedna-agent ready"
+    );
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => {
+                notify::reloading();
+                match api::reload_config(&state, creds::caller_self(Via::Signal), None).await {
+                    Ok(r) => {
+                        tracing::info!(generation = r.generation, changed = ?r.changed, "SIGHUP: configuration reloaded");
+                        notify::status("ready; configuration reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: reload refused; the previous configuration stays in force");
+                        notify::status("ready; last reload refused, see the journal");
+                    }
+                }
+                notify::reloaded();
+            }
+        }
+    }
+
+    notify::stopping();
+    let _ = shutdown_tx.send(true);
+    if let Err(e) = server_task.await {
+        tracing::error!(error = %e, "the admin server task failed");
+    }
+    if let Some(t) = watchdog_task {
+        let _ = t.await;
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("kubedna-agent stopped");
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! The agent daemon as a library, so tests drive it exactly as `main` does.
+//!
+//! - [`app`] owns start-up and shutdown: config, logging, state, audit, socket, readiness, the
+//!   signal loop and the drain. It is the one place that spawns long-lived tasks.
+//! - [`server`] accepts connections on the admin socket and reads each peer's credentials.
+//! - [`api`] routes requests, authorizes them by role and audits what must be audited.
+//! - [`logging`] sets up tracing and lets the log filter change at run time.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod logging;
+pub mod server;
