@@ -1,0 +1,125 @@
+//! Finding the node image's root filesystem for `--image DIR`. DIR is what
+//! `kubedna-image build --base debian-12 --out DIR` writes (its `rootfs.tar`), or a directory
+//! holding a ready rootfs (`DIR/rootfs/` or DIR itself, e.g. a development rootfs made with
+//! mmdebstrap). A tarball is extracted once into a cache keyed by its size and mtime and reused;
+//! the image is built only when DIR holds none of these. Nodes only ever read the result (it is
+//! their overlay's lower layer).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::cmd::{self, CmdError};
+
+/// Default cache of extracted image tarballs.
+pub const DEFAULT_CACHE: &str = "/var/cache/kubedna-lab/rootfs";
+
+/// Errors finding or preparing the image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("no node image in {dir} (expected rootfs.tar, rootfs/ or a root filesystem) and `kubedna-image` is not installed; build one with `kubedna-image build --base debian-12 --out {dir}` or pass --image DIR")]
+    Missing { dir: PathBuf },
+    #[error("`kubedna-image build` finished but {dir} still holds no image")]
+    StillMissing { dir: PathBuf },
+    #[error("could not prepare the image cache {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+}
+
+/// Whether `dir` is a root filesystem with systemd.
+pub fn is_rootfs(dir: &Path) -> bool {
+    ["usr/lib/systemd/systemd", "lib/systemd/systemd"]
+        .iter()
+        .any(|p| dir.join(p).exists())
+        && dir.join("etc/os-release").exists()
+}
+
+/// The `kubedna-image` binary: `$KUBEDNA_IMAGE`, else from `PATH`.
+pub fn builder() -> Option<String> {
+    if let Ok(b) = std::env::var("KUBEDNA_IMAGE") {
+        return Some(b);
+    }
+    cmd::exists("kubedna-image").then(|| "kubedna-image".to_string())
+}
+
+/// Returns the rootfs directory to use as the nodes' lower layer, building the image when DIR
+/// holds none and `kubedna-image` is available.
+pub fn resolve(dir: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
+    if let Some(root) = find(dir, cache)? {
+        return Ok(root);
+    }
+    let Some(builder) = builder() else {
+        return Err(ImageError::Missing {
+            dir: dir.to_path_buf(),
+        });
+    };
+    let out = dir.to_string_lossy();
+    cmd::run(&builder, &["build", "--base", "debian-12", "--out", &out])?;
+    find(dir, cache)?.ok_or_else(|| ImageError::StillMissing {
+        dir: dir.to_path_buf(),
+    })
+}
+
+fn find(dir: &Path, cache: &Path) -> Result<Option<PathBuf>, ImageError> {
+    let tar = dir.join("rootfs.tar");
+    if tar.is_file() {
+        return extract_cached(&tar, cache).map(Some);
+    }
+    for candidate in [dir.join("rootfs"), dir.to_path_buf()] {
+        if is_rootfs(&candidate) {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
+}
+
+fn extract_cached(tar: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io { path, source }
+    };
+    let meta = std::fs::metadata(tar).map_err(io(tar))?;
+    let key = hex::encode(Sha256::digest(
+        format!(
+            "{}\n{}\n{}.{}",
+            tar.canonicalize().map_err(io(tar))?.display(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        )
+        .as_bytes(),
+    ));
+    let dest = cache.join(&key[..16]);
+    if is_rootfs(&dest) {
+        return Ok(dest);
+    }
+    std::fs::create_dir_all(cache).map_err(io(cache))?;
+    let tmp = cache.join(format!(".{}.tmp-{}", &key[..16], std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    cmd::run(
+        "tar",
+        &[
+            "--extract",
+            "--file",
+            &tar.to_string_lossy(),
+            "--directory",
+            &tmp.to_string_lossy(),
+            "--numeric-owner",
+            "--same-permissions",
+            "--xattrs",
+            "--xattrs-include=*",
+        ],
+    )?;
+    // Rename last: a half-extracted tree is never taken for an image.
+    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    Ok(dest)
+}

@@ -1,0 +1,1057 @@
+//! A lab: its state directory (`ROOT/NAME`, the only place lab state lives), its network, its
+//! nodes, and the operations on them (up, start, stop, kill, partition, netem, add/remove node,
+//! down). State is a JSON file replaced atomically under an exclusive lock, so two commands on one
+//! lab never interleave. `down` works from the lab name alone: it finds processes, mounts, links
+//! and tables from the kernel, so it cleans up after a crash too.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::{self, CmdError, Output};
+use crate::image::{self, ImageError};
+use crate::names::{self, InvalidName};
+use crate::net::{self, NetError, Netem, Subnet};
+use crate::node::{self, NodeError, NodePaths};
+use crate::seed::{self, SeedError, SeedInput, SeedSource};
+use crate::Role;
+
+/// Where labs live unless told otherwise.
+pub const DEFAULT_ROOT: &str = "/var/lib/kubedna-lab";
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock";
+/// Where systemd-nspawn keeps per-machine propagation directories on the host.
+const NSPAWN_PROPAGATE: &str = "/run/systemd/nspawn/propagate";
+
+/// Errors of lab operations. [`LabError::is_usage`] tells a caller's mistake from a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("kubedna-lab needs root: it creates bridges, network namespaces, mounts and containers; run it as root (e.g. with sudo)")]
+    NotRoot,
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    #[error("lab {name} already exists in {dir}; use it, or remove it with `kubedna-lab down --name {name}`")]
+    Exists { name: String, dir: PathBuf },
+    #[error("no lab named {name} (no {dir}); start one with `kubedna-lab up --name {name}`")]
+    NoSuchLab { name: String, dir: PathBuf },
+    #[error("lab {lab} has no node {node}; its nodes: {known}")]
+    NoSuchNode {
+        lab: String,
+        node: String,
+        known: String,
+    },
+    #[error("a lab needs at least one node")]
+    NoNodes,
+    #[error("subnet {subnet} has no room for node number {index} (at most {max} nodes)")]
+    SubnetFull {
+        subnet: Subnet,
+        index: u32,
+        max: u32,
+    },
+    #[error("invalid partition: {0}; write groups of node names like `cp-1,cp-2 / cp-3,worker-1`")]
+    BadPartition(String),
+    #[error("invalid {what} {value}: {allowed}")]
+    BadValue {
+        what: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+    #[error("could not read or write {path}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lab state {path} is unreadable; remove the lab with `kubedna-lab down --name NAME`")]
+    StateParse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("could not lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("internal error: a worker thread panicked")]
+    Panicked,
+    #[error("`down` left these behind: {}", .0.join("; "))]
+    Leftovers(Vec<String>),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Seed(#[from] SeedError),
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+}
+
+impl LabError {
+    /// Whether the caller asked for something impossible (exit code 2) rather than a failure.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            LabError::NotRoot
+                | LabError::Name(_)
+                | LabError::Exists { .. }
+                | LabError::NoSuchLab { .. }
+                | LabError::NoSuchNode { .. }
+                | LabError::NoNodes
+                | LabError::SubnetFull { .. }
+                | LabError::BadPartition(_)
+                | LabError::BadValue { .. }
+                | LabError::Net(NetError::BadSubnet { .. } | NetError::Overlap { .. })
+                | LabError::Image(ImageError::Missing { .. })
+        )
+    }
+}
+
+/// The cluster secret given to nodes; never printed.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A node as the lab remembers it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    pub name: String,
+    pub role: Role,
+    /// Never reused: gives the address (subnet host `index + 1`) and the veth name.
+    pub index: u32,
+    pub address: Ipv4Addr,
+    pub labels: BTreeMap<String, String>,
+    pub netem: Netem,
+    pub seed: SeedSource,
+}
+
+/// Everything the lab needs to operate on (and show) itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabState {
+    pub name: String,
+    pub subnet: Subnet,
+    pub image_rootfs: PathBuf,
+    pub bridge: String,
+    pub next_index: u32,
+    pub nodes: Vec<NodeRecord>,
+    /// Current partition, as groups of node names (empty: healed).
+    pub partitions: Vec<Vec<String>>,
+    pub cluster_secret: Secret,
+}
+
+/// How to bring a lab up.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub root: PathBuf,
+    pub name: String,
+    pub control_planes: u32,
+    pub workers: u32,
+    pub image: PathBuf,
+    pub image_cache: PathBuf,
+    pub subnet: Subnet,
+    /// How long nodes may take to boot (and agents to answer).
+    pub timeout: Duration,
+}
+
+/// One node in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub role: Role,
+    pub address: Ipv4Addr,
+    /// `systemctl is-system-running` in the node, or "stopped"/"starting".
+    pub state: String,
+    /// "absent" (no unit in the image), "inactive", "failed", "active" or "ready" (`kubedna status` answers).
+    pub agent: String,
+    pub seed: SeedSource,
+    pub netem: Netem,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An open lab, locked for the lifetime of this value.
+#[derive(Debug)]
+pub struct Lab {
+    pub root: PathBuf,
+    pub dir: PathBuf,
+    pub state: LabState,
+    _lock: Flock<File>,
+}
+
+/// Fails plainly unless running as root.
+pub fn require_root() -> Result<(), LabError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(LabError::NotRoot)
+    }
+}
+
+fn lock(dir: &Path) -> Result<Flock<File>, LabError> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| LabError::State {
+            path: path.clone(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, source)| LabError::Lock { path, source })
+}
+
+fn random_hex(bytes: usize) -> Result<String, LabError> {
+    let mut buf = vec![0u8; bytes];
+    File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .map_err(|source| LabError::State {
+            path: "/dev/urandom".into(),
+            source,
+        })?;
+    Ok(hex::encode(buf))
+}
+
+/// Names of the labs under `root`.
+pub fn list(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut labs: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| names::validate_lab_name(n).is_ok())
+        .collect();
+    labs.sort();
+    labs
+}
+
+impl Lab {
+    /// Creates the lab and boots its nodes, waiting until every node's systemd is up (and its agent
+    /// answers, when the image has one). On failure everything made so far is removed again.
+    pub fn up(opts: &UpOptions) -> Result<Lab, LabError> {
+        require_root()?;
+        names::validate_lab_name(&opts.name)?;
+        if opts.control_planes + opts.workers == 0 {
+            return Err(LabError::NoNodes);
+        }
+        let dir = opts.root.join(&opts.name);
+        if dir.exists() {
+            return Err(LabError::Exists {
+                name: opts.name.clone(),
+                dir,
+            });
+        }
+        net::check_no_overlap(&opts.subnet)?;
+        let rootfs = image::resolve(&opts.image, &opts.image_cache)?;
+        std::fs::create_dir_all(&dir).map_err(|source| LabError::State {
+            path: dir.clone(),
+            source,
+        })?;
+        let result = Self::up_inner(opts, dir, rootfs);
+        if result.is_err() {
+            let _ = down(&opts.root, &opts.name);
+        }
+        result
+    }
+
+    fn up_inner(opts: &UpOptions, dir: PathBuf, rootfs: PathBuf) -> Result<Lab, LabError> {
+        let lock = lock(&dir)?;
+        let mut lab = Lab {
+            root: opts.root.clone(),
+            dir,
+            state: LabState {
+                name: opts.name.clone(),
+                subnet: opts.subnet,
+                image_rootfs: rootfs,
+                bridge: names::bridge(&opts.name),
+                next_index: 1,
+                nodes: Vec::new(),
+                partitions: Vec::new(),
+                cluster_secret: Secret(random_hex(32)?),
+            },
+            _lock: lock,
+        };
+        let roles = (0..opts.control_planes)
+            .map(|_| Role::ControlPlane)
+            .chain((0..opts.workers).map(|_| Role::Worker));
+        for role in roles {
+            lab.plan_node(role, BTreeMap::new())?;
+        }
+        lab.save()?;
+        node::ensure_private_mount(&lab.dir.join("netns"))?;
+        let table = names::nft_table(&lab.state.name);
+        net::install_firewall(&table, &lab.state.bridge)?;
+        net::create_bridge(&lab.state.bridge, lab.gateway(), lab.state.subnet.prefix())?;
+        let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
+        for n in &nodes {
+            lab.provision(n, None)?;
+        }
+        lab.wait_ready(&nodes, Instant::now() + opts.timeout)?;
+        Ok(lab)
+    }
+
+    /// Opens an existing lab (and locks it).
+    pub fn open(root: &Path, name: &str) -> Result<Lab, LabError> {
+        require_root()?;
+        names::validate_lab_name(name)?;
+        let dir = root.join(name);
+        let path = dir.join(STATE_FILE);
+        if !path.exists() {
+            return Err(LabError::NoSuchLab {
+                name: name.to_string(),
+                dir,
+            });
+        }
+        let lock = lock(&dir)?;
+        let text = std::fs::read_to_string(&path).map_err(|source| LabError::State {
+            path: path.clone(),
+            source,
+        })?;
+        let state = serde_json::from_str(&text).map_err(|source| LabError::StateParse {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Lab {
+            root: root.to_path_buf(),
+            dir,
+            state,
+            _lock: lock,
+        })
+    }
+
+    fn save(&self) -> Result<(), LabError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
+        let text =
+            serde_json::to_string_pretty(&self.state).map_err(|source| LabError::StateParse {
+                path: path.clone(),
+                source,
+            })?;
+        let io = |source| LabError::State {
+            path: path.clone(),
+            source,
+        };
+        // The state holds the cluster secret: owner-only, and replaced atomically.
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(())
+    }
+
+    /// The bridge's address: the subnet's first host, the nodes' only gateway (which forwards nowhere).
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.state.subnet.host(1).unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
+
+    /// Host-side files of a node.
+    pub fn paths(&self, node: &str) -> NodePaths {
+        NodePaths::new(&self.dir, node)
+    }
+
+    fn machine(&self, node: &str) -> String {
+        format!("kdl-{}-{node}", names::lab_id(&self.state.name))
+    }
+
+    /// The record of a node, or an error listing the known ones.
+    pub fn node(&self, name: &str) -> Result<&NodeRecord, LabError> {
+        self.state
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| LabError::NoSuchNode {
+                lab: self.state.name.clone(),
+                node: name.to_string(),
+                known: self
+                    .state
+                    .nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    fn veth(&self, node: &NodeRecord) -> String {
+        names::veth(&self.state.name, node.index)
+    }
+
+    fn plan_node(
+        &mut self,
+        role: Role,
+        labels: BTreeMap<String, String>,
+    ) -> Result<NodeRecord, LabError> {
+        let index = self.state.next_index;
+        let address = self
+            .state
+            .subnet
+            .host(index + 1)
+            .filter(|_| index <= names::MAX_NODE_INDEX)
+            .ok_or(LabError::SubnetFull {
+                subnet: self.state.subnet,
+                index,
+                max: self
+                    .state
+                    .subnet
+                    .host_count()
+                    .saturating_sub(1)
+                    .min(names::MAX_NODE_INDEX),
+            })?;
+        let n = self.state.nodes.iter().filter(|n| n.role == role).count();
+        let mut k = n + 1;
+        let name = loop {
+            let candidate = format!("{}-{k}", role.prefix());
+            if self.state.nodes.iter().all(|n| n.name != candidate) {
+                break candidate;
+            }
+            k += 1;
+        };
+        let mut labels = labels;
+        labels.insert("kubedna.io/cluster".into(), self.state.name.clone());
+        labels.insert("kubedna.io/role".into(), role.as_str().into());
+        let record = NodeRecord {
+            name,
+            role,
+            index,
+            address,
+            labels,
+            netem: Netem::default(),
+            seed: SeedSource::LabFallback,
+        };
+        self.state.next_index += 1;
+        self.state.nodes.push(record.clone());
+        Ok(record)
+    }
+
+    /// Overlay, identity, seed, namespace, link, then boot.
+    fn provision(&mut self, name: &str, user_data: Option<&str>) -> Result<(), LabError> {
+        let record = self.node(name)?.clone();
+        let p = self.paths(name);
+        node::mount_overlay(&self.state.image_rootfs, &p)?;
+        node::write_identity(&p, name)?;
+        let cps: Vec<Ipv4Addr> = self
+            .state
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::ControlPlane)
+            .map(|n| n.address)
+            .collect();
+        let instance_id = format!("{}-{}-{}", self.state.name, name, record.index);
+        let input = SeedInput {
+            cluster: &self.state.name,
+            node: name,
+            role: record.role,
+            instance_id: &instance_id,
+            address: record.address,
+            control_planes: &cps,
+            cluster_secret: &self.state.cluster_secret.0,
+        };
+        let (rendered, source) = match user_data {
+            Some(ud) => (
+                seed::Seed {
+                    meta_data: seed::meta_data(&input),
+                    user_data: ud.to_string(),
+                    network_config: seed::NETWORK_CONFIG.to_string(),
+                },
+                SeedSource::Caller,
+            ),
+            None => (seed::render_fallback(&input), SeedSource::LabFallback),
+        };
+        seed::write(&p.root, &rendered)?;
+        if let Some(r) = self.state.nodes.iter_mut().find(|n| n.name == name) {
+            r.seed = source;
+        }
+        node::create_netns(&p)?;
+        let veth = self.veth(&record);
+        if !net::link_exists(&veth) {
+            net::create_node_link(
+                &self.state.bridge,
+                &veth,
+                &p.netns,
+                record.address,
+                self.state.subnet.prefix(),
+                self.gateway(),
+            )?;
+        }
+        self.save()?;
+        node::spawn(&p, &self.machine(name), name)?;
+        Ok(())
+    }
+
+    /// Waits (in parallel) until the nodes' systemd finished booting and, where the image has the
+    /// agent, until `kubedna status` answers. Returns each node's system state.
+    pub fn wait_ready(
+        &self,
+        nodes: &[String],
+        deadline: Instant,
+    ) -> Result<Vec<(String, String)>, LabError> {
+        let paths: Vec<NodePaths> = nodes.iter().map(|n| self.paths(n)).collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = paths
+                .iter()
+                .map(|p| {
+                    s.spawn(move || -> Result<(String, String), LabError> {
+                        let state = node::wait_booted(p, deadline)?;
+                        wait_agent(p, deadline)?;
+                        Ok((p.name.clone(), state))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(Err(LabError::Panicked)))
+                .collect()
+        })
+    }
+
+    /// Status of every node.
+    pub fn status(&self) -> Vec<NodeStatus> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .state
+                .nodes
+                .iter()
+                .map(|n| {
+                    let p = self.paths(&n.name);
+                    s.spawn(move || {
+                        let state = node::system_state(&p);
+                        let agent = if matches!(state.as_str(), "stopped" | "starting") {
+                            "-".to_string()
+                        } else {
+                            agent_state(&p)
+                        };
+                        NodeStatus {
+                            name: n.name.clone(),
+                            role: n.role,
+                            address: n.address,
+                            state,
+                            agent,
+                            seed: n.seed,
+                            netem: n.netem,
+                            labels: n.labels.clone(),
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        })
+    }
+
+    /// Runs a command in a node and captures its output.
+    pub fn exec(
+        &self,
+        node: &str,
+        argv: &[&str],
+        timeout: Option<Duration>,
+    ) -> Result<Output, LabError> {
+        self.node(node)?;
+        Ok(node::exec(&self.paths(node), argv, timeout)?)
+    }
+
+    /// Runs a command in a node with the caller's terminal.
+    pub fn exec_interactive(
+        &self,
+        node: &str,
+        argv: &[&str],
+    ) -> Result<std::process::ExitStatus, LabError> {
+        self.node(node)?;
+        Ok(node::exec_interactive(&self.paths(node), argv)?)
+    }
+
+    /// Boots stopped nodes (all when `nodes` is empty) and waits until they are ready.
+    pub fn start(&mut self, nodes: &[String], timeout: Duration) -> Result<(), LabError> {
+        let names = self.select(nodes)?;
+        for n in &names {
+            let p = self.paths(n);
+            if !node::node_pids(&p).is_empty() {
+                continue;
+            }
+            node::mount_overlay(&self.state.image_rootfs, &p)?;
+            net::set_link(&self.veth(self.node(n)?), true)?;
+            node::spawn(&p, &self.machine(n), n)?;
+        }
+        self.wait_ready(&names, Instant::now() + timeout)?;
+        Ok(())
+    }
+
+    /// Shuts nodes down cleanly (all when `nodes` is empty); killed after `grace`.
+    pub fn stop(&self, nodes: &[String], grace: Duration) -> Result<(), LabError> {
+        let names = self.select(nodes)?;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = names
+                .iter()
+                .map(|n| {
+                    let p = self.paths(n);
+                    s.spawn(move || node::stop_node(&p, grace))
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap_or(Ok(()))?;
+            }
+            Ok::<(), LabError>(())
+        })?;
+        // The namespace outlives the node: without carrier its kernel no longer answers either.
+        for n in &names {
+            net::set_link(&self.veth(self.node(n)?), false)?;
+        }
+        Ok(())
+    }
+
+    /// Power cut: SIGKILL the node's PID 1 and nspawn.
+    /// The link goes down first: a node without power answers nothing, not even from the kernel
+    /// of its (surviving) network namespace.
+    pub fn kill(&self, node: &str) -> Result<(), LabError> {
+        let record = self.node(node)?;
+        net::set_link(&self.veth(record), false)?;
+        Ok(node::kill_node(&self.paths(node))?)
+    }
+
+    fn select(&self, nodes: &[String]) -> Result<Vec<String>, LabError> {
+        if nodes.is_empty() {
+            return Ok(self.state.nodes.iter().map(|n| n.name.clone()).collect());
+        }
+        for n in nodes {
+            self.node(n)?;
+        }
+        Ok(nodes.to_vec())
+    }
+
+    /// Drops all traffic between nodes of different groups (nodes in no group are unaffected).
+    /// Replaces any current partition.
+    pub fn partition(&mut self, groups: Vec<Vec<String>>) -> Result<(), LabError> {
+        if groups.len() < 2 || groups.iter().any(Vec::is_empty) {
+            return Err(LabError::BadPartition(
+                "need at least two non-empty groups".into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for n in groups.iter().flatten() {
+            self.node(n)?;
+            if !seen.insert(n.clone()) {
+                return Err(LabError::BadPartition(format!("{n} is in two groups")));
+            }
+        }
+        self.apply_partitions(&groups)?;
+        self.state.partitions = groups;
+        self.save()
+    }
+
+    /// Removes every partition.
+    pub fn heal(&mut self) -> Result<(), LabError> {
+        self.apply_partitions(&[])?;
+        self.state.partitions.clear();
+        self.save()
+    }
+
+    fn apply_partitions(&self, groups: &[Vec<String>]) -> Result<(), LabError> {
+        let mut ports = Vec::new();
+        for g in groups {
+            let mut v = Vec::new();
+            for n in g {
+                v.push(self.veth(self.node(n)?));
+            }
+            ports.push(v);
+        }
+        net::set_partitions(&names::nft_table(&self.state.name), &ports)?;
+        Ok(())
+    }
+
+    /// Sets packet loss (percent, each direction) on a node's link; 0 clears it.
+    pub fn set_loss(&mut self, node: &str, pct: f32) -> Result<(), LabError> {
+        if !(0.0..=100.0).contains(&pct) {
+            return Err(LabError::BadValue {
+                what: "loss",
+                value: pct.to_string(),
+                allowed: "a percentage from 0 to 100",
+            });
+        }
+        self.update_netem(node, |n| n.loss_pct = pct)
+    }
+
+    /// Sets delay (ms, each direction) on a node's link; 0 clears it.
+    pub fn set_delay(&mut self, node: &str, ms: u32) -> Result<(), LabError> {
+        self.update_netem(node, |n| n.delay_ms = ms)
+    }
+
+    fn update_netem(&mut self, node: &str, f: impl FnOnce(&mut Netem)) -> Result<(), LabError> {
+        let record = self.node(node)?.clone();
+        let mut netem = record.netem;
+        f(&mut netem);
+        if netem.delay_ms != record.netem.delay_ms {
+            net::set_delay(&self.veth(&record), &self.paths(node).netns, netem.delay_ms)?;
+        }
+        if let Some(r) = self.state.nodes.iter_mut().find(|n| n.name == node) {
+            r.netem = netem;
+        }
+        if netem.loss_pct != record.netem.loss_pct {
+            let ports: Vec<(String, f32)> = self
+                .state
+                .nodes
+                .iter()
+                .map(|n| (self.veth(n), n.netem.loss_pct))
+                .collect();
+            net::set_loss(&names::nft_table(&self.state.name), &ports)?;
+        }
+        self.save()
+    }
+
+    /// Adds a node and boots it, without waiting (see [`Lab::wait_ready`]). `user_data` replaces
+    /// the rendered user-data (the node provider passes the production user-data this way).
+    pub fn add_node(
+        &mut self,
+        role: Role,
+        labels: BTreeMap<String, String>,
+        user_data: Option<&str>,
+    ) -> Result<NodeRecord, LabError> {
+        let record = self.plan_node(role, labels)?;
+        self.save()?;
+        if let Err(e) = self.provision(&record.name, user_data) {
+            let _ = self.remove_node(&record.name);
+            return Err(e);
+        }
+        Ok(self.node(&record.name)?.clone())
+    }
+
+    /// Kills a node and removes everything of it (processes, overlay, namespace, link, files).
+    pub fn remove_node(&mut self, name: &str) -> Result<(), LabError> {
+        self.node(name)?;
+        let p = self.paths(name);
+        node::kill_node(&p)?;
+        for m in node::mounts_under(&p.dir)
+            .into_iter()
+            .chain(node::mounts_under(&p.netns))
+        {
+            umount(&m)?;
+        }
+        let _ = std::fs::remove_file(&p.netns);
+        if p.dir.exists() {
+            std::fs::remove_dir_all(&p.dir).map_err(|source| LabError::State {
+                path: p.dir.clone(),
+                source,
+            })?;
+        }
+        if let Some(record) = self.state.nodes.iter().find(|n| n.name == name) {
+            net::delete_link(&self.veth(record))?;
+        }
+        self.state.nodes.retain(|n| n.name != name);
+        for g in &mut self.state.partitions {
+            g.retain(|n| n != name);
+        }
+        self.save()
+    }
+
+    /// Checks that the lab cannot reach beyond its bridge: bridge ports are only lab veths, node
+    /// routes stay on the lab subnet (default only via the bridge address), the forward-drop rules
+    /// are in place, and no NAT rule mentions the lab. Returns the problems found.
+    pub fn check_isolation(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let bridge = &self.state.bridge;
+        let prefix = names::veth_prefix(&self.state.name);
+        match cmd::run("ip", &["-o", "link", "show", "master", bridge]) {
+            Ok(out) => {
+                for line in out.lines() {
+                    let port = line
+                        .split(':')
+                        .nth(1)
+                        .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+                        .unwrap_or_default();
+                    if !port.starts_with(&prefix) {
+                        problems.push(format!("bridge {bridge} has a foreign port {port}"));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("cannot list bridge ports: {e}")),
+        }
+        let gw = self.gateway().to_string();
+        for n in &self.state.nodes {
+            let p = self.paths(&n.name);
+            match net::in_netns(
+                &p.netns,
+                &["ip", "-4", "-o", "route", "show", "table", "all"],
+            ) {
+                Ok(out) => {
+                    for line in out.lines() {
+                        let mut words = line.split_whitespace();
+                        let first = words.next().unwrap_or("");
+                        let ok = if first == "default" {
+                            line.contains(&format!("via {gw} ")) && line.contains("dev eth0")
+                        } else if matches!(first, "local" | "broadcast") {
+                            true
+                        } else {
+                            let dst = first.split('/').next().unwrap_or("");
+                            dst.parse::<Ipv4Addr>()
+                                .map(|a| self.state.subnet.contains(a))
+                                .unwrap_or(false)
+                        };
+                        if !ok {
+                            problems.push(format!("node {} has route {line:?}", n.name));
+                        }
+                    }
+                }
+                Err(e) => problems.push(format!("cannot read routes of {}: {e}", n.name)),
+            }
+        }
+        let table = names::nft_table(&self.state.name);
+        match cmd::run("nft", &["list", "table", "inet", &table]) {
+            Ok(t) => {
+                let want_in = format!("iifname \"{bridge}\" oifname != \"{bridge}\" drop");
+                let want_out = format!("oifname \"{bridge}\" iifname != \"{bridge}\" drop");
+                if !t.contains(&want_in) || !t.contains(&want_out) {
+                    problems.push(format!("forward-drop rules missing from inet {table}"));
+                }
+            }
+            Err(e) => problems.push(format!("lab firewall missing: {e}")),
+        }
+        match cmd::run("nft", &["list", "ruleset"]) {
+            Ok(rules) => {
+                let subnet = self.state.subnet.to_string();
+                for line in rules.lines() {
+                    let nat = line.contains("masquerade") || line.contains("snat");
+                    if nat && (line.contains(bridge.as_str()) || line.contains(&subnet)) {
+                        problems.push(format!("NAT rule mentions the lab: {}", line.trim()));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("cannot list nftables ruleset: {e}")),
+        }
+        problems
+    }
+}
+
+fn agent_state(p: &NodePaths) -> String {
+    let t = Some(Duration::from_secs(5));
+    let present = node::exec(p, &["systemctl", "cat", "kubedna-agent.service"], t)
+        .map(|o| o.success())
+        .unwrap_or(false);
+    if !present {
+        return "absent".into();
+    }
+    let active = node::exec(p, &["systemctl", "is-active", "kubedna-agent.service"], t)
+        .map(|o| o.stdout.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    if active != "active" {
+        return active;
+    }
+    match node::exec(p, &["kubedna", "status"], t) {
+        Ok(o) if o.success() => "ready".into(),
+        _ => "active".into(),
+    }
+}
+
+/// Where the image has the agent, waits until it is active and `kubedna status` answers.
+fn wait_agent(p: &NodePaths, deadline: Instant) -> Result<(), LabError> {
+    let mut last = agent_state(p);
+    if last == "absent" {
+        return Ok(());
+    }
+    while last != "ready" {
+        if Instant::now() >= deadline {
+            return Err(NodeError::Timeout {
+                node: p.name.clone(),
+                what: "kubedna-agent ready (`kubedna status` answering)",
+                timeout: Duration::ZERO,
+                last,
+                console: p.console.clone(),
+            }
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        last = agent_state(p);
+    }
+    Ok(())
+}
+
+fn umount(path: &Path) -> Result<(), LabError> {
+    let p = path.to_string_lossy();
+    let out = cmd::output("umount", &[&p], None)?;
+    if !out.success() {
+        // Busy (a straggler holds it): detach now, the kernel frees it when released.
+        cmd::run("umount", &["--lazy", &p])?;
+    }
+    Ok(())
+}
+
+/// Measures of a `down`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DownReport {
+    pub processes_killed: usize,
+    pub mounts_removed: usize,
+    pub links_removed: usize,
+    pub duration_ms: u128,
+}
+
+/// Removes everything lab `name` made: processes, mounts, links, bridge, network namespaces,
+/// nftables tables and its state directory. Needs no state file; safe to repeat.
+pub fn down(root: &Path, name: &str) -> Result<DownReport, LabError> {
+    require_root()?;
+    names::validate_lab_name(name)?;
+    let started = Instant::now();
+    let mut report = DownReport::default();
+    let dir = root.join(name);
+    let _lock = if dir.is_dir() {
+        Some(lock(&dir)?)
+    } else {
+        None
+    };
+    let phase = |what: &str| {
+        if std::env::var_os("KUBEDNA_LAB_TRACE").is_some() {
+            eprintln!("down: {what} done at {:?}", started.elapsed());
+        }
+    };
+
+    // 1. Processes: every node's nspawn and PID namespace, then anything else naming the lab dir.
+    let node_dirs: Vec<String> = std::fs::read_dir(dir.join("nodes"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let all: Vec<NodePaths> = node_dirs.iter().map(|n| NodePaths::new(&dir, n)).collect();
+    for p in &all {
+        report.processes_killed += node::node_pids(p).len();
+        node::send_kill(p);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in &all {
+        node::wait_killed(p, deadline)?;
+    }
+    let dir_arg = format!("{}/", dir.display());
+    for pid in node::pids_with_arg_prefix(&dir_arg) {
+        if pid != std::process::id() as i32 {
+            report.processes_killed += 1;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    phase("processes");
+    // 2. Mounts (overlays, namespace files, the private netns dir), deepest first.
+    for m in node::mounts_under(&dir) {
+        umount(&m)?;
+        report.mounts_removed += 1;
+    }
+
+    phase("mounts");
+    // 3. Links: veths die with their namespaces; delete any left, then the bridge.
+    let mut links = net::links_with_prefix(&names::veth_prefix(name));
+    links.push(names::bridge(name));
+    for l in links {
+        if net::link_exists(&l) {
+            net::delete_link(&l)?;
+            report.links_removed += 1;
+        }
+    }
+
+    phase("links");
+    // 4. nftables tables.
+    net::remove_firewall(&names::nft_table(name))?;
+
+    phase("nftables");
+    // 5. nspawn's per-machine directories, left behind when nspawn was killed.
+    let machine_prefix = format!("kdl-{}-", names::lab_id(name));
+    if let Ok(entries) = std::fs::read_dir(NSPAWN_PROPAGATE) {
+        for e in entries.filter_map(|e| e.ok()) {
+            let path = e.path();
+            let is_ours = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&machine_prefix));
+            if is_ours && node::mounts_under(&path).is_empty() {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+
+    phase("nspawn dirs");
+    // 6. The state directory, only once nothing is mounted below it.
+    if dir.exists() {
+        let still = node::mounts_under(&dir);
+        if !still.is_empty() {
+            return Err(LabError::Leftovers(
+                still
+                    .iter()
+                    .map(|m| format!("mount {}", m.display()))
+                    .collect(),
+            ));
+        }
+        // Node trees in parallel: removal is bound by per-unlink latency, not CPU.
+        std::thread::scope(|s| {
+            for p in &all {
+                s.spawn(move || std::fs::remove_dir_all(&p.dir));
+            }
+        });
+        std::fs::remove_dir_all(&dir).map_err(|source| LabError::State {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    phase("state dir");
+    let left = leftovers(root, name);
+    if !left.is_empty() {
+        return Err(LabError::Leftovers(left));
+    }
+    phase("leftover check");
+    report.duration_ms = started.elapsed().as_millis();
+    Ok(report)
+}
+
+/// Anything of lab `name` still on the host: processes, mounts, links, nftables tables, nspawn
+/// directories, the state directory. Empty after a successful `down`.
+pub fn leftovers(root: &Path, name: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let dir = root.join(name);
+    let dir_arg = format!("{}/", dir.display());
+    for pid in node::pids_with_arg_prefix(&dir_arg) {
+        if pid != std::process::id() as i32 {
+            left.push(format!("process {pid}"));
+        }
+    }
+    for m in node::mounts_under(&dir) {
+        left.push(format!("mount {}", m.display()));
+    }
+    let mut links = net::links_with_prefix(&names::veth_prefix(name));
+    if net::link_exists(&names::bridge(name)) {
+        links.push(names::bridge(name));
+    }
+    left.extend(links.into_iter().map(|l| format!("link {l}")));
+    if net::firewall_exists(&names::nft_table(name)) {
+        left.push(format!("nftables table {}", names::nft_table(name)));
+    }
+    let machine_prefix = format!("kdl-{}-", names::lab_id(name));
+    if let Ok(entries) = std::fs::read_dir(NSPAWN_PROPAGATE) {
+        for e in entries.filter_map(|e| e.ok()) {
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&machine_prefix))
+            {
+                left.push(format!("directory {}", e.path().display()));
+            }
+        }
+    }
+    if dir.exists() {
+        left.push(format!("directory {}", dir.display()));
+    }
+    left
+}

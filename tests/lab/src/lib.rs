@@ -1,0 +1,42 @@
+//! kubedna-lab: local KubeDNA clusters on one machine. Each node is a systemd-nspawn container
+//! booting systemd as PID 1 from a copy-on-write overlay over the node image's rootfs, in its own
+//! network namespace on a bridge the lab creates, configured by its NoCloud seed as a VM would be.
+//! The lab injects faults (kill, partition, loss, delay) and removes everything it made on `down`.
+//! It never routes or NATs lab traffic out of the machine. The CLI in `main.rs` is a thin layer
+//! over [`lab::Lab`]; tests drive the library the same way.
+
+pub mod cmd;
+pub mod image;
+pub mod lab;
+pub mod names;
+pub mod net;
+pub mod node;
+pub mod provider;
+pub mod seed;
+
+use serde::{Deserialize, Serialize};
+
+/// What a node is in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    ControlPlane,
+    Worker,
+}
+
+impl Role {
+    /// Prefix of node names of this role: `cp-N`, `worker-N`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Role::ControlPlane => "cp",
+            Role::Worker => "worker",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ControlPlane => "control-plane",
+            Role::Worker => "worker",
+        }
+    }
+}

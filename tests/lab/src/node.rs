@@ -1,0 +1,495 @@
+//! One lab node on the host: its copy-on-write overlay over the image rootfs, its network
+//! namespace (a file bound under the lab directory), and the `systemd-nspawn` process that boots
+//! systemd as PID 1 in it. Processes are found from the kernel (`/proc`: the namespace inode and
+//! the nspawn command line), never from a pid file, so a crashed lab can still be cleaned up.
+//! Waiting is always on the actual condition with a deadline.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::cmd::{self, CmdError, Output};
+
+/// Errors of a node's host-side machinery.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("could not prepare {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("node {node} is not running")]
+    NotRunning { node: String },
+    #[error("node {node} did not reach {what} within {timeout:?} (last: {last}); see its console log {console}")]
+    Timeout {
+        node: String,
+        what: &'static str,
+        timeout: Duration,
+        last: String,
+        console: PathBuf,
+    },
+    #[error("processes of node {node} still alive after SIGKILL: {pids:?}")]
+    Unkillable { node: String, pids: Vec<i32> },
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a node's files live under the lab directory.
+#[derive(Debug, Clone)]
+pub struct NodePaths {
+    pub name: String,
+    pub dir: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub root: PathBuf,
+    pub console: PathBuf,
+    pub netns: PathBuf,
+}
+
+impl NodePaths {
+    pub fn new(lab_dir: &Path, node: &str) -> Self {
+        let dir = lab_dir.join("nodes").join(node);
+        NodePaths {
+            name: node.to_string(),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            root: dir.join("root"),
+            console: dir.join("console.log"),
+            netns: lab_dir.join("netns").join(node),
+            dir,
+        }
+    }
+}
+
+/// Mount points (from `/proc/self/mountinfo`) at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+pub fn is_mount_point(path: &Path) -> bool {
+    mounts_under(path).iter().any(|p| p == path)
+}
+
+/// Makes `dir` a private bind mount of itself, so namespace files can be bound inside it
+/// whatever the propagation of its parent.
+pub fn ensure_private_mount(dir: &Path) -> Result<(), NodeError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if !is_mount_point(dir) {
+        let d = dir.to_string_lossy();
+        cmd::run("mount", &["--bind", &d, &d])?;
+        cmd::run("mount", &["--make-private", &d])?;
+    }
+    Ok(())
+}
+
+/// Creates the node's directories and mounts its overlay (idempotent).
+pub fn mount_overlay(lower: &Path, p: &NodePaths) -> Result<(), NodeError> {
+    for d in [&p.upper, &p.work, &p.root] {
+        std::fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    if is_mount_point(&p.root) {
+        return Ok(());
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        p.upper.display(),
+        p.work.display()
+    );
+    cmd::run(
+        "mount",
+        &[
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            &opts,
+            &p.root.to_string_lossy(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Creates the node's network namespace as a file bound at `p.netns` (idempotent).
+pub fn create_netns(p: &NodePaths) -> Result<(), NodeError> {
+    if is_mount_point(&p.netns) {
+        return Ok(());
+    }
+    File::create(&p.netns).map_err(io_err(&p.netns))?;
+    let flag = format!("--net={}", p.netns.display());
+    cmd::run("unshare", &[&flag, "true"])?;
+    Ok(())
+}
+
+/// Writes hostname and (once) a fresh machine id into the node's overlay.
+pub fn write_identity(p: &NodePaths, hostname: &str) -> Result<String, NodeError> {
+    let etc = p.root.join("etc");
+    let hn = etc.join("hostname");
+    std::fs::write(&hn, format!("{hostname}\n")).map_err(io_err(&hn))?;
+    let mid = etc.join("machine-id");
+    let current = std::fs::read_to_string(&mid).unwrap_or_default();
+    let current = current.trim();
+    if current.len() == 32 && current.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(current.to_string());
+    }
+    let mut bytes = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(io_err(Path::new("/dev/urandom")))?;
+    let id = hex::encode(bytes);
+    std::fs::write(&mid, format!("{id}\n")).map_err(io_err(&mid))?;
+    Ok(id)
+}
+
+/// Starts `systemd-nspawn` booting the node, detached in its own process group, console to
+/// `p.console`. Returns its pid; a thread reaps it when it exits.
+pub fn spawn(p: &NodePaths, machine: &str, hostname: &str) -> Result<u32, NodeError> {
+    let console = File::options()
+        .create(true)
+        .append(true)
+        .open(&p.console)
+        .map_err(io_err(&p.console))?;
+    let console2 = console.try_clone().map_err(io_err(&p.console))?;
+    let args = [
+        "--quiet".to_string(),
+        "--boot".to_string(),
+        format!("--directory={}", p.root.display()),
+        format!("--machine={machine}"),
+        format!("--hostname={hostname}"),
+        // The host may run without systemd/machined; the lab tracks nodes itself.
+        "--register=no".to_string(),
+        "--keep-unit".to_string(),
+        format!("--network-namespace-path={}", p.netns.display()),
+        "--console=read-only".to_string(),
+        "--link-journal=no".to_string(),
+        "--resolv-conf=off".to_string(),
+        "--timezone=off".to_string(),
+    ];
+    let mut child = Command::new("systemd-nspawn")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(console)
+        .stderr(console2)
+        .current_dir("/")
+        .process_group(0)
+        .spawn()
+        .map_err(|source| CmdError::Spawn {
+            command: format!("systemd-nspawn {}", args.join(" ")),
+            source,
+        })?;
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The inode of a bound network namespace, if `path` is one.
+pub fn netns_inode(path: &Path) -> Option<u64> {
+    if !is_mount_point(path) {
+        return None;
+    }
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+fn pid_netns(pid: i32) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Live processes inside the network namespace with that inode.
+pub fn pids_in_netns(ino: u64) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&pid| pid_netns(pid) == Some(ino) && alive(pid))
+        .collect()
+}
+
+/// Live processes whose command line mentions `needle` (nspawn names the node root there).
+pub fn pids_with_arg_prefix(needle: &str) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    c.split(|b| *b == 0)
+                        .any(|arg| String::from_utf8_lossy(arg).contains(needle))
+                })
+                .unwrap_or(false)
+                && alive(pid)
+        })
+        .collect()
+}
+
+/// The node's PID 1 (systemd) as a host pid: the process in the node's network namespace that is
+/// PID 1 of its own PID namespace.
+pub fn leader(p: &NodePaths) -> Option<i32> {
+    let ino = netns_inode(&p.netns)?;
+    pids_in_netns(ino).into_iter().find(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("NSpid:")).map(|l| {
+                    l.split_whitespace().last() == Some("1") && l.split_whitespace().count() > 2
+                })
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// The nspawn processes of this node.
+pub fn nspawn_pids(p: &NodePaths) -> Vec<i32> {
+    pids_with_arg_prefix(&format!("--directory={}", p.root.display()))
+}
+
+/// Every host process belonging to this node (nspawn and everything in its namespace).
+pub fn node_pids(p: &NodePaths) -> Vec<i32> {
+    let mut set: BTreeSet<i32> = nspawn_pids(p).into_iter().collect();
+    if let Some(ino) = netns_inode(&p.netns) {
+        set.extend(pids_in_netns(ino));
+    }
+    set.into_iter().collect()
+}
+
+const EXEC_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn nsenter_args(leader: i32, argv: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--target".to_string(),
+        leader.to_string(),
+        "--mount".into(),
+        "--uts".into(),
+        "--ipc".into(),
+        "--net".into(),
+        "--pid".into(),
+        "--root".into(),
+        "--wd".into(),
+        "--".into(),
+        "env".into(),
+        "-i".into(),
+        EXEC_PATH.into(),
+        "HOME=/root".into(),
+        "LANG=C.UTF-8".into(),
+        "SYSTEMD_PAGER=".into(),
+    ]
+    .to_vec();
+    if let Ok(term) = std::env::var("TERM") {
+        args.insert(args.len() - 1, format!("TERM={term}"));
+    }
+    args.extend(argv.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs `argv` inside the node (all its namespaces), capturing output.
+pub fn exec(p: &NodePaths, argv: &[&str], timeout: Option<Duration>) -> Result<Output, NodeError> {
+    let leader = leader(p).ok_or_else(|| NodeError::NotRunning {
+        node: p.name.clone(),
+    })?;
+    let args = nsenter_args(leader, argv);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Ok(cmd::output("nsenter", &refs, timeout)?)
+}
+
+/// Runs `argv` inside the node with the caller's stdin/stdout/stderr.
+pub fn exec_interactive(p: &NodePaths, argv: &[&str]) -> Result<ExitStatus, NodeError> {
+    let leader = leader(p).ok_or_else(|| NodeError::NotRunning {
+        node: p.name.clone(),
+    })?;
+    let args = nsenter_args(leader, argv);
+    Command::new("nsenter")
+        .args(&args)
+        .status()
+        .map_err(|source| {
+            NodeError::Cmd(CmdError::Spawn {
+                command: format!("nsenter {}", args.join(" ")),
+                source,
+            })
+        })
+}
+
+/// What `systemctl is-system-running` says inside the node, or "stopped"/"starting".
+pub fn system_state(p: &NodePaths) -> String {
+    if leader(p).is_none() {
+        return if nspawn_pids(p).is_empty() {
+            "stopped".into()
+        } else {
+            "starting".into()
+        };
+    }
+    match exec(
+        p,
+        &["systemctl", "is-system-running"],
+        Some(Duration::from_secs(5)),
+    ) {
+        Ok(o) if !o.stdout.trim().is_empty() => o.stdout.trim().to_string(),
+        _ => "starting".into(),
+    }
+}
+
+/// Waits until systemd in the node finished booting ("running" or "degraded"), returning the
+/// state. Uses `systemctl is-system-running --wait`, re-tried only while systemd is not yet
+/// reachable.
+pub fn wait_booted(p: &NodePaths, deadline: Instant) -> Result<String, NodeError> {
+    let mut last = String::from("no PID 1 yet");
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(NodeError::Timeout {
+                node: p.name.clone(),
+                what: "systemd running",
+                timeout: Duration::ZERO,
+                last,
+                console: p.console.clone(),
+            });
+        }
+        if leader(p).is_some() {
+            match exec(
+                p,
+                &["systemctl", "is-system-running", "--wait"],
+                Some(deadline - now),
+            ) {
+                Ok(o) => {
+                    let state = o.stdout.trim().to_string();
+                    if state == "running" || state == "degraded" {
+                        return Ok(state);
+                    }
+                    last = format!("{state} {}", cmd::tail(&o.stderr));
+                }
+                Err(NodeError::Cmd(CmdError::Timeout { .. })) => continue,
+                Err(e) => last = e.to_string(),
+            }
+        } else if nspawn_pids(p).is_empty() {
+            return Err(NodeError::NotRunning {
+                node: p.name.clone(),
+            });
+        }
+        // Not reachable yet (no PID 1 or no manager socket): poll again shortly.
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn wait_gone(pids: impl Fn() -> Vec<i32>, deadline: Instant) -> Vec<i32> {
+    loop {
+        let left = pids();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Power cut: SIGKILL the node's PID 1 (the kernel kills its whole PID namespace) and nspawn,
+/// then wait until none of its processes is left.
+pub fn kill_node(p: &NodePaths) -> Result<(), NodeError> {
+    send_kill(p);
+    wait_killed(p, Instant::now() + Duration::from_secs(10))
+}
+
+/// Sends SIGKILL to the node's PID 1 and to all its processes, without waiting.
+pub fn send_kill(p: &NodePaths) {
+    if let Some(l) = leader(p) {
+        let _ = kill(Pid::from_raw(l), Signal::SIGKILL);
+    }
+    for pid in node_pids(p) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// Waits until none of the node's processes is left.
+pub fn wait_killed(p: &NodePaths, deadline: Instant) -> Result<(), NodeError> {
+    let left = wait_gone(|| node_pids(p), deadline);
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(NodeError::Unkillable {
+            node: p.name.clone(),
+            pids: left,
+        })
+    }
+}
+
+/// Clean shutdown: SIGTERM to nspawn makes it power the container off; after `grace` the node is
+/// killed.
+pub fn stop_node(p: &NodePaths, grace: Duration) -> Result<(), NodeError> {
+    for pid in nspawn_pids(p) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let left = wait_gone(|| node_pids(p), Instant::now() + grace);
+    if left.is_empty() {
+        Ok(())
+    } else {
+        kill_node(p)
+    }
+}
+
+/// Sum of the proportional set size (PSS) of all the node's processes, in KiB.
+pub fn memory_pss_kib(p: &NodePaths) -> u64 {
+    node_pids(p)
+        .into_iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
