@@ -40,12 +40,29 @@ pub fn is_rootfs(dir: &Path) -> bool {
         && dir.join("etc/os-release").exists()
 }
 
-/// The `kubedna-image` binary: `$KUBEDNA_IMAGE`, else from `PATH`.
+/// The `kubedna-image` binary: `$KUBEDNA_IMAGE`, else from `PATH`, else next to this executable
+/// (the same cargo target directory, also from `target/*/deps` where tests run).
 pub fn builder() -> Option<String> {
     if let Ok(b) = std::env::var("KUBEDNA_IMAGE") {
         return Some(b);
     }
-    cmd::exists("kubedna-image").then(|| "kubedna-image".to_string())
+    if cmd::exists("kubedna-image") {
+        return Some("kubedna-image".to_string());
+    }
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("kubedna-image"))
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Whether the image carries the agent (then its nodes get the production seed).
+pub fn has_agent(rootfs: &Path) -> bool {
+    ["usr/bin/kubedna-agent", "usr/local/bin/kubedna-agent"]
+        .iter()
+        .any(|p| rootfs.join(p).is_file())
 }
 
 /// Returns the rootfs directory to use as the nodes' lower layer, building the image when DIR

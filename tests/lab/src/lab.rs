@@ -474,7 +474,31 @@ impl Lab {
                 },
                 SeedSource::Caller,
             ),
-            None => (seed::render_fallback(&input), SeedSource::LabFallback),
+            None => match image::builder().filter(|_| image::has_agent(&self.state.image_rootfs)) {
+                Some(builder) => {
+                    let desc = seed::ClusterDesc {
+                        name: self.state.name.clone(),
+                        prefix: self.state.subnet.prefix(),
+                        gateway: self.gateway(),
+                        nodes: self
+                            .state
+                            .nodes
+                            .iter()
+                            .map(|n| (n.name.clone(), n.role, n.address))
+                            .collect(),
+                    };
+                    let rendered = seed::render_with_kubedna_image(
+                        &builder,
+                        &self.dir.join("seed"),
+                        &desc,
+                        &self.state.cluster_secret.0,
+                        name,
+                    )?;
+                    (rendered, SeedSource::KubednaImage)
+                }
+                // FALLBACK until the image has the agent / kubedna-image is installed.
+                None => (seed::render_fallback(&input), SeedSource::LabFallback),
+            },
         };
         seed::write(&p.root, &rendered)?;
         if let Some(r) = self.state.nodes.iter_mut().find(|n| n.name == name) {
@@ -752,9 +776,24 @@ impl Lab {
         if let Some(record) = self.state.nodes.iter().find(|n| n.name == name) {
             net::delete_link(&self.veth(record))?;
         }
+        let had_loss = self.node(name)?.netem.loss_pct > 0.0;
         self.state.nodes.retain(|n| n.name != name);
         for g in &mut self.state.partitions {
             g.retain(|n| n != name);
+        }
+        self.state.partitions.retain(|g| !g.is_empty());
+        if self.state.partitions.len() < 2 {
+            self.state.partitions.clear();
+        }
+        self.apply_partitions(&self.state.partitions)?;
+        if had_loss {
+            let ports: Vec<(String, f32)> = self
+                .state
+                .nodes
+                .iter()
+                .map(|n| (self.veth(n), n.netem.loss_pct))
+                .collect();
+            net::set_loss(&names::nft_table(&self.state.name), &ports)?;
         }
         self.save()
     }

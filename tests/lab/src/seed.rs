@@ -1,9 +1,12 @@
 //! The NoCloud seed each node boots with, written into the node's own overlay at
 //! `/var/lib/cloud/seed/nocloud/` so cloud-init in the node configures it as it would a VM.
 //!
-//! The seed is meant to be rendered by `kubedna-image seed` from the production templates in
-//! `cloud-init/`. Until that command exists, [`render_fallback`] writes a minimal seed itself:
-//! FALLBACK, to be swapped out; it is marked as such in the files it writes and in `status`.
+//! The seed is rendered by `kubedna-image seed` from the production templates in `cloud-init/`
+//! ([`render_with_kubedna_image`]), from a cluster description the lab writes; only the
+//! network-config is the lab's own, because the lab (like a hypervisor) has already configured
+//! the node's interface. When `kubedna-image` is not available or the image has no agent (a
+//! development rootfs), [`render_fallback`] writes a minimal seed instead: FALLBACK, marked as
+//! such in the files it writes and in `status`.
 //! This module never logs or returns the cluster secret outside the seed files (mode 0600).
 
 use std::fmt::Write as _;
@@ -27,6 +30,107 @@ pub enum SeedError {
         #[source]
         source: std::io::Error,
     },
+    #[error("could not read the seed `kubedna-image seed` wrote: {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`kubedna-image seed` failed for node {node}")]
+    Render {
+        node: String,
+        #[source]
+        source: crate::cmd::CmdError,
+    },
+}
+
+/// The cluster as `kubedna-image seed` wants it described (`cloud-init/cluster.example.yaml`).
+#[derive(Debug, Clone)]
+pub struct ClusterDesc {
+    pub name: String,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    /// (name, role, address) of every node.
+    pub nodes: Vec<(String, Role, Ipv4Addr)>,
+}
+
+impl ClusterDesc {
+    /// The `ClusterSeed` YAML (all values are validated names and addresses).
+    pub fn to_yaml(&self) -> String {
+        let mut y = format!(
+            "# Written by kubedna-lab for `kubedna-image seed`; regenerated when nodes change.\n\
+             apiVersion: kubedna.io/v1alpha1\n\
+             kind: ClusterSeed\n\
+             name: {}\n\
+             secretFile: cluster-secret\n\
+             provider: lab\n\
+             multicast: false\n\
+             network:\n\
+             \x20 prefixLength: {}\n\
+             \x20 gateway: {}\n\
+             nodes:\n",
+            self.name, self.prefix, self.gateway
+        );
+        for (name, role, addr) in &self.nodes {
+            let _ = write!(
+                y,
+                "  - name: {name}\n    role: {}\n    address: {addr}\n",
+                role.as_str()
+            );
+        }
+        y
+    }
+}
+
+fn write_private(path: &Path, content: &str) -> Result<(), SeedError> {
+    let err = |source| SeedError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).map_err(err)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Renders `node`'s seed with `builder seed --cluster WORK/cluster.yaml --node NODE --out
+/// WORK/NODE`. `work` is a root-only directory of the lab. The network-config is replaced by
+/// [`NETWORK_CONFIG`].
+pub fn render_with_kubedna_image(
+    builder: &str,
+    work: &Path,
+    cluster: &ClusterDesc,
+    secret: &str,
+    node: &str,
+) -> Result<Seed, SeedError> {
+    let werr = |source| SeedError::Write {
+        path: work.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(work).map_err(werr)?;
+    std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o700)).map_err(werr)?;
+    write_private(&work.join("cluster-secret"), secret)?;
+    let cluster_yaml = work.join("cluster.yaml");
+    write_private(&cluster_yaml, &cluster.to_yaml())?;
+    let out = work.join(node);
+    let (c, o) = (cluster_yaml.to_string_lossy(), out.to_string_lossy());
+    crate::cmd::run(
+        builder,
+        &["seed", "--cluster", &c, "--node", node, "--out", &o],
+    )
+    .map_err(|source| SeedError::Render {
+        node: node.to_string(),
+        source,
+    })?;
+    let read = |name: &str| {
+        let path = out.join(name);
+        std::fs::read_to_string(&path).map_err(|source| SeedError::Read { path, source })
+    };
+    Ok(Seed {
+        meta_data: read("meta-data")?,
+        user_data: read("user-data")?,
+        network_config: NETWORK_CONFIG.to_string(),
+    })
 }
 
 /// Which renderer produced a node's seed.

@@ -386,8 +386,9 @@ fn labs_coexist_refuse_overlaps_and_provide_nodes() {
         .create_node(&CreateNode {
             image: image().display().to_string(),
             role: Role::Worker,
-            user_data: "#cloud-config\nwrite_files:\n  - path: /etc/provided\n    content: provided\n"
-                .into(),
+            user_data:
+                "#cloud-config\nwrite_files:\n  - path: /etc/provided\n    content: provided\n"
+                    .into(),
             labels,
         })
         .unwrap_or_else(|e| panic!("create_node: {e}"));
