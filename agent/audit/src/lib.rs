@@ -54,7 +54,9 @@ pub fn file_date(name: &str) -> Option<chrono::NaiveDate> {
 }
 
 /// The daily files in `dir`, oldest first.
-pub(crate) fn daily_files(dir: &std::path::Path) -> Result<Vec<(chrono::NaiveDate, PathBuf)>, AuditError> {
+pub(crate) fn daily_files(
+    dir: &std::path::Path,
+) -> Result<Vec<(chrono::NaiveDate, PathBuf)>, AuditError> {
     let rd = std::fs::read_dir(dir).map_err(|source| AuditError::Io {
         path: dir.to_path_buf(),
         what: "cannot list",

@@ -146,7 +146,8 @@ impl Writer {
             .open(&path)
             .map_err(io(&path, "cannot open"))?;
         let mut bytes = Vec::with_capacity(len as usize);
-        f.read_to_end(&mut bytes).map_err(io(&path, "cannot read"))?;
+        f.read_to_end(&mut bytes)
+            .map_err(io(&path, "cannot read"))?;
         let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         if complete < bytes.len() {
             // Only a crash mid-append leaves bytes after the last newline: cut them.
@@ -156,7 +157,8 @@ impl Writer {
                     line: bytes[..complete].iter().filter(|b| **b == b'\n').count() as u64 + 1,
                 });
             }
-            f.set_len(complete as u64).map_err(io(&path, "cannot cut a torn line"))?;
+            f.set_len(complete as u64)
+                .map_err(io(&path, "cannot cut a torn line"))?;
             f.sync_all().map_err(io(&path, "cannot sync"))?;
             tracing::warn!(
                 file = %path.display(),
@@ -169,7 +171,10 @@ impl Writer {
             });
         }
         let text = &bytes[..complete];
-        let lines = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64;
+        let lines = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count() as u64;
         let last = text[..complete.saturating_sub(1)]
             .rsplit(|b| *b == b'\n')
             .next()
@@ -329,7 +334,10 @@ pub(crate) fn read_anchor(dir: &Path) -> Result<Option<Anchor>, AuditError> {
     match fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
-            .map_err(|_| AuditError::Corrupt { file: path, line: 1 }),
+            .map_err(|_| AuditError::Corrupt {
+                file: path,
+                line: 1,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(&path, "cannot read")(e)),
     }
@@ -390,7 +398,9 @@ impl AuditHandle {
     /// Appends one record; returns once it is on disk.
     pub async fn append(&self, entry: Entry) -> Result<AuditRecord, AuditError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx.send((entry, reply)).map_err(|_| AuditError::Closed)?;
+        self.tx
+            .send((entry, reply))
+            .map_err(|_| AuditError::Closed)?;
         match rx.await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(message)) => Err(AuditError::Write(message)),

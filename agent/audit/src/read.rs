@@ -87,7 +87,11 @@ pub fn verify(dir: &Path) -> Result<AuditVerifyResponse, AuditError> {
                 fail(
                     &mut report,
                     lineno,
-                    format!("seq {} follows seq {}: records are missing or reordered", record.seq, want_seq - 1),
+                    format!(
+                        "seq {} follows seq {}: records are missing or reordered",
+                        record.seq,
+                        want_seq - 1
+                    ),
                 );
                 return Ok(report);
             }
@@ -134,7 +138,11 @@ impl ListFilter {
 
 /// Records matching `filter`, oldest first, and whether older matches were left out.
 pub fn list(dir: &Path, filter: &ListFilter) -> Result<(Vec<AuditRecord>, bool), AuditError> {
-    let limit = if filter.limit == 0 { 1000 } else { filter.limit };
+    let limit = if filter.limit == 0 {
+        1000
+    } else {
+        filter.limit
+    };
     let since_date = filter.since.map(|s| s.date_naive());
     let mut out = VecDeque::new();
     let mut truncated = false;

@@ -31,7 +31,11 @@ fn entry(action: &str, time: Option<DateTime<Utc>>) -> Entry {
 }
 
 fn day(d: u32) -> Option<DateTime<Utc>> {
-    Some(Utc.with_ymd_and_hms(2026, 3, d, 12, 0, 0).single().expect("date"))
+    Some(
+        Utc.with_ymd_and_hms(2026, 3, d, 12, 0, 0)
+            .single()
+            .expect("date"),
+    )
 }
 
 fn write_n(dir: &Path, n: usize) {
@@ -90,14 +94,27 @@ fn removed_and_reordered_records_are_found() {
     let lines: Vec<&str> = text.lines().collect();
     let without_second = format!("{}\n{}\n{}\n", lines[0], lines[2], lines[3]);
     std::fs::write(path, without_second).expect("write");
-    let brk = verify(dir.path()).expect("verify").first_break.expect("break");
+    let brk = verify(dir.path())
+        .expect("verify")
+        .first_break
+        .expect("break");
     assert_eq!(brk.line, 2);
     let swapped = format!("{}\n{}\n{}\n{}\n", lines[0], lines[2], lines[1], lines[3]);
     std::fs::write(path, swapped).expect("write");
-    assert_eq!(verify(dir.path()).expect("verify").first_break.expect("break").line, 2);
+    assert_eq!(
+        verify(dir.path())
+            .expect("verify")
+            .first_break
+            .expect("break")
+            .line,
+        2
+    );
     // Dropping whole oldest files without an anchor is found too.
     std::fs::write(path, format!("{}\n{}\n", lines[2], lines[3])).expect("write");
-    let brk = verify(dir.path()).expect("verify").first_break.expect("break");
+    let brk = verify(dir.path())
+        .expect("verify")
+        .first_break
+        .expect("break");
     assert!(brk.reason.contains("anchor"), "{}", brk.reason);
 }
 
@@ -105,7 +122,12 @@ fn removed_and_reordered_records_are_found() {
 fn a_torn_last_line_is_cut_and_earlier_records_survive() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_n(dir.path(), 3);
-    let path = daily_files(dir.path()).expect("files").last().expect("file").1.clone();
+    let path = daily_files(dir.path())
+        .expect("files")
+        .last()
+        .expect("file")
+        .1
+        .clone();
     let before = std::fs::read(&path).expect("read");
     let mut torn = before.clone();
     torn.extend_from_slice(br#"{"seq":4,"time":"2026-03-0"#);
@@ -116,9 +138,14 @@ fn a_torn_last_line_is_cut_and_earlier_records_survive() {
     let mut w = Writer::open(dir.path(), 365).expect("open repairs");
     assert_eq!(w.repairs().len(), 1);
     assert_eq!(w.repairs()[0].dropped_bytes, 26);
-    assert_eq!(std::fs::read(&path).expect("read"), before, "earlier records changed");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "earlier records changed"
+    );
     assert_eq!(w.head().0, 3);
-    w.append_batch(vec![entry("after.repair", day(2))]).expect("append");
+    w.append_batch(vec![entry("after.repair", day(2))])
+        .expect("append");
     let report = verify(dir.path()).expect("verify");
     assert!(report.ok, "{report:?}");
     assert_eq!(report.records_checked, 4);
@@ -152,7 +179,9 @@ fn concurrent_writers_never_interleave() {
             let h = handle.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..25 {
-                    h.append(entry(&format!("task{t}.{i}"), None)).await.expect("append");
+                    h.append(entry(&format!("task{t}.{i}"), None))
+                        .await
+                        .expect("append");
                 }
             }));
         }
@@ -171,18 +200,33 @@ fn concurrent_writers_never_interleave() {
 #[test]
 fn retention_prunes_old_files_and_the_chain_still_verifies() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let at = |y, m, d| Some(Utc.with_ymd_and_hms(y, m, d, 8, 0, 0).single().expect("date"));
+    let at = |y, m, d| {
+        Some(
+            Utc.with_ymd_and_hms(y, m, d, 8, 0, 0)
+                .single()
+                .expect("date"),
+        )
+    };
     let mut w = Writer::open(dir.path(), 30).expect("open");
-    w.append_batch(vec![entry("old.1", at(2026, 1, 1)), entry("old.2", at(2026, 1, 1))])
+    w.append_batch(vec![
+        entry("old.1", at(2026, 1, 1)),
+        entry("old.2", at(2026, 1, 1)),
+    ])
+    .expect("append");
+    w.append_batch(vec![entry("mid", at(2026, 2, 20))])
         .expect("append");
-    w.append_batch(vec![entry("mid", at(2026, 2, 20))]).expect("append");
-    w.append_batch(vec![entry("new", at(2026, 3, 1))]).expect("append");
+    w.append_batch(vec![entry("new", at(2026, 3, 1))])
+        .expect("append");
     let names: Vec<String> = daily_files(dir.path())
         .expect("files")
         .iter()
         .map(|(d, _)| d.to_string())
         .collect();
-    assert_eq!(names, vec!["2026-02-20", "2026-03-01"], "the January file is past 30 days");
+    assert_eq!(
+        names,
+        vec!["2026-02-20", "2026-03-01"],
+        "the January file is past 30 days"
+    );
     assert!(dir.path().join("anchor.json").exists());
     let report = verify(dir.path()).expect("verify");
     assert!(report.ok, "{report:?}");
@@ -191,7 +235,8 @@ fn retention_prunes_old_files_and_the_chain_still_verifies() {
     drop(w);
     let mut w = Writer::open(dir.path(), 30).expect("reopen");
     assert_eq!(w.head().0, 4);
-    w.append_batch(vec![entry("newer", at(2026, 3, 2))]).expect("append");
+    w.append_batch(vec![entry("newer", at(2026, 3, 2))])
+        .expect("append");
     assert!(verify(dir.path()).expect("verify").ok);
 }
 
@@ -206,8 +251,8 @@ fn secrets_in_arguments_never_reach_the_file() {
         "nested": {"clusterSecret": "s3cr3t-value", "list": [{"apiKey": "k-123"}]}
     });
     w.append_batch(vec![e]).expect("append");
-    let text = std::fs::read_to_string(&daily_files(dir.path()).expect("files")[0].1)
-        .expect("read");
+    let text =
+        std::fs::read_to_string(&daily_files(dir.path()).expect("files")[0].1).expect("read");
     for secret in ["abcdef.0123456789abcdef", "s3cr3t-value", "k-123"] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
@@ -235,6 +280,16 @@ fn list_filters_by_time_and_action() {
     let (some, _) = list(dir.path(), &f).expect("list");
     assert_eq!(some.len(), 1);
     assert_eq!(some[0].seq, 3);
-    let (last, truncated) = list(dir.path(), &ListFilter { limit: 2, ..Default::default() }).expect("list");
-    assert_eq!((last.iter().map(|r| r.seq).collect::<Vec<_>>(), truncated), (vec![2, 3], true));
+    let (last, truncated) = list(
+        dir.path(),
+        &ListFilter {
+            limit: 2,
+            ..Default::default()
+        },
+    )
+    .expect("list");
+    assert_eq!(
+        (last.iter().map(|r| r.seq).collect::<Vec<_>>(), truncated),
+        (vec![2, 3], true)
+    );
 }

@@ -63,9 +63,7 @@ pub enum Command {
         data: Option<String>,
     },
     /// Print a shell completion script.
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
     /// Write man pages for kubedna and its commands.
     Man {
         /// Directory to write kubedna.1 and kubedna-*.1 into; without it, print kubedna.1.

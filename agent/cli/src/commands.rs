@@ -72,11 +72,18 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 };
                 print(&output::render(format, &v, output::version_table))?;
             }
-            Command::Audit(AuditCommand::List { since, action, limit }) => {
+            Command::Audit(AuditCommand::List {
+                since,
+                action,
+                limit,
+            }) => {
                 let mut query = vec![format!("limit={limit}")];
                 if let Some(s) = since {
                     let t = parse_since(&s, Utc::now())?;
-                    query.push(format!("since={}", encode(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))));
+                    query.push(format!(
+                        "since={}",
+                        encode(&t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    ));
                 }
                 if let Some(a) = action {
                     query.push(format!("action={}", encode(&a)));
@@ -86,7 +93,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 print(&output::render(format, &r, output::audit_table))?;
             }
             Command::Audit(AuditCommand::Verify { dir: None }) => {
-                let report: AuditVerifyResponse = client.call("GET", paths::AUDIT_VERIFY, None).await?;
+                let report: AuditVerifyResponse =
+                    client.call("GET", paths::AUDIT_VERIFY, None).await?;
                 return finish_verify(format, &report);
             }
             Command::LogLevel { filter } => {
@@ -95,24 +103,31 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 print(&output::render(format, &r, output::log_level_table))?;
             }
             Command::Reload => {
-                let r: ReloadResponse = client.call("POST", paths::CONFIG_RELOAD, Some(b"{}".to_vec())).await?;
+                let r: ReloadResponse = client
+                    .call("POST", paths::CONFIG_RELOAD, Some(b"{}".to_vec()))
+                    .await?;
                 print(&output::render(format, &r, output::reload_table))?;
             }
             Command::Api { method, path, data } => {
                 let method = method.to_ascii_uppercase();
-                let (status, body) = client.send(&method, &path, data.map(String::into_bytes)).await?;
+                let (status, body) = client
+                    .send(&method, &path, data.map(String::into_bytes))
+                    .await?;
                 check_status(status, &body)?;
-                let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
-                    socket: cli.socket.clone(),
-                    reason: format!("the answer is not JSON: {e}"),
-                })?;
+                let value: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+                        socket: cli.socket.clone(),
+                        reason: format!("the answer is not JSON: {e}"),
+                    })?;
                 print(&output::render(format, &value, |v| {
                     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
                     s.push('\n');
                     s
                 }))?;
             }
-            Command::Completions { .. } | Command::Man { .. } | Command::Audit(AuditCommand::Verify { dir: Some(_) }) => {
+            Command::Completions { .. }
+            | Command::Man { .. }
+            | Command::Audit(AuditCommand::Verify { dir: Some(_) }) => {
                 unreachable!("handled before the runtime starts")
             }
         }
@@ -122,7 +137,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 
 fn finish_verify(format: Format, report: &AuditVerifyResponse) -> anyhow::Result<u8> {
     print(&output::render(format, report, output::verify_table))?;
-    Ok(if report.ok { exit::OK } else { exit::AUDIT_BROKEN })
+    Ok(if report.ok {
+        exit::OK
+    } else {
+        exit::AUDIT_BROKEN
+    })
 }
 
 fn print(s: &str) -> anyhow::Result<()> {
@@ -164,7 +183,9 @@ pub struct UsageError(pub String);
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'*' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -90,10 +90,16 @@ pub fn status_table(s: &StatusResponse) -> String {
         ),
         (
             "Config",
-            format!("{} (generation {})", s.agent.config_path, s.agent.config_generation),
+            format!(
+                "{} (generation {})",
+                s.agent.config_path, s.agent.config_generation
+            ),
         ),
         ("Log filter", s.agent.log_filter.clone()),
-        ("You", format!("uid {}, role {}", s.caller.uid, s.caller.role)),
+        (
+            "You",
+            format!("uid {}, role {}", s.caller.uid, s.caller.role),
+        ),
     ])
 }
 
@@ -136,7 +142,9 @@ pub fn audit_table(r: &AuditRecordsResponse) -> String {
         })
         .collect();
     let mut out = table(
-        &["SEQ", "TIME", "CALLER", "VIA", "ROLE", "ACTION", "RESULT", "MESSAGE"],
+        &[
+            "SEQ", "TIME", "CALLER", "VIA", "ROLE", "ACTION", "RESULT", "MESSAGE",
+        ],
         &rows,
     );
     if r.truncated {
@@ -168,6 +176,10 @@ pub fn reload_table(r: &ReloadResponse) -> String {
     format!(
         "configuration reloaded (generation {}); changed: {}\n",
         r.generation,
-        if r.changed.is_empty() { "nothing".to_string() } else { r.changed.join(", ") }
+        if r.changed.is_empty() {
+            "nothing".to_string()
+        } else {
+            r.changed.join(", ")
+        }
     )
 }

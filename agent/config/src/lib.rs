@@ -95,7 +95,10 @@ impl Config {
                 out.push(name.to_string());
             }
         };
-        check("cluster", a.cluster != b.cluster || self.cluster_secret != new.cluster_secret);
+        check(
+            "cluster",
+            a.cluster != b.cluster || self.cluster_secret != new.cluster_secret,
+        );
         check("node", a.node != b.node);
         check("discovery", a.discovery != b.discovery);
         check("provider", a.provider != b.provider);

@@ -318,12 +318,21 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
         message,
     };
     let base = file.parent().unwrap_or(Path::new("/"));
-    let absolute = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let absolute = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
 
     if spec.api_version != API_VERSION {
         return Err(invalid(
             "apiVersion",
-            format!("{:?} is not supported: use {API_VERSION:?}", spec.api_version),
+            format!(
+                "{:?} is not supported: use {API_VERSION:?}",
+                spec.api_version
+            ),
         ));
     }
     if spec.kind != KIND {
@@ -346,13 +355,15 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
         (Some(_), Some(_)) => {
             return Err(invalid(
                 "cluster",
-                "both `secretFile` and `secret` are set: keep exactly one (prefer secretFile)".into(),
+                "both `secretFile` and `secret` are set: keep exactly one (prefer secretFile)"
+                    .into(),
             ))
         }
         (None, None) => {
             return Err(invalid(
                 "cluster",
-                "the cluster secret is missing: set `secretFile` (a mode 0600 file) or `secret`".into(),
+                "the cluster secret is missing: set `secretFile` (a mode 0600 file) or `secret`"
+                    .into(),
             ))
         }
         (Some(path), None) => {
@@ -386,7 +397,10 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
     }
 
     if spec.discovery.port == 0 {
-        return Err(invalid("discovery.port", "0 is not a port: use 1-65535".into()));
+        return Err(invalid(
+            "discovery.port",
+            "0 is not a port: use 1-65535".into(),
+        ));
     }
     for (i, seed) in spec.discovery.seeds.iter().enumerate() {
         check_seed(seed).map_err(|m| invalid(&format!("discovery.seeds[{i}]"), m))?;
@@ -401,7 +415,10 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
         ));
     }
     if spec.discovery.multicast.port == 0 {
-        return Err(invalid("discovery.multicast.port", "0 is not a port: use 1-65535".into()));
+        return Err(invalid(
+            "discovery.multicast.port",
+            "0 is not a port: use 1-65535".into(),
+        ));
     }
 
     match spec.provider.kind {
@@ -421,11 +438,15 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
                 ));
             };
             h.token_file = absolute(&h.token_file);
-            read_private_file(&h.token_file).map_err(|m| invalid("provider.hetzner.tokenFile", m))?;
+            read_private_file(&h.token_file)
+                .map_err(|m| invalid("provider.hetzner.tokenFile", m))?;
         }
     }
     if spec.provider.kind != ProviderKind::Lab && spec.provider.lab.is_some() {
-        return Err(invalid("provider.lab", "set only when provider.kind is lab".into()));
+        return Err(invalid(
+            "provider.lab",
+            "set only when provider.kind is lab".into(),
+        ));
     }
     if spec.discovery.provider && spec.provider.kind == ProviderKind::None {
         return Err(invalid(
@@ -435,7 +456,8 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
     }
 
     let rbac = RbacMap {
-        admin: resolve_subjects(&spec.rbac.admins, "rbac.admins").map_err(|(f, m)| invalid(&f, m))?,
+        admin: resolve_subjects(&spec.rbac.admins, "rbac.admins")
+            .map_err(|(f, m)| invalid(&f, m))?,
         operator: resolve_subjects(&spec.rbac.operators, "rbac.operators")
             .map_err(|(f, m)| invalid(&f, m))?,
         viewer: resolve_subjects(&spec.rbac.viewers, "rbac.viewers")
@@ -458,7 +480,10 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
     if socket_mode & 0o600 != 0o600 {
         return Err(invalid(
             "admin.socketMode",
-            format!("{:?} locks the agent's own user out: keep the owner's rw bits (0600)", spec.admin.socket_mode),
+            format!(
+                "{:?} locks the agent's own user out: keep the owner's rw bits (0600)",
+                spec.admin.socket_mode
+            ),
         ));
     }
     let socket_gid = match &spec.admin.socket_group {
@@ -468,7 +493,10 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
     if spec.admin.drain_timeout_seconds == 0 || spec.admin.drain_timeout_seconds > 300 {
         return Err(invalid(
             "admin.drainTimeoutSeconds",
-            format!("{} is out of range: use 1 to 300", spec.admin.drain_timeout_seconds),
+            format!(
+                "{} is out of range: use 1 to 300",
+                spec.admin.drain_timeout_seconds
+            ),
         ));
     }
 
@@ -479,7 +507,10 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
     if !(1..=3650).contains(&spec.audit.retention_days) {
         return Err(invalid(
             "audit.retentionDays",
-            format!("{} is out of range: use 1 to 3650 (default 365)", spec.audit.retention_days),
+            format!(
+                "{} is out of range: use 1 to 3650 (default 365)",
+                spec.audit.retention_days
+            ),
         ));
     }
     if !is_log_filter(&spec.log.level) {
@@ -516,7 +547,8 @@ fn check_secret_len(bytes: &[u8]) -> Result<(), String> {
 
 /// Reads a file that must not be readable by group or others; trims one trailing newline.
 fn read_private_file(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(format!(
@@ -596,7 +628,8 @@ fn check_seed(seed: &str) -> Result<(), String> {
 
 pub(crate) fn is_dns_label(s: &str) -> bool {
     (1..=63).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -613,13 +646,16 @@ fn is_log_filter(s: &str) -> bool {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     !s.is_empty()
         && s.split(',').all(|d| {
-            let level = d.rsplit_once('=').map_or(d, |(target, level)| {
-                if target.is_empty() {
-                    ""
-                } else {
-                    level
-                }
-            });
+            let level = d.rsplit_once('=').map_or(
+                d,
+                |(target, level)| {
+                    if target.is_empty() {
+                        ""
+                    } else {
+                        level
+                    }
+                },
+            );
             LEVELS.contains(&level.trim())
         })
 }

@@ -90,8 +90,11 @@ fn secret_never_prints() {
     assert!(!dbg.contains(SECRET), "Debug leaked the secret: {dbg}");
     let mut bad = minimal().replace(SECRET, "short-secret-value");
     bad.push('\n');
-    let err = fx.parse(&bad).unwrap_err().to_string();
-    assert!(!err.contains("short-secret-value"), "error leaked the secret: {err}");
+    let err = fx.parse(&bad).expect_err("must be refused").to_string();
+    assert!(
+        !err.contains("short-secret-value"),
+        "error leaked the secret: {err}"
+    );
 }
 
 #[test]
@@ -117,34 +120,180 @@ fn bad_configs_name_their_field() {
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let m = minimal();
     let cases: Vec<(&str, String, &str, &str)> = vec![
-        ("unknown top-level field", m.clone() + "extra: 1\n", "extra", "expected one of `apiVersion`"),
-        ("unknown nested field", m.replace("  role: worker", "  role: worker\n  zone: a"), "node.zone", "unknown field `zone`"),
-        ("bad role", m.replace("role: worker", "role: master"), "node.role", "control-plane"),
-        ("wrong apiVersion", m.replace("v1alpha1", "v1"), "apiVersion", "kubedna.io/v1alpha1"),
-        ("wrong kind", m.replace("kind: AgentConfig", "kind: Agent"), "kind", "AgentConfig"),
-        ("bad cluster name", m.replace("name: demo", "name: Demo_1"), "cluster.name", "DNS label"),
-        ("missing cluster", "apiVersion: kubedna.io/v1alpha1\nkind: AgentConfig\nnode:\n  role: worker\n".into(), ".", "missing field `cluster`"),
-        ("no secret", m.replace(&format!("  secret: {SECRET}\n"), ""), "cluster", "secretFile"),
-        ("short secret", m.replace(SECRET, "abc"), "cluster.secret", "at least 32"),
-        ("both secrets", m.replace("  name: demo\n", "  name: demo\n  secretFile: cluster.secret\n"), "cluster", "exactly one"),
-        ("secret file readable by others", m.replace(&format!("secret: {SECRET}"), &format!("secretFile: {}", loose.display())), "cluster.secretFile", "chmod 600"),
-        ("secret file missing", m.replace(&format!("secret: {SECRET}"), "secretFile: /nonexistent/s"), "cluster.secretFile", "cannot read"),
-        ("bad node name", m.replace("name: n1", "name: N_1"), "node.name", "node name"),
-        ("bad seed", m.clone() + "discovery:\n  seeds: [\"198.18.0.1:99999\"]\n", "discovery.seeds[0]", "host:port"),
-        ("bad seed type", m.clone() + "discovery:\n  seeds: 5\n", "discovery.seeds", "sequence"),
-        ("unicast multicast group", m.clone() + "discovery:\n  multicast:\n    group: 10.0.0.1\n", "discovery.multicast.group", "224.0.0.0/4"),
-        ("provider discovery without provider", m.clone() + "discovery:\n  provider: true\n", "discovery.provider", "provider.kind"),
-        ("hetzner without block", m.clone() + "provider:\n  kind: hetzner\n", "provider.hetzner", "tokenFile"),
-        ("unknown provider", m.clone() + "provider:\n  kind: aws\n", "provider.kind", "hetzner"),
-        ("unknown rbac user", m.clone() + "rbac:\n  viewers:\n    users: [no-such-user-kubedna]\n", "rbac.viewers.users[0]", "does not exist"),
-        ("negative uid", m.clone() + "rbac:\n  admins:\n    uids: [-1]\n", "rbac.admins.uids[0]", "expected u32"),
-        ("bad socket mode", m.clone() + "admin:\n  socketMode: \"rw\"\n", "admin.socketMode", "octal"),
-        ("socket mode locks owner out", m.clone() + "admin:\n  socketMode: \"0066\"\n", "admin.socketMode", "0600"),
-        ("unknown socket group", m.clone() + "admin:\n  socketGroup: no-such-group-kubedna\n", "admin.socketGroup", "groupadd"),
-        ("drain out of range", m.clone() + "admin:\n  drainTimeoutSeconds: 0\n", "admin.drainTimeoutSeconds", "1 to 300"),
-        ("retention out of range", m.clone() + "audit:\n  retentionDays: 0\n", "audit.retentionDays", "1 to 3650"),
-        ("bad log level", m.clone() + "log:\n  level: loud\n", "log.level", "info"),
-        ("yaml syntax", m.clone() + "log: \"unterminated\n", "log", "line 10"),
+        (
+            "unknown top-level field",
+            m.clone() + "extra: 1\n",
+            "extra",
+            "expected one of `apiVersion`",
+        ),
+        (
+            "unknown nested field",
+            m.replace("  role: worker", "  role: worker\n  zone: a"),
+            "node.zone",
+            "unknown field `zone`",
+        ),
+        (
+            "bad role",
+            m.replace("role: worker", "role: master"),
+            "node.role",
+            "control-plane",
+        ),
+        (
+            "wrong apiVersion",
+            m.replace("v1alpha1", "v1"),
+            "apiVersion",
+            "kubedna.io/v1alpha1",
+        ),
+        (
+            "wrong kind",
+            m.replace("kind: AgentConfig", "kind: Agent"),
+            "kind",
+            "AgentConfig",
+        ),
+        (
+            "bad cluster name",
+            m.replace("name: demo", "name: Demo_1"),
+            "cluster.name",
+            "DNS label",
+        ),
+        (
+            "missing cluster",
+            "apiVersion: kubedna.io/v1alpha1\nkind: AgentConfig\nnode:\n  role: worker\n".into(),
+            ".",
+            "missing field `cluster`",
+        ),
+        (
+            "no secret",
+            m.replace(&format!("  secret: {SECRET}\n"), ""),
+            "cluster",
+            "secretFile",
+        ),
+        (
+            "short secret",
+            m.replace(SECRET, "abc"),
+            "cluster.secret",
+            "at least 32",
+        ),
+        (
+            "both secrets",
+            m.replace(
+                "  name: demo\n",
+                "  name: demo\n  secretFile: cluster.secret\n",
+            ),
+            "cluster",
+            "exactly one",
+        ),
+        (
+            "secret file readable by others",
+            m.replace(
+                &format!("secret: {SECRET}"),
+                &format!("secretFile: {}", loose.display()),
+            ),
+            "cluster.secretFile",
+            "chmod 600",
+        ),
+        (
+            "secret file missing",
+            m.replace(&format!("secret: {SECRET}"), "secretFile: /nonexistent/s"),
+            "cluster.secretFile",
+            "cannot read",
+        ),
+        (
+            "bad node name",
+            m.replace("name: n1", "name: N_1"),
+            "node.name",
+            "node name",
+        ),
+        (
+            "bad seed",
+            m.clone() + "discovery:\n  seeds: [\"198.18.0.1:99999\"]\n",
+            "discovery.seeds[0]",
+            "host:port",
+        ),
+        (
+            "bad seed type",
+            m.clone() + "discovery:\n  seeds: 5\n",
+            "discovery.seeds",
+            "sequence",
+        ),
+        (
+            "unicast multicast group",
+            m.clone() + "discovery:\n  multicast:\n    group: 10.0.0.1\n",
+            "discovery.multicast.group",
+            "224.0.0.0/4",
+        ),
+        (
+            "provider discovery without provider",
+            m.clone() + "discovery:\n  provider: true\n",
+            "discovery.provider",
+            "provider.kind",
+        ),
+        (
+            "hetzner without block",
+            m.clone() + "provider:\n  kind: hetzner\n",
+            "provider.hetzner",
+            "tokenFile",
+        ),
+        (
+            "unknown provider",
+            m.clone() + "provider:\n  kind: aws\n",
+            "provider.kind",
+            "hetzner",
+        ),
+        (
+            "unknown rbac user",
+            m.clone() + "rbac:\n  viewers:\n    users: [no-such-user-kubedna]\n",
+            "rbac.viewers.users[0]",
+            "does not exist",
+        ),
+        (
+            "negative uid",
+            m.clone() + "rbac:\n  admins:\n    uids: [-1]\n",
+            "rbac.admins.uids[0]",
+            "expected u32",
+        ),
+        (
+            "bad socket mode",
+            m.clone() + "admin:\n  socketMode: \"rw\"\n",
+            "admin.socketMode",
+            "octal",
+        ),
+        (
+            "socket mode locks owner out",
+            m.clone() + "admin:\n  socketMode: \"0066\"\n",
+            "admin.socketMode",
+            "0600",
+        ),
+        (
+            "unknown socket group",
+            m.clone() + "admin:\n  socketGroup: no-such-group-kubedna\n",
+            "admin.socketGroup",
+            "groupadd",
+        ),
+        (
+            "drain out of range",
+            m.clone() + "admin:\n  drainTimeoutSeconds: 0\n",
+            "admin.drainTimeoutSeconds",
+            "1 to 300",
+        ),
+        (
+            "retention out of range",
+            m.clone() + "audit:\n  retentionDays: 0\n",
+            "audit.retentionDays",
+            "1 to 3650",
+        ),
+        (
+            "bad log level",
+            m.clone() + "log:\n  level: loud\n",
+            "log.level",
+            "info",
+        ),
+        (
+            "yaml syntax",
+            m.clone() + "log: \"unterminated\n",
+            "log",
+            "line 10",
+        ),
     ];
     for (what, text, field, needle) in cases {
         let err = match fx.parse(&text) {
@@ -154,13 +303,16 @@ fn bad_configs_name_their_field() {
         let msg = err.to_string();
         assert_eq!(err.field(), Some(field), "{what}: wrong field in {msg:?}");
         assert!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}");
-        assert!(msg.contains("agent.yaml"), "{what}: {msg:?} does not name the file");
+        assert!(
+            msg.contains("agent.yaml"),
+            "{what}: {msg:?} does not name the file"
+        );
     }
 }
 
 #[test]
 fn missing_file_names_the_file() {
-    let err = load(Path::new("/nonexistent/agent.yaml")).unwrap_err();
+    let err = load(Path::new("/nonexistent/agent.yaml")).expect_err("must be refused");
     assert!(err.to_string().contains("/nonexistent/agent.yaml"));
 }
 
@@ -168,9 +320,13 @@ fn missing_file_names_the_file() {
 fn restart_only_changes_are_detected() {
     let fx = Fixture::new();
     let a = fx.parse(&minimal()).expect("a");
-    let b = fx.parse(&(minimal() + "log:\n  level: debug\n")).expect("b");
+    let b = fx
+        .parse(&(minimal() + "log:\n  level: debug\n"))
+        .expect("b");
     assert!(a.restart_only_changes(&b).is_empty());
     assert_eq!(a.changed_sections(&b), vec!["log"]);
-    let c = fx.parse(&minimal().replace("name: n1", "name: n2")).expect("c");
+    let c = fx
+        .parse(&minimal().replace("name: n1", "name: n2"))
+        .expect("c");
     assert_eq!(a.restart_only_changes(&c), vec!["node.name"]);
 }

@@ -79,12 +79,48 @@ pub struct Route {
 
 /// Every endpoint of API v1. `docs/api.md` documents the same table.
 pub const ROUTES: &[Route] = &[
-    Route { method: "GET", path: paths::VERSION, role: Role::Viewer, action: "version.get", mutating: false },
-    Route { method: "GET", path: paths::STATUS, role: Role::Viewer, action: "status.get", mutating: false },
-    Route { method: "GET", path: paths::AUDIT_RECORDS, role: Role::Operator, action: "audit.list", mutating: false },
-    Route { method: "GET", path: paths::AUDIT_VERIFY, role: Role::Operator, action: "audit.verify", mutating: false },
-    Route { method: "PUT", path: paths::LOG_LEVEL, role: Role::Operator, action: "log.level.set", mutating: true },
-    Route { method: "POST", path: paths::CONFIG_RELOAD, role: Role::Admin, action: "config.reload", mutating: true },
+    Route {
+        method: "GET",
+        path: paths::VERSION,
+        role: Role::Viewer,
+        action: "version.get",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: paths::STATUS,
+        role: Role::Viewer,
+        action: "status.get",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: paths::AUDIT_RECORDS,
+        role: Role::Operator,
+        action: "audit.list",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: paths::AUDIT_VERIFY,
+        role: Role::Operator,
+        action: "audit.verify",
+        mutating: false,
+    },
+    Route {
+        method: "PUT",
+        path: paths::LOG_LEVEL,
+        role: Role::Operator,
+        action: "log.level.set",
+        mutating: true,
+    },
+    Route {
+        method: "POST",
+        path: paths::CONFIG_RELOAD,
+        role: Role::Admin,
+        action: "config.reload",
+        mutating: true,
+    },
 ];
 
 const MAX_BODY: usize = 64 * 1024;
@@ -124,9 +160,17 @@ pub async fn handle(
         .find(|r| r.path == path && r.method == method.as_str())
     else {
         return Ok(if ROUTES.iter().any(|r| r.path == path) {
-            error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"), None)
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+                None,
+            )
         } else {
-            error(StatusCode::NOT_FOUND, format!("no such endpoint: {path} (API {API_VERSION})"), None)
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {path} (API {API_VERSION})"),
+                None,
+            )
         });
     };
 
@@ -156,7 +200,11 @@ pub async fn handle(
         };
         if let Err(e) = state.audit.append(record).await {
             tracing::error!(error = %e, uid = caller.uid, "cannot audit a denial");
-            return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "the audit log is unavailable; try again later", None));
+            return Ok(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit log is unavailable; try again later",
+                None,
+            ));
         }
         tracing::info!(uid = caller.uid, action = route.action, "denied");
         return Ok(error(StatusCode::FORBIDDEN, message, Some(route.role)));
@@ -167,7 +215,11 @@ pub async fn handle(
         match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                return Ok(error(StatusCode::BAD_REQUEST, format!("cannot read the request body (at most {MAX_BODY} bytes): {e}"), None))
+                return Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body (at most {MAX_BODY} bytes): {e}"),
+                    None,
+                ))
             }
         }
     } else {
@@ -188,7 +240,11 @@ pub async fn handle(
             match tokio::task::spawn_blocking(move || kubedna_audit::verify(&dir)).await {
                 Ok(Ok(report)) => json(StatusCode::OK, &report),
                 Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}"), None),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("verification failed: {e}"), None),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("verification failed: {e}"),
+                    None,
+                ),
             }
         }
         paths::LOG_LEVEL => set_log_level(&state, caller, role, &body).await,
@@ -197,7 +253,11 @@ pub async fn handle(
             Err(ReloadError::Audit(m)) => error(StatusCode::SERVICE_UNAVAILABLE, m, None),
             Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), None),
         },
-        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"), None),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}"),
+            None,
+        ),
     })
 }
 
@@ -253,22 +313,44 @@ async fn audit_records(state: &AppState, query: &str) -> Resp {
             "since" => match DateTime::parse_from_rfc3339(&v) {
                 Ok(t) => filter.since = Some(t.with_timezone(&Utc)),
                 Err(_) => {
-                    return error(StatusCode::BAD_REQUEST, format!("since={v:?} is not an RFC 3339 time such as 2026-11-23T00:00:00Z"), None)
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("since={v:?} is not an RFC 3339 time such as 2026-11-23T00:00:00Z"),
+                        None,
+                    )
                 }
             },
             "action" => filter.action = Some(v),
             "limit" => match v.parse::<usize>() {
                 Ok(n) if n <= 100_000 => filter.limit = n,
-                _ => return error(StatusCode::BAD_REQUEST, format!("limit={v:?} is not a number from 0 to 100000"), None),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit={v:?} is not a number from 0 to 100000"),
+                        None,
+                    )
+                }
             },
-            other => return error(StatusCode::BAD_REQUEST, format!("unknown query parameter {other:?}: allowed are since, action, limit"), None),
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {other:?}: allowed are since, action, limit"),
+                    None,
+                )
+            }
         }
     }
     let dir = state.audit.dir().to_path_buf();
     match tokio::task::spawn_blocking(move || kubedna_audit::list(&dir, &filter)).await {
-        Ok(Ok((records, truncated))) => json(StatusCode::OK, &AuditRecordsResponse { records, truncated }),
+        Ok(Ok((records, truncated))) => {
+            json(StatusCode::OK, &AuditRecordsResponse { records, truncated })
+        }
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("listing failed: {e}"), None),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("listing failed: {e}"),
+            None,
+        ),
     }
 }
 
@@ -327,8 +409,21 @@ async fn set_log_level(state: &AppState, caller: Caller, role: Role, body: &[u8]
         Ok(r) => r,
         Err(e) => {
             let message = format!("the body must be {{\"filter\": \"<directive>\"}}: {e}");
-            let result = AuditResult { outcome: Outcome::Error, status: 400, message: Some(message.clone()) };
-            if let Err(m) = audited(state, caller, Some(role), action, serde_json::json!({}), result).await {
+            let result = AuditResult {
+                outcome: Outcome::Error,
+                status: 400,
+                message: Some(message.clone()),
+            };
+            if let Err(m) = audited(
+                state,
+                caller,
+                Some(role),
+                action,
+                serde_json::json!({}),
+                result,
+            )
+            .await
+            {
                 return error(StatusCode::SERVICE_UNAVAILABLE, m, None);
             }
             return error(StatusCode::BAD_REQUEST, message, None);
@@ -338,20 +433,34 @@ async fn set_log_level(state: &AppState, caller: Caller, role: Role, body: &[u8]
     let parsed = match LogControl::parse(&req.filter) {
         Ok(p) => p,
         Err(message) => {
-            let result = AuditResult { outcome: Outcome::Error, status: 400, message: Some(message.clone()) };
+            let result = AuditResult {
+                outcome: Outcome::Error,
+                status: 400,
+                message: Some(message.clone()),
+            };
             if let Err(m) = audited(state, caller, Some(role), action, args, result).await {
                 return error(StatusCode::SERVICE_UNAVAILABLE, m, None);
             }
             return error(StatusCode::BAD_REQUEST, message, None);
         }
     };
-    let result = AuditResult { outcome: Outcome::Ok, status: 200, message: None };
+    let result = AuditResult {
+        outcome: Outcome::Ok,
+        status: 200,
+        message: None,
+    };
     if let Err(m) = audited(state, caller, Some(role), action, args, result).await {
         return error(StatusCode::SERVICE_UNAVAILABLE, m, None);
     }
     let previous = state.log.apply(&req.filter, parsed);
     tracing::info!(previous = %previous, current = %req.filter, "log filter changed");
-    json(StatusCode::OK, &LogLevelResponse { previous, current: req.filter })
+    json(
+        StatusCode::OK,
+        &LogLevelResponse {
+            previous,
+            current: req.filter,
+        },
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -374,16 +483,29 @@ pub async fn reload_config(
     let path = current.file.clone();
     let action = "config.reload";
     let args = serde_json::json!({"file": path});
-    let status = if caller.via == kubedna_proto::Via::Socket { 422 } else { 0 };
+    let status = if caller.via == kubedna_proto::Via::Socket {
+        422
+    } else {
+        0
+    };
     let candidate = tokio::task::spawn_blocking(move || kubedna_config::load(&path))
         .await
         .map_err(|e| ReloadError::Invalid(format!("reload task failed: {e}")))?;
-    let refuse = |message: String| AuditResult { outcome: Outcome::Error, status, message: Some(message) };
+    let refuse = |message: String| AuditResult {
+        outcome: Outcome::Error,
+        status,
+        message: Some(message),
+    };
     let new = match candidate {
         Ok(c) => c,
         Err(e) => {
-            let message = format!("{}; the running configuration is unchanged", error_chain(&e));
-            audited(state, caller, role, action, args, refuse(message.clone())).await.map_err(ReloadError::Audit)?;
+            let message = format!(
+                "{}; the running configuration is unchanged",
+                error_chain(&e)
+            );
+            audited(state, caller, role, action, args, refuse(message.clone()))
+                .await
+                .map_err(ReloadError::Audit)?;
             return Err(ReloadError::Invalid(message));
         }
     };
@@ -394,7 +516,9 @@ pub async fn reload_config(
             new.file.display(),
             restart_only.join(", ")
         );
-        audited(state, caller, role, action, args, refuse(message.clone())).await.map_err(ReloadError::Audit)?;
+        audited(state, caller, role, action, args, refuse(message.clone()))
+            .await
+            .map_err(ReloadError::Audit)?;
         return Err(ReloadError::Invalid(message));
     }
     let new_filter = (new.spec.log.level != current.spec.log.level)
@@ -402,7 +526,9 @@ pub async fn reload_config(
     let new_filter = match new_filter.transpose() {
         Ok(f) => f,
         Err(message) => {
-            audited(state, caller, role, action, args, refuse(message.clone())).await.map_err(ReloadError::Audit)?;
+            audited(state, caller, role, action, args, refuse(message.clone()))
+                .await
+                .map_err(ReloadError::Audit)?;
             return Err(ReloadError::Invalid(message));
         }
     };
@@ -410,15 +536,27 @@ pub async fn reload_config(
     let ok = AuditResult {
         outcome: Outcome::Ok,
         status: if status == 0 { 0 } else { 200 },
-        message: Some(format!("changed: {}", if changed.is_empty() { "nothing".into() } else { changed.join(", ") })),
+        message: Some(format!(
+            "changed: {}",
+            if changed.is_empty() {
+                "nothing".into()
+            } else {
+                changed.join(", ")
+            }
+        )),
     };
-    audited(state, caller, role, action, args, ok).await.map_err(ReloadError::Audit)?;
+    audited(state, caller, role, action, args, ok)
+        .await
+        .map_err(ReloadError::Audit)?;
     if let Some((text, parsed)) = new_filter {
         state.log.apply(&text, parsed);
     }
     *state.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
     let generation = state.generation.fetch_add(1, Ordering::Relaxed) + 1;
-    Ok(ReloadResponse { generation, changed })
+    Ok(ReloadResponse {
+        generation,
+        changed,
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

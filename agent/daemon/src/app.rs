@@ -38,7 +38,9 @@ pub struct Options {
 /// Why the agent did not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("invalid configuration; fix it and start again (`kubedna-agent --check-config` checks it)")]
+    #[error(
+        "invalid configuration; fix it and start again (`kubedna-agent --check-config` checks it)"
+    )]
     Config(#[from] kubedna_config::ConfigError),
     #[error("cannot open the state directory")]
     State(#[from] kubedna_host::state::StateError),

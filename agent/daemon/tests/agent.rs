@@ -34,7 +34,13 @@ fn ready_only_after_the_socket_has_its_mode_and_group() {
     assert_eq!(meta.mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), 61040);
     // A user outside the group cannot even connect; one whose group it is can, and gets a role.
-    let out = agent.kubedna().arg("status").uid(61020).gid(61020).output().expect("cli");
+    let out = agent
+        .kubedna()
+        .arg("status")
+        .uid(61020)
+        .gid(61020)
+        .output()
+        .expect("cli");
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("socket's group"));
     let (status, _) = agent.stop();
@@ -45,14 +51,22 @@ fn ready_only_after_the_socket_has_its_mode_and_group() {
 #[test]
 fn a_bad_config_exits_78_naming_file_and_field_and_touches_nothing() {
     let mut agent = Agent::prepare("", "");
-    let text = std::fs::read_to_string(&agent.config).expect("read").replace("role: control-plane", "role: master");
+    let text = std::fs::read_to_string(&agent.config)
+        .expect("read")
+        .replace("role: control-plane", "role: master");
     std::fs::write(&agent.config, text).expect("write");
     agent.spawn();
     let (status, stderr) = agent.wait();
     assert_eq!(status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains(&agent.config.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&agent.config.display().to_string()),
+        "{stderr}"
+    );
     assert!(stderr.contains("node.role"), "{stderr}");
-    assert!(!agent.state_dir.exists(), "state created despite a bad config");
+    assert!(
+        !agent.state_dir.exists(),
+        "state created despite a bad config"
+    );
     assert!(!agent.socket.exists());
 }
 
@@ -65,9 +79,18 @@ fn a_second_agent_on_the_same_state_is_refused() {
         .output()
         .expect("spawn");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already holds"),
+        "{out:?}"
+    );
     // The first one still answers.
-    assert!(agent.kubedna().arg("status").output().expect("cli").status.success());
+    assert!(agent
+        .kubedna()
+        .arg("status")
+        .output()
+        .expect("cli")
+        .status
+        .success());
 }
 
 /// Every role (and no role) against every endpoint, each call from a process whose uid was
@@ -104,13 +127,28 @@ fn rbac_matrix_every_role_by_every_endpoint() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let allowed = role.is_some_and(|r| r >= route.role);
             if allowed {
-                assert_eq!(out.status.code(), Some(0), "{who} {} {}: {stderr}", route.method, route.path);
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "{who} {} {}: {stderr}",
+                    route.method,
+                    route.path
+                );
                 if route.mutating {
                     mutations += 1;
                 }
             } else {
-                assert_eq!(out.status.code(), Some(4), "{who} {} {}: {stderr}", route.method, route.path);
-                assert!(stderr.contains(&format!("needs role {}", route.role)), "{who}: {stderr}");
+                assert_eq!(
+                    out.status.code(),
+                    Some(4),
+                    "{who} {} {}: {stderr}",
+                    route.method,
+                    route.path
+                );
+                assert!(
+                    stderr.contains(&format!("needs role {}", route.role)),
+                    "{who}: {stderr}"
+                );
                 denials += 1;
                 let last = agent.records().pop().expect("a denial record");
                 assert_eq!(last.result.outcome, Outcome::Denied);
@@ -121,10 +159,29 @@ fn rbac_matrix_every_role_by_every_endpoint() {
         }
     }
     let records = agent.records();
-    assert_eq!(records.iter().filter(|r| r.result.outcome == Outcome::Denied).count(), denials);
-    assert_eq!(records.iter().filter(|r| r.result.outcome == Outcome::Ok).count(), mutations);
-    assert_eq!(records.len(), denials + mutations, "only mutations and denials are audited");
-    assert!(denials >= 12 && mutations >= 6, "the matrix shrank: {denials} denials, {mutations} mutations");
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.result.outcome == Outcome::Denied)
+            .count(),
+        denials
+    );
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.result.outcome == Outcome::Ok)
+            .count(),
+        mutations
+    );
+    assert_eq!(
+        records.len(),
+        denials + mutations,
+        "only mutations and denials are audited"
+    );
+    assert!(
+        denials >= 12 && mutations >= 6,
+        "the matrix shrank: {denials} denials, {mutations} mutations"
+    );
     let report = kubedna_audit::verify(&agent.audit_dir).expect("verify");
     assert!(report.ok, "{report:?}");
 }
@@ -134,7 +191,11 @@ fn sighup_reload_refuses_a_bad_config_and_keeps_the_old_one() {
     let agent = Agent::start("", "");
     let good = std::fs::read_to_string(&agent.config).expect("read");
     let status = |agent: &Agent| -> serde_json::Value {
-        let out = agent.kubedna().args(["-o", "json", "status"]).output().expect("cli");
+        let out = agent
+            .kubedna()
+            .args(["-o", "json", "status"])
+            .output()
+            .expect("cli");
         assert!(out.status.success(), "{out:?}");
         serde_json::from_slice(&out.stdout).expect("json")
     };
@@ -150,18 +211,36 @@ fn sighup_reload_refuses_a_bad_config_and_keeps_the_old_one() {
     assert_eq!(s["agent"]["config_generation"], 0);
     assert_eq!(s["agent"]["log_filter"], "info");
     let last = agent.records().pop().expect("reload audited");
-    assert_eq!((last.action.as_str(), last.result.outcome), ("config.reload", Outcome::Error));
-    assert!(last.result.message.as_deref().unwrap_or("").contains("log.level"), "{last:?}");
+    assert_eq!(
+        (last.action.as_str(), last.result.outcome),
+        ("config.reload", Outcome::Error)
+    );
+    assert!(
+        last.result
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("log.level"),
+        "{last:?}"
+    );
 
     hup(&good.replace("name: n1", "name: n2"));
     assert_eq!(status(&agent)["node"]["name"], "n1");
-    assert!(agent.records().pop().and_then(|r| r.result.message).unwrap_or_default().contains("restart"));
+    assert!(agent
+        .records()
+        .pop()
+        .and_then(|r| r.result.message)
+        .unwrap_or_default()
+        .contains("restart"));
 
     hup(&format!("{good}log:\n  level: debug\n"));
     let s = status(&agent);
     assert_eq!(s["agent"]["config_generation"], 1);
     assert_eq!(s["agent"]["log_filter"], "debug");
-    assert_eq!(agent.records().pop().map(|r| r.result.outcome), Some(Outcome::Ok));
+    assert_eq!(
+        agent.records().pop().map(|r| r.result.outcome),
+        Some(Outcome::Ok)
+    );
 }
 
 /// A call in flight when SIGTERM arrives completes; calls racing the shutdown either complete or
@@ -180,7 +259,11 @@ fn sigterm_drains_in_flight_calls_and_the_audit_log_stays_valid() {
     .expect("headers");
     let mut interim = [0u8; 25];
     held.read_exact(&mut interim).expect("100 Continue");
-    assert!(interim.starts_with(b"HTTP/1.1 100 Continue"), "{:?}", String::from_utf8_lossy(&interim));
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue"),
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
 
     // Racing calls: started now, some will meet the shutdown.
     let racers: Vec<_> = (0..24)
@@ -191,7 +274,10 @@ fn sigterm_drains_in_flight_calls_and_the_audit_log_stays_valid() {
             } else {
                 c.arg("status");
             }
-            c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn cli")
+            c.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn cli")
         })
         .collect();
 
@@ -200,7 +286,10 @@ fn sigterm_drains_in_flight_calls_and_the_audit_log_stays_valid() {
     held.write_all(body).expect("body after SIGTERM");
     let mut answer = String::new();
     held.read_to_string(&mut answer).expect("answer");
-    assert!(answer.contains("200 OK") && answer.contains(r#""current":"debug""#), "{answer}");
+    assert!(
+        answer.contains("200 OK") && answer.contains(r#""current":"debug""#),
+        "{answer}"
+    );
 
     let mut ok_mutations = 1; // the held call
     for (i, r) in racers.into_iter().enumerate() {
@@ -224,15 +313,27 @@ fn sigterm_drains_in_flight_calls_and_the_audit_log_stays_valid() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("drained"), "{stderr}");
     let records = agent.records();
-    let recorded = records.iter().filter(|r| r.action == "log.level.set" && r.result.outcome == Outcome::Ok).count();
-    assert_eq!(recorded, ok_mutations, "every successful mutation, and only those, is audited");
+    let recorded = records
+        .iter()
+        .filter(|r| r.action == "log.level.set" && r.result.outcome == Outcome::Ok)
+        .count();
+    assert_eq!(
+        recorded, ok_mutations,
+        "every successful mutation, and only those, is audited"
+    );
     assert!(kubedna_audit::verify(&agent.audit_dir).expect("verify").ok);
 }
 
 #[test]
 fn a_torn_audit_line_from_a_crash_is_repaired_at_start() {
     let mut agent = Agent::start("", "");
-    assert!(agent.kubedna().args(["log-level", "debug"]).output().expect("cli").status.success());
+    assert!(agent
+        .kubedna()
+        .args(["log-level", "debug"])
+        .output()
+        .expect("cli")
+        .status
+        .success());
     agent.stop();
     let file = std::fs::read_dir(&agent.audit_dir)
         .expect("ls")
@@ -240,7 +341,10 @@ fn a_torn_audit_line_from_a_crash_is_repaired_at_start() {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .expect("an audit file");
-    let mut f = std::fs::OpenOptions::new().append(true).open(&file).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .expect("open");
     f.write_all(br#"{"seq":2,"time":"20"#).expect("tear");
     drop(f);
     agent.spawn();
@@ -249,7 +353,11 @@ fn a_torn_audit_line_from_a_crash_is_repaired_at_start() {
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(records[0].action, "log.level.set");
     assert_eq!(records[1].action, "audit.repair");
-    let out = agent.kubedna().args(["audit", "verify"]).output().expect("cli");
+    let out = agent
+        .kubedna()
+        .args(["audit", "verify"])
+        .output()
+        .expect("cli");
     assert!(out.status.success(), "{out:?}");
 }
 
@@ -259,14 +367,23 @@ fn cli_reports_an_absent_agent_with_exit_3() {
     let out = agent.kubedna().arg("status").output().expect("cli");
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("is the agent running") && stderr.contains("agent.sock"), "{stderr}");
+    assert!(
+        stderr.contains("is the agent running") && stderr.contains("agent.sock"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn audit_verify_offline_finds_a_flipped_byte_and_exits_5() {
     let mut agent = Agent::start("", "");
     for level in ["debug", "info", "warn"] {
-        assert!(agent.kubedna().args(["log-level", level]).output().expect("cli").status.success());
+        assert!(agent
+            .kubedna()
+            .args(["log-level", level])
+            .output()
+            .expect("cli")
+            .status
+            .success());
     }
     agent.stop();
     let file = std::fs::read_dir(&agent.audit_dir)
@@ -287,6 +404,11 @@ fn audit_verify_offline_finds_a_flipped_byte_and_exits_5() {
         .expect("cli");
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("BROKEN") && stdout.contains("line 2") && stdout.contains(&file.display().to_string()), "{stdout}");
+    assert!(
+        stdout.contains("BROKEN")
+            && stdout.contains("line 2")
+            && stdout.contains(&file.display().to_string()),
+        "{stdout}"
+    );
     let _ = std::fs::Permissions::from_mode(0o600);
 }

@@ -89,7 +89,7 @@ mod tests {
         let blocked = dir.path().join("blocked");
         fs::create_dir(&blocked).expect("mkdir");
         fs::write(blocked.join("f"), b"").expect("fill");
-        let err = write_atomic(&blocked, b"new", 0o600).unwrap_err();
+        let err = write_atomic(&blocked, b"new", 0o600).expect_err("must be refused");
         assert!(err.to_string().contains("blocked"), "{err}");
         assert_eq!(fs::read(&p).expect("read"), b"old");
         let temps = fs::read_dir(dir.path())

@@ -20,7 +20,9 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("another kubedna-agent already holds {path}: stop it first (systemctl stop kubedna-agent)")]
+    #[error(
+        "another kubedna-agent already holds {path}: stop it first (systemctl stop kubedna-agent)"
+    )]
     Locked { path: PathBuf },
     #[error("cannot lock {path}")]
     Lock {
@@ -143,7 +145,7 @@ mod tests {
         let p = dir.path().join("state");
         let first = StateDir::open(&p).expect("open");
         let id = first.node.node_id.clone();
-        let err = StateDir::open(&p).unwrap_err();
+        let err = StateDir::open(&p).expect_err("must be refused");
         assert!(matches!(err, StateError::Locked { .. }), "{err}");
         drop(first);
         let again = StateDir::open(&p).expect("reopen");
@@ -155,8 +157,11 @@ mod tests {
     fn corrupt_state_is_refused_not_overwritten() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("node.json"), b"{torn").expect("write");
-        let err = StateDir::open(dir.path()).unwrap_err();
+        let err = StateDir::open(dir.path()).expect_err("must be refused");
         assert!(err.to_string().contains("node.json"), "{err}");
-        assert_eq!(fs::read(dir.path().join("node.json")).expect("read"), b"{torn");
+        assert_eq!(
+            fs::read(dir.path().join("node.json")).expect("read"),
+            b"{torn"
+        );
     }
 }

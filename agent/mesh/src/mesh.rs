@@ -408,6 +408,7 @@ pub struct Mesh {
     own_incarnation: Incarnation,
     stalls: u64,
     judge_after: Option<Instant>,
+    seen_updates: HashSet<(NodeId, Incarnation, u8)>,
     leaving: bool,
     left: bool,
     traffic: TrafficStats,
@@ -525,6 +526,7 @@ impl Mesh {
             own_incarnation: 0,
             stalls: 0,
             judge_after: None,
+            seen_updates: HashSet::new(),
             leaving: false,
             left: false,
             traffic: TrafficStats::default(),
@@ -743,9 +745,12 @@ impl Mesh {
         match kind {
             KIND_FOCA => {
                 let mut rt = Collector::default();
+                let deduped = self.drop_known_updates(payload);
                 // foca rejects malformed or stale data (from a peer with the key: a bug, not an
                 // attack); there is nothing to do about it but drop it.
-                let _ = self.foca.handle_data(payload, &mut rt);
+                let _ = self
+                    .foca
+                    .handle_data(deduped.as_deref().unwrap_or(payload), &mut rt);
                 self.drain(rt, now);
             }
             KIND_SYNC_REQ | KIND_SYNC_RESP | KIND_SYNC_METAS => {
@@ -756,6 +761,54 @@ impl Mesh {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Removes from a foca packet the membership updates already handed to foca once.
+    ///
+    /// SWIM's merge is idempotent, so a repeat changes nothing; but foca finds a member by a
+    /// linear scan, and while 1,000 nodes join each update arrives a dozen times at every node.
+    /// Returns `None` when nothing was removed (or the packet is foca's to reject).
+    fn drop_known_updates(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
+        let mut rest = payload;
+        let header: Header<NodeId> = PostcardCodec.decode_header(&mut rest).ok()?;
+        if header.message == Message::Broadcast || rest.len() < 2 {
+            return None;
+        }
+        // foca ignores the updates of a packet not addressed to our current identity or sent by
+        // a member it holds down: those must not be remembered as handed over.
+        if header.dst != self.id() || !self.foca.iter_members().any(|m| m.id() == &header.src) {
+            return None;
+        }
+        let header_len = payload.len() - rest.len();
+        let count = rest.get_u16();
+        let mut kept: Vec<&[u8]> = Vec::with_capacity(usize::from(count));
+        let mut dropped = false;
+        for _ in 0..count {
+            let before = rest;
+            let member: Member<NodeId> = PostcardCodec.decode_member(&mut rest).ok()?;
+            let raw = &before[..before.len() - rest.len()];
+            let key = (*member.id(), member.incarnation(), member.state() as u8);
+            if self.seen_updates.insert(key) {
+                kept.push(raw);
+            } else {
+                dropped = true;
+            }
+        }
+        if !dropped {
+            return None;
+        }
+        if self.seen_updates.len() > 8 * (self.cluster_size() + 64) {
+            // Forgetting costs only the scans this cache saves.
+            self.seen_updates.clear();
+        }
+        let mut out = Vec::with_capacity(payload.len());
+        out.extend_from_slice(&payload[..header_len]);
+        out.put_u16(kept.len() as u16);
+        for raw in kept {
+            out.extend_from_slice(raw);
+        }
+        out.extend_from_slice(rest);
+        Some(out)
     }
 
     fn wall_ms(&self, now: Instant) -> u64 {
@@ -1114,8 +1167,14 @@ impl Mesh {
         if !members.is_empty() {
             let mut rt = Collector::default();
             let me = self.id();
+            let known: HashMap<NodeId, (Incarnation, State)> = self
+                .foca
+                .iter_membership_state()
+                .map(|m| (*m.id(), (m.incarnation(), m.state())))
+                .collect();
             let mine: Vec<Member<NodeId>> = members
                 .into_iter()
+                .filter(|m| known.get(m.id()) != Some(&(m.incarnation(), m.state())))
                 .filter(|m| {
                     if m.id().addr == me.addr && m.state() == State::Suspect {
                         self.suspected_count.fetch_add(1, Ordering::Relaxed);

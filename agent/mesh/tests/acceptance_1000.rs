@@ -19,7 +19,11 @@ fn thousand_nodes_loss_pauses_crashes() {
     for _ in 0..N {
         sim.add_node(|c| c.expected_size = N as u32);
     }
+    // Nodes boot over 10 s, 100 per second, all through the same 3 seeds.
     for i in 0..N {
+        if i % 100 == 0 && i > 0 {
+            sim.run_for(Duration::from_secs(1));
+        }
         sim.join(i);
     }
     let mut joined = None;

@@ -36,7 +36,8 @@ impl Agent {
     pub fn prepare(extra: &str, admin: &str) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         // Other uids must reach the socket and the CLI copy inside.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
         let secret = dir.path().join("cluster.secret");
         std::fs::write(&secret, SECRET).expect("secret");
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -86,7 +87,10 @@ impl Agent {
         let mut buf = vec![0u8; 4096];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no {needle:?} from the agent within {within:?}");
+            assert!(
+                !left.is_zero(),
+                "no {needle:?} from the agent within {within:?}"
+            );
             self.notify.set_read_timeout(Some(left)).expect("timeout");
             match self.notify.recv(&mut buf) {
                 Ok(n) => {
@@ -95,7 +99,10 @@ impl Agent {
                         return msg;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
                     panic!("no {needle:?} from the agent within {within:?}")
                 }
                 Err(e) => panic!("notify socket: {e}"),
@@ -125,13 +132,22 @@ impl Agent {
     pub fn wait(&mut self) -> (ExitStatus, String) {
         let child = self.child.take().expect("running");
         let out = child.wait_with_output().expect("wait");
-        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn records(&self) -> Vec<kubedna_proto::AuditRecord> {
-        kubedna_audit::list(&self.audit_dir, &kubedna_audit::ListFilter { limit: 100_000, ..Default::default() })
-            .expect("list")
-            .0
+        kubedna_audit::list(
+            &self.audit_dir,
+            &kubedna_audit::ListFilter {
+                limit: 100_000,
+                ..Default::default()
+            },
+        )
+        .expect("list")
+        .0
     }
 }
 

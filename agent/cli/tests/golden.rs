@@ -1,0 +1,298 @@
+//! Golden files pin what `kubedna` prints for fixed answers, in every output format. Run with
+//! `UPDATE_GOLDEN=1` to rewrite them after an intended change, then review the diff.
+
+use std::path::PathBuf;
+
+use chrono::{TimeZone, Utc};
+use kubedna_cli::cli::Format;
+use kubedna_cli::output::{self, Versions};
+use kubedna_proto::*;
+
+fn check(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(actual, expected, "output differs from {}", path.display());
+}
+
+fn status() -> StatusResponse {
+    StatusResponse {
+        node: NodeStatus {
+            name: "cp-1".into(),
+            cluster: "demo".into(),
+            role: NodeRole::ControlPlane,
+            node_id: "0423b0fd566eec0d5ae93cc8f7734fb8".into(),
+            state: "ready".into(),
+        },
+        agent: AgentStatus {
+            version: "0.1.0".into(),
+            pid: 4242,
+            started_at: Utc
+                .with_ymd_and_hms(2026, 11, 23, 7, 0, 0)
+                .single()
+                .expect("time"),
+            uptime_seconds: 3723,
+            config_path: "/etc/kubedna/agent.yaml".into(),
+            config_generation: 2,
+            log_filter: "info".into(),
+        },
+        caller: CallerStatus {
+            uid: 1000,
+            role: Role::Operator,
+        },
+    }
+}
+
+fn records() -> AuditRecordsResponse {
+    let t = |m| {
+        Utc.with_ymd_and_hms(2026, 11, 23, 8, m, 0)
+            .single()
+            .expect("time")
+    };
+    let caller = |uid, user: Option<&str>, via| Caller {
+        uid,
+        gid: uid,
+        pid: Some(77),
+        user: user.map(Into::into),
+        via,
+    };
+    AuditRecordsResponse {
+        records: vec![
+            AuditRecord {
+                seq: 41,
+                time: t(1),
+                caller: caller(1000, Some("alice"), Via::Socket),
+                role: Some(Role::Operator),
+                action: "log.level.set".into(),
+                args: serde_json::json!({"filter": "debug"}),
+                result: AuditResult {
+                    outcome: Outcome::Ok,
+                    status: 200,
+                    message: None,
+                },
+                prev: "a".repeat(64),
+                hash: "b".repeat(64),
+            },
+            AuditRecord {
+                seq: 42,
+                time: t(2),
+                caller: caller(1001, None, Via::Socket),
+                role: None,
+                action: "config.reload".into(),
+                args: serde_json::json!({"method": "POST", "path": "/v1/config/reload"}),
+                result: AuditResult {
+                    outcome: Outcome::Denied,
+                    status: 403,
+                    message: Some("needs role admin".into()),
+                },
+                prev: "b".repeat(64),
+                hash: "c".repeat(64),
+            },
+            AuditRecord {
+                seq: 43,
+                time: t(3),
+                caller: caller(0, Some("root"), Via::Signal),
+                role: None,
+                action: "config.reload".into(),
+                args: serde_json::json!({"file": "/etc/kubedna/agent.yaml"}),
+                result: AuditResult {
+                    outcome: Outcome::Ok,
+                    status: 0,
+                    message: Some("changed: log".into()),
+                },
+                prev: "c".repeat(64),
+                hash: "d".repeat(64),
+            },
+        ],
+        truncated: true,
+    }
+}
+
+#[test]
+fn status_in_every_format() {
+    let s = status();
+    check(
+        "status.txt",
+        &output::render(Format::Table, &s, output::status_table),
+    );
+    check(
+        "status.json",
+        &output::render(Format::Json, &s, output::status_table),
+    );
+    check(
+        "status.yaml",
+        &output::render(Format::Yaml, &s, output::status_table),
+    );
+}
+
+#[test]
+fn audit_list_in_every_format() {
+    let r = records();
+    check(
+        "audit-list.txt",
+        &output::render(Format::Table, &r, output::audit_table),
+    );
+    check(
+        "audit-list.json",
+        &output::render(Format::Json, &r, output::audit_table),
+    );
+    check(
+        "audit-list.yaml",
+        &output::render(Format::Yaml, &r, output::audit_table),
+    );
+}
+
+#[test]
+fn audit_verify_intact_and_broken() {
+    let ok = AuditVerifyResponse {
+        ok: true,
+        files_checked: 3,
+        records_checked: 1200,
+        head: Some("d".repeat(64)),
+        first_break: None,
+    };
+    check(
+        "audit-verify-ok.txt",
+        &output::render(Format::Table, &ok, output::verify_table),
+    );
+    let broken = AuditVerifyResponse {
+        ok: false,
+        files_checked: 2,
+        records_checked: 17,
+        head: Some("c".repeat(64)),
+        first_break: Some(AuditBreak {
+            file: "/var/lib/kubedna/audit/audit-2026-11-23.jsonl".into(),
+            line: 18,
+            reason: "content does not match its hash".into(),
+        }),
+    };
+    check(
+        "audit-verify-broken.txt",
+        &output::render(Format::Table, &broken, output::verify_table),
+    );
+    check(
+        "audit-verify-broken.json",
+        &output::render(Format::Json, &broken, output::verify_table),
+    );
+}
+
+#[test]
+fn version_and_mutations() {
+    let v = Versions {
+        client_version: "0.1.0".into(),
+        agent: Some(VersionResponse {
+            agent_version: "0.1.0".into(),
+            api_version: "v1".into(),
+        }),
+    };
+    check(
+        "version.txt",
+        &output::render(Format::Table, &v, output::version_table),
+    );
+    check(
+        "version.json",
+        &output::render(Format::Json, &v, output::version_table),
+    );
+    let l = LogLevelResponse {
+        previous: "info".into(),
+        current: "debug".into(),
+    };
+    check(
+        "log-level.txt",
+        &output::render(Format::Table, &l, output::log_level_table),
+    );
+    let r = ReloadResponse {
+        generation: 3,
+        changed: vec!["log".into(), "rbac".into()],
+    };
+    check(
+        "reload.txt",
+        &output::render(Format::Table, &r, output::reload_table),
+    );
+}
+
+#[test]
+fn durations_read_like_kubectl() {
+    assert_eq!(output::human_duration(45), "45s");
+    assert_eq!(output::human_duration(303), "5m3s");
+    assert_eq!(output::human_duration(7500), "2h5m");
+    assert_eq!(output::human_duration(273600), "3d4h");
+}
+
+#[test]
+fn since_accepts_times_and_ages_and_rejects_the_rest() {
+    use kubedna_cli::commands::parse_since;
+    let now = Utc
+        .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+        .single()
+        .expect("time");
+    assert_eq!(
+        parse_since("2h", now).expect("age"),
+        now - chrono::Duration::hours(2)
+    );
+    assert_eq!(
+        parse_since("7d", now).expect("age"),
+        now - chrono::Duration::days(7)
+    );
+    assert_eq!(
+        parse_since("2026-11-23T08:00:00Z", now)
+            .expect("time")
+            .to_rfc3339(),
+        "2026-11-23T08:00:00+00:00"
+    );
+    let err = parse_since("yesterday", now).expect_err("must be refused").to_string();
+    assert!(err.contains("--since") && err.contains("RFC 3339"), "{err}");
+}
+
+/// Completions and man pages render for every command (a man page per subcommand).
+#[test]
+fn completions_and_man_pages_render() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_kubedna"));
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(&bin)
+            .args(["completions", shell])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success() && out.stdout.len() > 1000,
+            "{shell}: {out:?}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(&bin)
+        .args(["man", "--out-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    for page in [
+        "kubedna.1",
+        "kubedna-status.1",
+        "kubedna-audit.1",
+        "kubedna-audit-verify.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|_| panic!("{page} missing"));
+        assert!(text.contains(".TH"), "{page} is not a man page");
+    }
+    let out = std::process::Command::new(&bin)
+        .args(["audit", "list", "--since", "soon"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "bad --since is a usage error: {out:?}"
+    );
+    let out = std::process::Command::new(&bin)
+        .arg("frobnicate")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
