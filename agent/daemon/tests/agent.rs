@@ -412,3 +412,30 @@ fn audit_verify_offline_finds_a_flipped_byte_and_exits_5() {
     );
     let _ = std::fs::Permissions::from_mode(0o600);
 }
+
+#[test]
+fn json_logs_and_watchdog_pings() {
+    let mut agent = Agent::prepare("", "");
+    // systemd sets WATCHDOG_USEC from WatchdogSec=; the agent pings at half that interval.
+    agent.spawn_with(&["--log-format", "json"], &[("WATCHDOG_USEC", "200000")]);
+    agent.wait_notify("READY=1", Duration::from_secs(30));
+    agent.wait_notify("WATCHDOG=1", Duration::from_secs(5));
+    agent.wait_notify("WATCHDOG=1", Duration::from_secs(5));
+    let (status, stderr) = agent.stop();
+    assert!(status.success());
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 3, "{stderr}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(stderr.contains("kubedna-agent ready"));
+    assert!(
+        !stderr.contains(common::SECRET),
+        "the secret reached the log"
+    );
+}

@@ -31,12 +31,14 @@ pub fn watchdog_ping() {
     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
 }
 
-/// How often to ping the watchdog: half of `WatchdogSec`, or none when it is off.
+/// How often to ping the watchdog: half of `WatchdogSec`, or none when it is off. As in
+/// libsystemd's `sd_watchdog_enabled`, `$WATCHDOG_PID`, when set, must be this process.
 pub fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(Duration::from_micros(usec / 2))
-    } else {
-        None
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
     }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }

@@ -69,9 +69,16 @@ impl Agent {
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_with(&[], &[]);
+    }
+
+    /// Spawns with extra arguments and environment variables.
+    pub fn spawn_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
         let child = Command::new(env!("CARGO_BIN_EXE_kubedna-agent"))
             .arg("--config")
             .arg(&self.config)
+            .args(args)
+            .envs(env.iter().copied())
             .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
