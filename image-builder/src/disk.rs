@@ -323,10 +323,10 @@ pub fn write_pxe(
         .arg(rootfs)
         .arg(&sq)
         .args(["-noappend", "-no-progress", "-quiet", "-comp", "zstd"])
-        .arg("-mkfs-time")
-        .arg(epoch.to_string())
-        .arg("-all-time")
-        .arg(epoch.to_string())
+        .args(["-Xcompression-level", "6"])
+        // mksquashfs takes SOURCE_DATE_EPOCH as both filesystem and file times (and refuses
+        // -mkfs-time/-all-time when it is set, as it is in CI).
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .run()?;
     let script = ipxe_script(boot_args);
     let p = dir.join("boot.ipxe");

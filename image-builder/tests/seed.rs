@@ -253,3 +253,8 @@ fn short_secret_and_unknown_node_are_refused() {
         .arg(dir.path().join("out")));
     assert!(text(&o).contains("no node named \"nope\""), "{}", text(&o));
 }
+
+#[test]
+fn packer_build_seed_passes_schema() {
+    schema_ok(&repo_root().join("packer/http/user-data"));
+}
