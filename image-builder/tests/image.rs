@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{agent_bin, bin, repo_root, run, text, units_dir};
+use common::{agent_bin, bin, repo_root, run, text, units_dir_with};
 use kubedna_image::build::{read_manifest, BuildManifest};
 
 const EPOCH: &str = "1700000000";
@@ -49,7 +49,7 @@ fn build(out: &Path, agent: &Path, cache: &Path, outputs: &str) -> (BuildManifes
     .arg("--agent-bin")
     .arg(agent)
     .arg("--units-dir")
-    .arg(units_dir(&Path::new(ROOT).join("units")))
+    .arg(units_dir_with(&Path::new(ROOT).join("units"), true))
     .arg("--cache-dir")
     .arg(cache)
     .arg("--work-dir")
@@ -378,15 +378,16 @@ fn boot(out: &Path, ids: &serde_json::Value) {
     });
 
     // What the console must show, each with the time it was first seen.
-    // TODO(lead): when the real kubedna-agent is in target/release, replace the placeholder's
-    // "kubedna-agent: ready" with the line the agent logs once it signalled READY=1, and make
-    // sure kubedna-agent.service sends it to the console (StandardOutput=journal+console).
+    // The real agent (target/release, when built) logs "kubedna-agent ready" once it has sent
+    // READY=1 (agent/daemon/src/app.rs); the placeholder double logs the same words. The
+    // test-only drop-in from units_dir_with(.., true) puts the agent's log on the console.
+    // TODO(lead): if the agent's ready line changes, change the needle here.
     let wanted: [(&str, &str); 4] = [
         // getty on the serial console, under the hostname cloud-init set from meta-data.
         ("login prompt", "cp-1 login:"),
         ("root grown", "resized filesystem to"),
         ("cloud-init finished", "Cloud-init v. "),
-        ("agent ready", "kubedna-agent: ready"),
+        ("agent ready", "kubedna-agent ready"),
     ];
     let mut seen: Vec<Option<Duration>> = vec![None; wanted.len()];
     let mut log = String::new();

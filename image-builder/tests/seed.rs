@@ -258,3 +258,50 @@ fn short_secret_and_unknown_node_are_refused() {
 fn packer_build_seed_passes_schema() {
     schema_ok(&repo_root().join("packer/http/user-data"));
 }
+
+/// The rendered agent.yaml is accepted by the real agent's own validation, when it is built
+/// (target/release/kubedna-agent); skipped, saying so, otherwise.
+#[test]
+fn rendered_agent_config_passes_the_agents_check() {
+    let agent = repo_root().join("target/release/kubedna-agent");
+    if !agent.is_file() {
+        eprintln!("skipped: {} is not built", agent.display());
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cluster(dir.path());
+    let out = dir.path().join("seed");
+    let o = run(bin()
+        .args(["seed", "--cluster"])
+        .arg(&c)
+        .args(["--node", "cp-1", "--out"])
+        .arg(&out));
+    assert!(o.status.success(), "{}", text(&o));
+    let ud: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(out.join("user-data")).expect("ud"))
+            .expect("yaml");
+    let files = ud["write_files"].as_sequence().expect("write_files");
+    let content = files
+        .iter()
+        .find(|f| f["path"] == "/etc/kubedna/agent.yaml")
+        .and_then(|f| f["content"].as_str())
+        .expect("agent.yaml");
+    // The node's secret path does not exist here: point it at a local copy, mode 0600.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).expect("secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let cfg = dir.path().join("agent.yaml");
+    std::fs::write(
+        &cfg,
+        content.replace("/etc/kubedna/cluster-secret", &secret.to_string_lossy()),
+    )
+    .expect("write");
+    let o = Command::new(&agent)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--check-config")
+        .output()
+        .expect("kubedna-agent");
+    assert!(o.status.success(), "{}", text(&o));
+}
