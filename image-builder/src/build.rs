@@ -201,20 +201,23 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
         .map_err(io(&opts.work_dir))?;
     let rootfs = work.path().join("rootfs");
     std::fs::create_dir(&rootfs).map_err(io(&rootfs))?;
-    progress.step(&format!("unpacking base {}", base_tar.display()));
-    Cmd::new("tar")
-        .args([
-            "--extract",
-            "--numeric-owner",
-            "--same-permissions",
-            "--xattrs",
-            "--xattrs-include=*",
-        ])
-        .arg("--file")
-        .arg(&base_tar)
-        .arg("--directory")
-        .arg(&rootfs)
-        .run()?;
+    // The base tree is extracted once per base key and kept; each build mounts an overlay on
+    // it, so a rebuild copies only what it changes. Where overlay cannot be mounted the base
+    // is extracted into the work directory instead (slower, same result).
+    let base_dir = base_tree(&base_tar, progress)?;
+    let _overlay = match Overlay::mount(&base_dir, work.path(), &rootfs) {
+        Ok(o) => {
+            progress.step("base mounted as the lower layer of an overlay");
+            Some(o)
+        }
+        Err(e) => {
+            progress.step(&format!(
+                "overlay not available ({e}); extracting the base instead"
+            ));
+            extract(&base_tar, &rootfs)?;
+            None
+        }
+    };
 
     // Our files are assembled in their own tree first: it is both what goes on top of the
     // base and the `layer.tar` output that packer and autoinstall apply to Ubuntu's images.
@@ -463,6 +466,89 @@ fn base_tarball(
         source: e.error,
     })?;
     Ok(tar)
+}
+
+fn extract(tar: &Path, into: &Path) -> Result<(), BuildError> {
+    Cmd::new("tar")
+        .args([
+            "--extract",
+            "--numeric-owner",
+            "--same-permissions",
+            "--xattrs",
+            "--xattrs-include=*",
+        ])
+        .arg("--file")
+        .arg(tar)
+        .arg("--directory")
+        .arg(into)
+        .run()?;
+    Ok(())
+}
+
+/// The base tarball extracted beside itself (`<tar>.d`), once; `<tar>.d.complete` marks a
+/// finished extraction, so an interrupted one is redone rather than used.
+fn base_tree(tar: &Path, progress: &Progress) -> Result<PathBuf, BuildError> {
+    let dir = tar.with_extension("d");
+    let done = tar.with_extension("d.complete");
+    if done.is_file() && dir.is_dir() {
+        return Ok(dir);
+    }
+    progress.step(&format!("extracting base tree {}", dir.display()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    let parent = tar.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".tree-")
+        .tempdir_in(parent)
+        .map_err(io(parent))?;
+    extract(tar, tmp.path())?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(io(tmp.path()))?;
+    let kept = tmp.keep();
+    std::fs::rename(&kept, &dir).map_err(io(&dir))?;
+    std::fs::write(&done, b"").map_err(io(&done))?;
+    Ok(dir)
+}
+
+/// An overlay mount of the cached base tree (read-only lower) with an upper directory in the
+/// build's work directory; unmounted when dropped, before the work directory is removed.
+#[derive(Debug)]
+struct Overlay {
+    target: PathBuf,
+}
+
+impl Overlay {
+    fn mount(lower: &Path, work: &Path, target: &Path) -> Result<Self, BuildError> {
+        let upper = work.join("upper");
+        let ovl = work.join("overlay-work");
+        for d in [&upper, &ovl] {
+            std::fs::create_dir(d).map_err(io(d))?;
+        }
+        std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))
+            .map_err(io(&upper))?;
+        Cmd::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                ovl.display()
+            ))
+            .arg(target)
+            .run()?;
+        Ok(Self {
+            target: target.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        if let Err(e) = Cmd::new("umount").arg(&self.target).run() {
+            eprintln!("kubedna-image: warning: {e}");
+        }
+    }
 }
 
 /// Copies a directory tree's regular files (keeping the executable bit) into `to`.

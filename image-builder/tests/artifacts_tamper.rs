@@ -215,3 +215,22 @@ fn ubuntu_base_explains_why_it_cannot_be_built_here() {
         "{t}"
     );
 }
+
+#[test]
+fn good_served_artifact_enters_the_cache_by_digest() {
+    use kubedna_image::artifacts::{Cache, Manifest, Source};
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = serve(Reply::Body(BODY.to_vec()));
+    let m = Manifest::load(&manifest(dir.path(), &url, &good_sha())).expect("manifest");
+    let cache = Cache::new(dir.path().join("cache"));
+    let p = cache
+        .obtain(&m.artifacts[0], &Source::Network, &|_| {})
+        .expect("fetch");
+    assert_eq!(p, cache.path_of(&good_sha()));
+    assert_eq!(std::fs::read(&p).expect("read"), BODY);
+    // Second use: from the cache, re-verified, no server needed.
+    let again = cache
+        .obtain(&m.artifacts[0], &Source::Network, &|_| {})
+        .expect("cached");
+    assert_eq!(again, p);
+}
