@@ -529,13 +529,14 @@ impl Lab {
         deadline: Instant,
     ) -> Result<Vec<(String, String)>, LabError> {
         let paths: Vec<NodePaths> = nodes.iter().map(|n| self.paths(n)).collect();
+        let timeout = deadline.saturating_duration_since(Instant::now());
         std::thread::scope(|s| {
             let handles: Vec<_> = paths
                 .iter()
                 .map(|p| {
                     s.spawn(move || -> Result<(String, String), LabError> {
-                        let state = node::wait_booted(p, deadline)?;
-                        wait_agent(p, deadline)?;
+                        let state = node::wait_booted(p, deadline, timeout)?;
+                        wait_agent(p, deadline, timeout)?;
                         Ok((p.name.clone(), state))
                     })
                 })
@@ -589,6 +590,53 @@ impl Lab {
     ) -> Result<Output, LabError> {
         self.node(node)?;
         Ok(node::exec(&self.paths(node), argv, timeout)?)
+    }
+
+    /// Sends `count` pings from node `from`'s network namespace to `to` (an address), `interval`
+    /// seconds apart, each answered within 1 s or lost; returns how many were answered. Uses the
+    /// host's `ping` inside the namespace, so it needs nothing in the image and measures exactly
+    /// the node's link.
+    pub fn ping(
+        &self,
+        from: &str,
+        to: Ipv4Addr,
+        count: u32,
+        interval: f64,
+    ) -> Result<u32, LabError> {
+        self.node(from)?;
+        let ns = format!("--net={}", self.paths(from).netns.display());
+        let (c, i, addr) = (count.to_string(), format!("{interval}"), to.to_string());
+        let args = [
+            ns.as_str(),
+            "--",
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &c,
+            "-i",
+            &i,
+            "-W",
+            "1",
+            &addr,
+        ];
+        let budget = Duration::from_secs_f64(count as f64 * interval + 10.0);
+        let out = cmd::output("nsenter", &args, Some(budget))?;
+        // "N packets transmitted, M received, ..." (exit 1 when none came back).
+        let received = out
+            .stdout
+            .split(',')
+            .find(|p| p.contains("received"))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok());
+        match received {
+            Some(r) => Ok(r),
+            None => Err(out
+                .check()
+                .err()
+                .map(LabError::Cmd)
+                .unwrap_or(LabError::Panicked)),
+        }
     }
 
     /// Runs a command in a node with the caller's terminal.
@@ -896,10 +944,21 @@ fn agent_state(p: &NodePaths) -> String {
     }
 }
 
-/// Where the image has the agent, waits until it is active and `kubedna status` answers.
-fn wait_agent(p: &NodePaths, deadline: Instant) -> Result<(), LabError> {
+/// Where the node's seed enabled the agent, waits until it is active and `kubedna status`
+/// answers. Called once boot finished, so cloud-init's runcmd (which enables it) has run.
+fn wait_agent(p: &NodePaths, deadline: Instant, timeout: Duration) -> Result<(), LabError> {
     let mut last = agent_state(p);
     if last == "absent" {
+        return Ok(());
+    }
+    let enabled = node::exec(
+        p,
+        &["systemctl", "is-enabled", "kubedna-agent.service"],
+        Some(Duration::from_secs(5)),
+    )
+    .map(|o| o.stdout.trim() == "enabled")
+    .unwrap_or(false);
+    if !enabled && last != "active" {
         return Ok(());
     }
     while last != "ready" {
@@ -907,7 +966,7 @@ fn wait_agent(p: &NodePaths, deadline: Instant) -> Result<(), LabError> {
             return Err(NodeError::Timeout {
                 node: p.name.clone(),
                 what: "kubedna-agent ready (`kubedna status` answering)",
-                timeout: Duration::ZERO,
+                timeout,
                 last,
                 console: p.console.clone(),
             }

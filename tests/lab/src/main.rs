@@ -3,6 +3,7 @@
 //! failures. All logic lives in the library so tests drive it the same way.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -143,6 +144,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            // The reader went away (`| head`): nothing left to say.
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("kubedna-lab: {e:#}");
             let usage = e.downcast_ref::<LabError>().is_some_and(LabError::is_usage);
@@ -182,14 +190,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 timeout: Duration::from_secs(timeout),
             };
             let lab = Lab::up(&opts)?;
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "lab {} up: {} nodes ready in {:.1}s on {} (bridge {})",
                 lab.state.name,
                 lab.state.nodes.len(),
                 started.elapsed().as_secs_f64(),
                 lab.state.subnet,
                 lab.state.bridge
-            );
+            )?;
             print_status(&lab, Format::Table)?;
         }
         Cmd::Status { output } => {
@@ -286,18 +295,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn print_status(lab: &Lab, format: Format) -> anyhow::Result<()> {
     let status = lab.status();
+    let mut out = std::io::stdout().lock();
     match format {
         Format::Json => {
-            println!(
+            writeln!(
+                out,
                 "{}",
                 serde_json::to_string_pretty(&status).context("encoding status")?
-            );
+            )?;
         }
         Format::Table => {
-            println!(
+            writeln!(
+                out,
                 "{:<10} {:<14} {:<16} {:<10} {:<8} {:<14} NETEM",
                 "NODE", "ROLE", "ADDRESS", "STATE", "AGENT", "SEED"
-            );
+            )?;
             for s in status {
                 let netem = if s.netem.is_clear() {
                     "-".to_string()
@@ -308,7 +320,8 @@ fn print_status(lab: &Lab, format: Format) -> anyhow::Result<()> {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default();
-                println!(
+                writeln!(
+                    out,
                     "{:<10} {:<14} {:<16} {:<10} {:<8} {:<14} {netem}",
                     s.name,
                     s.role.as_str(),
@@ -316,12 +329,12 @@ fn print_status(lab: &Lab, format: Format) -> anyhow::Result<()> {
                     s.state,
                     s.agent,
                     seed
-                );
+                )?;
             }
             if !lab.state.partitions.is_empty() {
                 let groups: Vec<String> =
                     lab.state.partitions.iter().map(|g| g.join(",")).collect();
-                println!("partitioned: {}", groups.join(" / "));
+                writeln!(out, "partitioned: {}", groups.join(" / "))?;
             }
         }
     }

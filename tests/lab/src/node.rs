@@ -124,8 +124,11 @@ pub fn mount_overlay(lower: &Path, p: &NodePaths) -> Result<(), NodeError> {
     if is_mount_point(&p.root) {
         return Ok(());
     }
+    // volatile: no syncs to the upper layer. A node's writes only ever need to survive in the
+    // host's page cache (a lab node never outlives the host), and unmounting then does not wait
+    // for a sync of the host filesystem.
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},volatile",
         lower.display(),
         p.upper.display(),
         p.work.display()
@@ -387,7 +390,11 @@ pub fn system_state(p: &NodePaths) -> String {
 /// Waits until systemd in the node finished booting ("running" or "degraded"), returning the
 /// state. Uses `systemctl is-system-running --wait`, re-tried only while systemd is not yet
 /// reachable.
-pub fn wait_booted(p: &NodePaths, deadline: Instant) -> Result<String, NodeError> {
+pub fn wait_booted(
+    p: &NodePaths,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<String, NodeError> {
     let mut last = String::from("no PID 1 yet");
     loop {
         let now = Instant::now();
@@ -395,7 +402,7 @@ pub fn wait_booted(p: &NodePaths, deadline: Instant) -> Result<String, NodeError
             return Err(NodeError::Timeout {
                 node: p.name.clone(),
                 what: "systemd running",
-                timeout: Duration::ZERO,
+                timeout,
                 last,
                 console: p.console.clone(),
             });
