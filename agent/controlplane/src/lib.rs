@@ -1,0 +1,11 @@
+//! Control-plane formation, as argued in `docs/control-plane.md`:
+//!
+//! - [`bootstrap`]: the fixed member set and the amnesia check that decides whether this node may
+//!   start etcd as a new cluster, must join an existing one, or must wait. Pure logic, no I/O.
+//! - [`coord`]: what must happen once, decided in etcd: the single `kubeadm init` by
+//!   transaction, and leader election by lease whose term fences every leader write.
+//!
+//! Nothing here runs kubeadm or starts units; the daemon does that after these decisions.
+
+pub mod bootstrap;
+pub mod coord;

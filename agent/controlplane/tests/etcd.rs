@@ -1,0 +1,203 @@
+//! The once-only decisions against a real etcd (Debian's etcd-server 3.4, started per test on
+//! loopback ports): exactly one init winner among racers, leader failover within the lease TTL,
+//! and a deposed leader's writes refused by term.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use kubedna_controlplane::coord::{CoordError, Coordinator, InitDecision};
+
+struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Starts a one-member etcd and returns once it logs that it serves clients.
+fn etcd() -> Etcd {
+    let bin = which_etcd();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut child = Command::new(bin)
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn etcd");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("ready to serve client requests") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("etcd did not become ready within 30 s");
+    Etcd {
+        child,
+        _dir: dir,
+        url,
+    }
+}
+
+fn which_etcd() -> &'static str {
+    for p in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if std::path::Path::new(p).exists() {
+            return p;
+        }
+    }
+    panic!("etcd is not installed: scripts/setup installs Debian's etcd-server (scripts/deps/controlplane.txt)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_of_many_racing_nodes_wins_init() {
+    let e = etcd();
+    for round in 0..5 {
+        let cluster = format!("race-{round}");
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let url = e.url.clone();
+            let cluster = cluster.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = Coordinator::connect(&[url], &cluster)
+                    .await
+                    .expect("connect");
+                (
+                    format!("cp-{i}"),
+                    c.init_once(&format!("cp-{i}")).await.expect("init_once"),
+                )
+            }));
+        }
+        let mut winners = Vec::new();
+        let mut seen_by = Vec::new();
+        for t in tasks {
+            match t.await.expect("task") {
+                (node, InitDecision::Won { .. }) => winners.push(node),
+                (_, InitDecision::Taken { by }) => seen_by.push(by),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        assert!(
+            seen_by.iter().all(|b| *b == winners[0]),
+            "round {round}: losers disagree on the winner"
+        );
+        // Later callers, including the winner itself after a restart, are told it is taken.
+        let c = Coordinator::connect(std::slice::from_ref(&e.url), &cluster)
+            .await
+            .expect("connect");
+        assert_eq!(
+            c.init_once(&winners[0]).await.expect("again"),
+            InitDecision::Taken {
+                by: winners[0].clone()
+            }
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_is_replaced_within_the_ttl_and_its_writes_are_refused() {
+    let e = etcd();
+    let ttl = Duration::from_secs(2);
+    let a = Coordinator::connect(std::slice::from_ref(&e.url), "lab")
+        .await
+        .expect("connect");
+    let b = Coordinator::connect(std::slice::from_ref(&e.url), "lab")
+        .await
+        .expect("connect");
+    let lead_a = a
+        .campaign("cp-a", ttl)
+        .await
+        .expect("campaign")
+        .expect("a leads");
+    assert!(
+        b.campaign("cp-b", ttl).await.expect("campaign").is_none(),
+        "two leaders at once"
+    );
+    let term_a = lead_a.term;
+    assert_eq!(
+        a.leader().await.expect("leader").map(|(r, t)| (r.node, t)),
+        Some(("cp-a".into(), term_a))
+    );
+    a.fenced_put(term_a, &a.key("catalogue"), b"v1".to_vec())
+        .await
+        .expect("leader write");
+
+    // cp-a stops renewing, as a crash or a long pause would look to etcd.
+    let died = Instant::now();
+    lead_a.abandon();
+    b.wait_vacant().await.expect("watch");
+    let lead_b = b
+        .campaign("cp-b", ttl)
+        .await
+        .expect("campaign")
+        .expect("b leads after a died");
+    let failover = died.elapsed();
+    assert!(
+        failover <= ttl + Duration::from_secs(2),
+        "failover took {failover:?} with a {ttl:?} lease"
+    );
+    assert!(
+        lead_b.term > term_a,
+        "terms must rise: {} then {}",
+        term_a,
+        lead_b.term
+    );
+    eprintln!("failover after leader death: {failover:?} (lease TTL {ttl:?})");
+
+    // The old leader comes back still believing it leads: refused, and nothing is written.
+    match a
+        .fenced_put(term_a, &a.key("catalogue"), b"stale".to_vec())
+        .await
+    {
+        Err(CoordError::Stale { term, current }) => {
+            assert_eq!((term, current.as_str()), (term_a, "cp-b"));
+        }
+        other => panic!("stale write was not refused: {other:?}"),
+    }
+    assert_eq!(
+        b.get(&b.key("catalogue")).await.expect("get").as_deref(),
+        Some(&b"v1"[..])
+    );
+    b.fenced_put(lead_b.term, &b.key("catalogue"), b"v2".to_vec())
+        .await
+        .expect("new leader writes");
+
+    // Resigning frees the seat at once.
+    b.resign(lead_b).await.expect("resign");
+    assert!(a.leader().await.expect("leader").is_none());
+}
