@@ -1,0 +1,66 @@
+//! The contract between the lab and `kubedna-image seed`: the cluster description the lab writes
+//! (`seed::ClusterDesc::to_yaml`) is accepted by the image builder's own parser, and renders a
+//! seed for every node whose user-data names the node and carries the other control planes as
+//! discovery seeds. Needs no root.
+
+use std::net::Ipv4Addr;
+
+use kubedna_lab::seed::ClusterDesc;
+use kubedna_lab::Role;
+
+#[test]
+fn cluster_description_is_accepted_and_renders_every_node() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let desc = ClusterDesc {
+        name: "lab-x".into(),
+        prefix: 24,
+        gateway: Ipv4Addr::new(198, 18, 0, 1),
+        nodes: vec![
+            (
+                "cp-1".into(),
+                Role::ControlPlane,
+                Ipv4Addr::new(198, 18, 0, 2),
+            ),
+            (
+                "cp-2".into(),
+                Role::ControlPlane,
+                Ipv4Addr::new(198, 18, 0, 3),
+            ),
+            (
+                "worker-1".into(),
+                Role::Worker,
+                Ipv4Addr::new(198, 18, 0, 4),
+            ),
+        ],
+    };
+    let path = dir.path().join("cluster.yaml");
+    std::fs::write(&path, desc.to_yaml()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("cluster-secret"), "0".repeat(64))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cluster = kubedna_image::seed::load_cluster(&path).unwrap_or_else(|e| panic!("{e}"));
+    for (name, _, _) in &desc.nodes {
+        let seed = kubedna_image::seed::render(&cluster, &path, name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let user_data = seed
+            .files
+            .iter()
+            .find(|(f, _)| f == "user-data")
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| panic!("{name}: no user-data"));
+        assert!(user_data.starts_with("#cloud-config"), "{name}");
+        assert!(
+            user_data.contains(name.as_str()),
+            "{name}: node name missing"
+        );
+        if name != "cp-2" {
+            assert!(
+                user_data.contains("198.18.0.3"),
+                "{name}: cp-2 missing from seeds"
+            );
+        }
+        assert!(
+            user_data.contains("kind: \"lab\"") || user_data.contains("kind: lab"),
+            "{name}: provider"
+        );
+    }
+}
