@@ -114,6 +114,36 @@ impl Coordinator {
         })
     }
 
+    /// Connects with mutual TLS using a member's client certificate (see [`crate::pki`]).
+    pub async fn connect_tls(
+        endpoints: &[String],
+        cluster: &str,
+        files: &crate::pki::MemberFiles,
+    ) -> Result<Self, CoordError> {
+        let read = |p: &std::path::Path| std::fs::read(p).unwrap_or_default();
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&files.ca)))
+            .identity(etcd_client::Identity::from_pem(
+                read(&files.client_cert),
+                read(&files.client_key),
+            ));
+        let options = etcd_client::ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(Duration::from_secs(5));
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|source| CoordError::Etcd {
+                endpoints: endpoints.to_vec(),
+                what: "cannot connect with TLS",
+                source,
+            })?;
+        Ok(Coordinator {
+            client,
+            endpoints: endpoints.to_vec(),
+            prefix: format!("/kubedna/{cluster}/"),
+        })
+    }
+
     fn err(&self, what: &'static str) -> impl FnOnce(etcd_client::Error) -> CoordError + '_ {
         move |source| CoordError::Etcd {
             endpoints: self.endpoints.clone(),

@@ -9,3 +9,4 @@
 
 pub mod bootstrap;
 pub mod coord;
+pub mod pki;
