@@ -9,7 +9,13 @@ use kubedna_mesh::{Event, MeshConfig, NodeState};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-fn build(n: usize, seed: u64, loss: f64, record_updates: bool, tweak: impl Fn(&mut MeshConfig)) -> Sim {
+fn build(
+    n: usize,
+    seed: u64,
+    loss: f64,
+    record_updates: bool,
+    tweak: impl Fn(&mut MeshConfig),
+) -> Sim {
     let mut sim = Sim::new(SimConfig {
         seed,
         loss,
@@ -132,8 +138,24 @@ fn false_positives(n: usize, seeds: &[u64], minutes: u64) {
                     if let Event::MemberDown(id, kubedna_mesh::DownReason::Failed) = &r.event {
                         if seen.insert(*id) {
                             let victim = sim.index_of(id.addr).unwrap_or(usize::MAX);
-                            let vp: Vec<_> = pauses.iter().filter(|(t, n)| *n == victim && *t <= r.at && r.at - *t < Duration::from_secs(12)).map(|(t, _)| (r.at - *t).as_secs_f64()).collect();
-                            let op: Vec<_> = pauses.iter().filter(|(t, n)| *n == r.node && *t <= r.at && r.at - *t < Duration::from_secs(12)).map(|(t, _)| (r.at - *t).as_secs_f64()).collect();
+                            let vp: Vec<_> = pauses
+                                .iter()
+                                .filter(|(t, n)| {
+                                    *n == victim
+                                        && *t <= r.at
+                                        && r.at - *t < Duration::from_secs(12)
+                                })
+                                .map(|(t, _)| (r.at - *t).as_secs_f64())
+                                .collect();
+                            let op: Vec<_> = pauses
+                                .iter()
+                                .filter(|(t, n)| {
+                                    *n == r.node
+                                        && *t <= r.at
+                                        && r.at - *t < Duration::from_secs(12)
+                                })
+                                .map(|(t, _)| (r.at - *t).as_secs_f64())
+                                .collect();
                             println!("  lg={lifeguard} FP {id:?} first by node {} at {:.2}: victim paused {vp:?} s ago, declarer paused {op:?} s ago", r.node, r.at.as_secs_f64());
                         }
                     }
@@ -184,7 +206,9 @@ fn dissemination(n: usize, seeds: &[u64], changes: usize) {
                 .collect();
             got.sort();
             got.dedup();
-            let t = got.get(target.saturating_sub(1)).map_or(f64::INFINITY, |d| d.as_secs_f64());
+            let t = got
+                .get(target.saturating_sub(1))
+                .map_or(f64::INFINITY, |d| d.as_secs_f64());
             times.push(t);
         }
     }

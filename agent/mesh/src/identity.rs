@@ -21,7 +21,10 @@ pub struct NodeId {
 impl NodeId {
     /// Generation 0 of the node at `addr`.
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, generation: 0 }
+        Self {
+            addr,
+            generation: 0,
+        }
     }
 }
 
@@ -70,7 +73,10 @@ mod tests {
         let b = a.renew().expect("renews");
         assert!(b.win_addr_conflict(&a));
         assert!(!a.win_addr_conflict(&b));
-        let top = NodeId { generation: u16::MAX, ..a };
+        let top = NodeId {
+            generation: u16::MAX,
+            ..a
+        };
         let wrapped = top.renew().expect("renews");
         assert_eq!(wrapped.generation, 0);
         assert!(wrapped.win_addr_conflict(&top));

@@ -5,6 +5,7 @@
 //! replay protection) and a deterministic simulator ([`sim`]) that drives many cores in virtual
 //! time. It must never do I/O in the core, and never log or return a secret.
 
+pub mod fuzzing;
 pub mod identity;
 pub mod lifeguard;
 pub mod mesh;

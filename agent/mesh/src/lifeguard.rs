@@ -114,7 +114,10 @@ mod tests {
         h.probe_succeeded();
         h.probe_succeeded();
         assert_eq!(h.score(), 0);
-        assert_eq!(h.scale(Duration::from_millis(500)), Duration::from_millis(500));
+        assert_eq!(
+            h.scale(Duration::from_millis(500)),
+            Duration::from_millis(500)
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! or spawn.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut};
 use foca::{
-    BroadcastHandler, Codec, Foca, Header, Incarnation, Invalidates, Member, Message,
-    Notification, PeriodicParams, PostcardCodec, Runtime, State, Timer,
+    BroadcastHandler, Codec, Foca, Header, Incarnation, Invalidates, Member, Message, Notification,
+    PeriodicParams, PostcardCodec, Runtime, State, Timer,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -227,12 +227,16 @@ impl Invalidates for ItemKey {
     }
 }
 
+/// Suspicion claims kept per member and incarnation: Lifeguard's K (3) others plus our own.
+const MAX_CLAIMERS: usize = 5;
+
 /// State shared between the mesh and foca's broadcast handler (which foca owns).
 #[derive(Debug, Default)]
 struct Shared {
     metas: HashMap<SocketAddr, MetaRecord>,
     new_metas: Vec<MetaRecord>,
-    claims: HashMap<(NodeId, Incarnation), BTreeSet<SocketAddr>>,
+    /// Who claimed to suspect a member at an incarnation (a handful at most: see `MAX_CLAIMERS`).
+    claims: HashMap<(NodeId, Incarnation), Vec<SocketAddr>>,
     new_claims: Vec<(NodeId, Incarnation)>,
 }
 
@@ -259,7 +263,9 @@ struct BadItem(#[source] postcard::Error);
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     // Nothing panics while holding the lock; a poisoned lock still holds consistent data.
-    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl BroadcastHandler<NodeId> for Handler {
@@ -286,12 +292,12 @@ impl BroadcastHandler<NodeId> for Handler {
                 incarnation,
                 from,
             } => {
-                let fresh = shared
-                    .claims
-                    .entry((target, incarnation))
-                    .or_default()
-                    .insert(from.addr);
+                let claimers = shared.claims.entry((target, incarnation)).or_default();
+                // Past K+1 claimers every suspicion is at its minimum: more claims change nothing,
+                // so they are neither kept nor passed on.
+                let fresh = claimers.len() < MAX_CLAIMERS && !claimers.contains(&from.addr);
                 if fresh {
+                    claimers.push(from.addr);
                     shared.new_claims.push((target, incarnation));
                 }
                 fresh.then_some(ItemKey::Suspect(target, incarnation, from))
@@ -311,7 +317,11 @@ struct ObservingCodec {
 impl Codec<NodeId> for ObservingCodec {
     type Error = postcard::Error;
 
-    fn encode_header(&mut self, header: &Header<NodeId>, buf: impl BufMut) -> Result<(), Self::Error> {
+    fn encode_header(
+        &mut self,
+        header: &Header<NodeId>,
+        buf: impl BufMut,
+    ) -> Result<(), Self::Error> {
         PostcardCodec.encode_header(header, buf)
     }
 
@@ -319,7 +329,11 @@ impl Codec<NodeId> for ObservingCodec {
         PostcardCodec.decode_header(buf)
     }
 
-    fn encode_member(&mut self, member: &Member<NodeId>, buf: impl BufMut) -> Result<(), Self::Error> {
+    fn encode_member(
+        &mut self,
+        member: &Member<NodeId>,
+        buf: impl BufMut,
+    ) -> Result<(), Self::Error> {
         PostcardCodec.encode_member(member, buf)
     }
 
@@ -437,10 +451,14 @@ impl Mesh {
         wall_ms: u64,
     ) -> Result<Self, MeshError> {
         if cfg.probe_rtt.is_zero() || cfg.probe_rtt >= cfg.probe_period {
-            return Err(MeshError::Config("probe_rtt must be above zero and below probe_period"));
+            return Err(MeshError::Config(
+                "probe_rtt must be above zero and below probe_period",
+            ));
         }
         if cfg.max_packet_size <= OVERHEAD + 64 {
-            return Err(MeshError::Config("max_packet_size too small for the envelope"));
+            return Err(MeshError::Config(
+                "max_packet_size too small for the envelope",
+            ));
         }
         let indirect = NonZeroUsize::new(cfg.indirect_probes)
             .ok_or(MeshError::Config("indirect_probes must be at least 1"))?;
@@ -455,7 +473,8 @@ impl Mesh {
             cfg.max_clock_skew.as_millis() as u64,
         );
         let id = NodeId::new(cfg.addr);
-        let max_tx = (f64::from(cfg.expected_size.saturating_add(1)).log10() * 4.0).clamp(3.0, 255.0);
+        let max_tx =
+            (f64::from(cfg.expected_size.saturating_add(1)).log10() * 4.0).clamp(3.0, 255.0);
         let foca_cfg = foca::Config {
             probe_period: cfg.probe_period,
             probe_rtt: cfg.probe_rtt,
@@ -547,6 +566,33 @@ impl Mesh {
     pub fn join(&mut self, now: Instant) {
         self.announce_to_seeds(now);
         self.arm_reannounce(now);
+    }
+
+    /// Seeds the view from a saved list of peers (the daemon's last-known members, or a
+    /// simulation's bootstrap): they are added as alive without gossiping them, then probed as
+    /// usual; their metadata is merged. A wrong entry costs one failed probe cycle.
+    pub fn restore(&mut self, peers: &[NodeId], metas: &[MetaRecord], now: Instant) {
+        {
+            let mut shared = lock(&self.shared);
+            for record in metas {
+                if record.id.addr != self.cfg.addr {
+                    shared.merge_meta(record.clone());
+                }
+            }
+        }
+        let me = self.cfg.addr;
+        let members = peers
+            .iter()
+            .filter(|id| id.addr != me)
+            .map(|id| Member::new(*id, 0, State::Alive));
+        let mut rt = Collector::default();
+        let _ = self.foca.apply_many(members, false, &mut rt);
+        self.drain(rt, now);
+    }
+
+    /// Our own metadata record (what [`Mesh::restore`] takes for peers).
+    pub fn meta_record(&self) -> MetaRecord {
+        self.own_meta.clone()
     }
 
     /// Announces to `addr` (a peer found by multicast or the provider) right away.
@@ -731,7 +777,12 @@ impl Mesh {
     }
 
     /// Handles one datagram from `from`. Bad packets are dropped and counted, never parsed.
-    pub fn handle_packet(&mut self, from: SocketAddr, packet: &[u8], now: Instant) -> Result<(), Reject> {
+    pub fn handle_packet(
+        &mut self,
+        from: SocketAddr,
+        packet: &[u8],
+        now: Instant,
+    ) -> Result<(), Reject> {
         self.traffic.packets_received += 1;
         self.traffic.bytes_received += packet.len() as u64;
         let body = self.security.open(from, packet, self.wall_ms(now))?;
@@ -774,13 +825,17 @@ impl Mesh {
         if header.message == Message::Broadcast || rest.len() < 2 {
             return None;
         }
+        let header_len = payload.len() - rest.len();
+        let count = rest.get_u16();
+        if count < 4 {
+            // Steady state: a few updates cost less to apply than to filter.
+            return None;
+        }
         // foca ignores the updates of a packet not addressed to our current identity or sent by
         // a member it holds down: those must not be remembered as handed over.
         if header.dst != self.id() || !self.foca.iter_members().any(|m| m.id() == &header.src) {
             return None;
         }
-        let header_len = payload.len() - rest.len();
-        let count = rest.get_u16();
         let mut kept: Vec<&[u8]> = Vec::with_capacity(usize::from(count));
         let mut dropped = false;
         for _ in 0..count {
@@ -833,14 +888,25 @@ impl Mesh {
         self.drain(rt, now);
     }
 
-    fn send_body(&mut self, to: SocketAddr, kind: u8, payload: &[u8], reliable: bool, now: Instant) {
+    fn send_body(
+        &mut self,
+        to: SocketAddr,
+        kind: u8,
+        payload: &[u8],
+        reliable: bool,
+        now: Instant,
+    ) {
         let mut body = Vec::with_capacity(payload.len() + 1);
         body.push(kind);
         body.extend_from_slice(payload);
         let bytes = self.security.seal(&body, self.wall_ms(now));
         self.traffic.packets_sent += 1;
         self.traffic.bytes_sent += bytes.len() as u64;
-        self.transmits.push_back(Transmit { to, bytes, reliable });
+        self.transmits.push_back(Transmit {
+            to,
+            bytes,
+            reliable,
+        });
     }
 
     fn cluster_size(&self) -> usize {
@@ -850,7 +916,11 @@ impl Mesh {
     fn push_pull_interval(&self) -> Duration {
         // memberlist's pushPullScale: one more interval per doubling above 32 members.
         let n = self.cluster_size() as f64;
-        let mult = if n <= 32.0 { 1.0 } else { (n.log2() - 32f64.log2()).ceil() + 1.0 };
+        let mult = if n <= 32.0 {
+            1.0
+        } else {
+            (n.log2() - 32f64.log2()).ceil() + 1.0
+        };
         self.cfg.push_pull_interval.mul_f64(mult)
     }
 
@@ -869,7 +939,8 @@ impl Mesh {
                 self.reannounce_pending = false;
                 if !self.connected && !self.left {
                     self.announce_to_seeds(now);
-                    self.reannounce_delay = (self.reannounce_delay * 2).min(self.cfg.reannounce_max);
+                    self.reannounce_delay =
+                        (self.reannounce_delay * 2).min(self.cfg.reannounce_max);
                     self.arm_reannounce(now);
                 }
             }
@@ -952,7 +1023,8 @@ impl Mesh {
         };
         for record in new_metas {
             if record.id.addr != self.cfg.addr {
-                self.events.push_back(Event::MemberUpdated(record.id, record.meta));
+                self.events
+                    .push_back(Event::MemberUpdated(record.id, record.meta));
             }
         }
         for (target, _) in new_claims {
@@ -1005,7 +1077,9 @@ impl Mesh {
         let confirmations = lock(&self.shared)
             .claims
             .get(&(id, s.incarnation))
-            .map_or(0, |from| from.iter().filter(|a| **a != self.cfg.addr).count());
+            .map_or(0, |from| {
+                from.iter().filter(|a| **a != self.cfg.addr).count()
+            });
         let timeout = lifeguard::suspicion_timeout(
             &lg,
             self.cluster_size(),
@@ -1038,7 +1112,11 @@ impl Mesh {
                     .metas
                     .get(&id.addr)
                     .is_some_and(|r| r.id == id && r.meta.state == NodeState::Leaving);
-                let reason = if left { DownReason::Left } else { DownReason::Failed };
+                let reason = if left {
+                    DownReason::Left
+                } else {
+                    DownReason::Failed
+                };
                 self.events.push_back(Event::MemberDown(id, reason));
             }
             N::Rename(..) => {}
@@ -1076,7 +1154,11 @@ impl Mesh {
             N::DataReceived(header) => match header.message {
                 Message::Ack(n) => {
                     let from = header.src.addr;
-                    if let Some(pos) = self.pings.iter().position(|(a, p, _)| *a == from && *p == n) {
+                    if let Some(pos) = self
+                        .pings
+                        .iter()
+                        .position(|(a, p, _)| *a == from && *p == n)
+                    {
                         let (_, _, sent) = self.pings.remove(pos).unwrap_or((from, n, now));
                         self.peers.entry(from).or_default().rtt = Some(now - sent);
                         self.health.probe_succeeded();
@@ -1093,7 +1175,13 @@ impl Mesh {
                         .iter_membership_state()
                         .find(|m| m.id() == &id)
                         .map(|m| m.incarnation());
-                    if let Some(incarnation) = incarnation {
+                    let enough = incarnation.is_some_and(|inc| {
+                        lock(&self.shared)
+                            .claims
+                            .get(&(id, inc))
+                            .is_some_and(|c| c.len() >= MAX_CLAIMERS)
+                    });
+                    if let Some(incarnation) = incarnation.filter(|_| !enough) {
                         let item = Item::Suspect {
                             target: id,
                             incarnation,
@@ -1114,11 +1202,7 @@ impl Mesh {
             .foca
             .iter_membership_state()
             .cloned()
-            .chain(std::iter::once(Member::new(
-                self.id(),
-                0,
-                State::Alive,
-            )))
+            .chain(std::iter::once(Member::new(self.id(), 0, State::Alive)))
             .collect();
         // Sorted so a simulated run does not depend on hash order.
         let mut meta_versions: Vec<(NodeId, u64)> =

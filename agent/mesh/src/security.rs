@@ -47,13 +47,21 @@ pub struct KeyId(pub [u8; 4]);
 
 impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyId({:02x}{:02x}{:02x}{:02x})", self.0[0], self.0[1], self.0[2], self.0[3])
+        write!(
+            f,
+            "KeyId({:02x}{:02x}{:02x}{:02x})",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
     }
 }
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02x}{:02x}{:02x}{:02x}", self.0[0], self.0[1], self.0[2], self.0[3])
+        write!(
+            f,
+            "{:02x}{:02x}{:02x}{:02x}",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
     }
 }
 
@@ -186,7 +194,10 @@ fn derive(cluster_name: &str, secret: &ClusterSecret) -> RingKey {
     hk.expand(id_info.as_bytes(), &mut id)
         .unwrap_or_else(|_| unreachable!("4 bytes is a valid HKDF-SHA256 length"));
     let cipher = XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(key.as_slice()));
-    RingKey { id: KeyId(id), cipher }
+    RingKey {
+        id: KeyId(id),
+        cipher,
+    }
 }
 
 impl KeyRing {
@@ -357,7 +368,12 @@ impl PacketSecurity {
 
     /// Checks and decrypts a packet received from `from`; the error says why it was dropped, and
     /// it has been counted. `now_ms` is this node's wall clock.
-    pub fn open(&mut self, from: SocketAddr, packet: &[u8], now_ms: u64) -> Result<Vec<u8>, Reject> {
+    pub fn open(
+        &mut self,
+        from: SocketAddr,
+        packet: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Reject> {
         let result = self.open_inner(from, packet, now_ms);
         match result {
             Ok(_) => self.counters.accepted += 1,
@@ -366,7 +382,12 @@ impl PacketSecurity {
         result
     }
 
-    fn open_inner(&mut self, from: SocketAddr, packet: &[u8], now_ms: u64) -> Result<Vec<u8>, Reject> {
+    fn open_inner(
+        &mut self,
+        from: SocketAddr,
+        packet: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Reject> {
         if packet.len() < OVERHEAD || &packet[..4] != MAGIC || packet[4] != VERSION {
             return Err(Reject::Malformed);
         }
@@ -432,7 +453,11 @@ impl PacketSecurity {
         }
         if env.counter > window.highest {
             let shift = env.counter - window.highest;
-            window.seen = if shift >= WINDOW { 0 } else { window.seen << shift };
+            window.seen = if shift >= WINDOW {
+                0
+            } else {
+                window.seen << shift
+            };
             window.seen |= 1;
             window.highest = env.counter;
         } else {
@@ -491,7 +516,11 @@ mod tests {
         for i in 17..sealed.len() {
             let mut forged = sealed.clone();
             forged[i] ^= 0x40;
-            assert_eq!(b.open(addr(1), &forged, NOW), Err(Reject::BadTag), "byte {i}");
+            assert_eq!(
+                b.open(addr(1), &forged, NOW),
+                Err(Reject::BadTag),
+                "byte {i}"
+            );
         }
         // An attacker without the secret, with the right cluster name and a guessed key id.
         let mut mallory = node("prod", "not-the-cluster-secret", 9);
@@ -531,7 +560,11 @@ mod tests {
         let sealed = a.seal(b"hello world", NOW);
         for len in 0..sealed.len() {
             let got = b.open(addr(1), &sealed[..len], NOW);
-            let want = if len < OVERHEAD { Reject::Malformed } else { Reject::BadTag };
+            let want = if len < OVERHEAD {
+                Reject::Malformed
+            } else {
+                Reject::BadTag
+            };
             assert_eq!(got, Err(want), "len {len}");
         }
         assert_eq!(b.counters().accepted, 0);
@@ -560,8 +593,12 @@ mod tests {
         let mut new = node("prod", "a-very-secret-secret", 3);
         let mut b = node("prod", "a-very-secret-secret", 2);
         b.open(addr(1), &old_packet, NOW).expect("fresh");
-        b.open(addr(1), &new.seal(b"new", NOW + 5_000), NOW + 5_000).expect("restart");
-        assert_eq!(b.open(addr(1), &old_packet, NOW + 5_000), Err(Reject::Replayed));
+        b.open(addr(1), &new.seal(b"new", NOW + 5_000), NOW + 5_000)
+            .expect("restart");
+        assert_eq!(
+            b.open(addr(1), &old_packet, NOW + 5_000),
+            Err(Reject::Replayed)
+        );
     }
 
     #[test]
@@ -584,13 +621,20 @@ mod tests {
         a.ring_mut().install(&new).expect("room");
         a.ring_mut().set_primary(new_id).expect("installed");
         assert_eq!(a.seal(b"x", NOW)[13..17], new_id.0);
-        b.open(addr(1), &a.seal(b"x", NOW), NOW).expect("new key accepted");
+        b.open(addr(1), &a.seal(b"x", NOW), NOW)
+            .expect("new key accepted");
         let old_id = b.ring().id_of(&old);
-        assert_eq!(b.ring_mut().remove(old_id), Err(KeyRingError::RemovingPrimary(old_id)));
+        assert_eq!(
+            b.ring_mut().remove(old_id),
+            Err(KeyRingError::RemovingPrimary(old_id))
+        );
         b.ring_mut().set_primary(new_id).expect("installed");
         b.ring_mut().remove(old_id).expect("not primary");
         let mut stale_sender = PacketSecurity::new(KeyRing::new("prod", &old), [4; 16], 60_000);
-        assert_eq!(b.open(addr(4), &stale_sender.seal(b"x", NOW), NOW), Err(Reject::UnknownKey));
+        assert_eq!(
+            b.open(addr(4), &stale_sender.seal(b"x", NOW), NOW),
+            Err(Reject::UnknownKey)
+        );
     }
 
     #[test]

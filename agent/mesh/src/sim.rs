@@ -6,7 +6,6 @@
 //! measure detection, convergence and load. It must never touch a real clock or socket: a run is a
 //! pure function of its seed and script.
 
-use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -79,6 +78,34 @@ enum SimEvent {
     Resume(usize),
 }
 
+/// A queue entry, earliest first, in push order among equals (for determinism).
+#[derive(Debug)]
+struct Queued {
+    at: Duration,
+    seq: u64,
+    event: SimEvent,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
 #[derive(Debug)]
 struct SimNode {
     addr: SocketAddr,
@@ -99,8 +126,7 @@ pub struct Sim {
     secret: ClusterSecret,
     nodes: Vec<SimNode>,
     by_addr: HashMap<SocketAddr, usize>,
-    queue: BinaryHeap<Reverse<(Duration, u64)>>,
-    pending: HashMap<u64, SimEvent>,
+    queue: BinaryHeap<Queued>,
     seq: u64,
     cut: HashSet<(usize, usize)>,
     records: Vec<Record>,
@@ -118,7 +144,11 @@ pub fn sim_addr(i: usize) -> SocketAddr {
 pub fn sim_meta(i: usize) -> NodeMeta {
     NodeMeta {
         name: format!("node-{i}"),
-        role: if i < 3 { Role::ControlPlane } else { Role::Worker },
+        role: if i < 3 {
+            Role::ControlPlane
+        } else {
+            Role::Worker
+        },
         addresses: vec![sim_addr(i).ip()],
         agent_version: "0.1.0".into(),
         image_version: "2026.11.0".into(),
@@ -140,7 +170,6 @@ impl Sim {
             nodes: Vec::new(),
             by_addr: HashMap::new(),
             queue: BinaryHeap::new(),
-            pending: HashMap::new(),
             seq: 0,
             cut: HashSet::new(),
             records: Vec::new(),
@@ -167,8 +196,14 @@ impl Sim {
         tweak(&mut cfg);
         let seed = self.rng.random();
         let now = self.instant(self.now);
-        let mesh = Mesh::new(cfg, &self.secret, seed, now, WALL_START_MS + self.now.as_millis() as u64)
-            .unwrap_or_else(|e| panic!("simulated config is valid: {e}"));
+        let mesh = Mesh::new(
+            cfg,
+            &self.secret,
+            seed,
+            now,
+            WALL_START_MS + self.now.as_millis() as u64,
+        )
+        .unwrap_or_else(|e| panic!("simulated config is valid: {e}"));
         self.nodes.push(SimNode {
             addr,
             mesh: Some(mesh),
@@ -202,6 +237,24 @@ impl Sim {
         if let Some(mesh) = self.nodes[i].mesh.as_mut() {
             f(mesh, now);
             self.pump(i);
+        }
+    }
+
+    /// Gives every node the full membership and metadata at once, as if restored from a saved
+    /// view: a converged cluster without simulating the join storm.
+    pub fn bootstrap_converged(&mut self) {
+        let ids: Vec<_> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.mesh.as_ref().map(Mesh::id))
+            .collect();
+        let metas: Vec<_> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.mesh.as_ref().map(Mesh::meta_record))
+            .collect();
+        for i in 0..self.nodes.len() {
+            self.with_mesh(i, |m, now| m.restore(&ids, &metas, now));
         }
     }
 
@@ -285,15 +338,12 @@ impl Sim {
 
     /// Runs until virtual time `until`.
     pub fn run_until(&mut self, until: Duration) {
-        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
-            if at > until {
+        while self.queue.peek().is_some_and(|q| q.at <= until) {
+            let Some(Queued { at, event, .. }) = self.queue.pop() else {
                 break;
-            }
-            self.queue.pop();
+            };
             self.now = at;
-            if let Some(event) = self.pending.remove(&seq) {
-                self.step(event);
-            }
+            self.step(event);
         }
         self.now = until;
     }
@@ -306,7 +356,9 @@ impl Sim {
 
     /// Indexes of nodes that have not crashed.
     pub fn live(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|i| self.nodes[*i].mesh.is_some()).collect()
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].mesh.is_some())
+            .collect()
     }
 
     /// Whether every live node sees every other live node active and no crashed node active.
@@ -331,7 +383,12 @@ impl Sim {
         let addr = self.nodes[c].addr;
         self.live()
             .iter()
-            .filter(|&&i| self.nodes[i].mesh.as_ref().is_some_and(|m| m.sees_active(addr)))
+            .filter(|&&i| {
+                self.nodes[i]
+                    .mesh
+                    .as_ref()
+                    .is_some_and(|m| m.sees_active(addr))
+            })
             .count()
     }
 
@@ -355,7 +412,10 @@ impl Sim {
                 }
             }
         }
-        self.live().into_iter().map(|o| first.get(&o).copied()).collect()
+        self.live()
+            .into_iter()
+            .map(|o| first.get(&o).copied())
+            .collect()
     }
 
     /// Failure declarations about nodes that were alive (maybe paused) at the time.
@@ -379,8 +439,11 @@ impl Sim {
 
     fn push(&mut self, at: Duration, event: SimEvent) {
         self.seq += 1;
-        self.queue.push(Reverse((at, self.seq)));
-        self.pending.insert(self.seq, event);
+        self.queue.push(Queued {
+            at,
+            seq: self.seq,
+            event,
+        });
     }
 
     fn step(&mut self, event: SimEvent) {

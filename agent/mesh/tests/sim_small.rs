@@ -71,10 +71,16 @@ fn graceful_leave_is_not_a_failure() {
     sim.run_for(secs(8));
     sim.with_mesh(4, |m, now| m.leave(now));
     sim.run_for(secs(5));
-    assert!(sim.records().iter().any(|r| r.node == 4 && r.event == Event::Left));
+    assert!(sim
+        .records()
+        .iter()
+        .any(|r| r.node == 4 && r.event == Event::Left));
     let downs = downs_of(&sim, sim_addr(4));
     assert_eq!(downs.len(), 9, "{downs:?}");
-    assert!(downs.iter().all(|(_, r)| *r == DownReason::Left), "{downs:?}");
+    assert!(
+        downs.iter().all(|(_, r)| *r == DownReason::Left),
+        "{downs:?}"
+    );
 }
 
 #[test]
@@ -84,7 +90,10 @@ fn metadata_changes_reach_everyone() {
     sim.with_mesh(2, |m, now| m.set_state(NodeState::Maintenance, now));
     sim.run_for(secs(3));
     for i in (0..15).filter(|i| *i != 2) {
-        let meta = sim.mesh(i).and_then(|m| m.meta_of(sim_addr(2))).expect("known");
+        let meta = sim
+            .mesh(i)
+            .and_then(|m| m.meta_of(sim_addr(2)))
+            .expect("known");
         assert_eq!(meta.state, NodeState::Maintenance, "node {i}");
     }
 }
@@ -96,8 +105,15 @@ fn a_partitioned_node_is_marked_failed_and_comes_back_after_heal() {
     assert!(sim.converged());
     sim.isolate(3);
     sim.run_for(secs(30));
-    assert_eq!(sim.still_seeing(3), 0, "partitioned node marked down everywhere");
-    assert!(sim.records().iter().any(|r| r.node == 3 && r.event == Event::Isolated));
+    assert_eq!(
+        sim.still_seeing(3),
+        0,
+        "partitioned node marked down everywhere"
+    );
+    assert!(sim
+        .records()
+        .iter()
+        .any(|r| r.node == 3 && r.event == Event::Isolated));
     sim.heal_all(3);
     sim.run_for(secs(40));
     assert!(sim.converged(), "rejoined after heal");
@@ -119,7 +135,10 @@ fn late_joiner_learns_old_metadata_by_anti_entropy() {
 
 #[test]
 fn every_seed_gone_then_back_reannounces() {
-    let mut sim = Sim::new(SimConfig { seed: 16, ..SimConfig::default() });
+    let mut sim = Sim::new(SimConfig {
+        seed: 16,
+        ..SimConfig::default()
+    });
     for _ in 0..2 {
         sim.add_node(|c| c.seeds = vec![sim_addr(0), sim_addr(1)]);
     }
@@ -129,7 +148,10 @@ fn every_seed_gone_then_back_reannounces() {
     sim.run_for(secs(10));
     assert!(!sim.mesh(1).expect("live").is_connected());
     let attempts = sim.mesh(1).expect("live").traffic().packets_sent;
-    assert!((3..=6).contains(&attempts), "backoff: {attempts} announces in 10 s");
+    assert!(
+        (3..=6).contains(&attempts),
+        "backoff: {attempts} announces in 10 s"
+    );
     sim.heal_all(0);
     sim.run_for(secs(40));
     assert!(sim.converged());
@@ -164,7 +186,10 @@ fn key_rotation_without_false_deaths() {
         });
     }
     sim.run_for(secs(20));
-    assert!(sim.records().iter().all(|r| !matches!(r.event, Event::MemberDown(..))));
+    assert!(sim
+        .records()
+        .iter()
+        .all(|r| !matches!(r.event, Event::MemberDown(..))));
     assert!(sim.converged());
     for i in 0..10 {
         let c = sim.mesh(i).expect("live").security_counters();
@@ -178,7 +203,11 @@ fn forged_and_replayed_packets_in_flight_are_dropped() {
     sim.run_for(secs(3));
     let before = sim.mesh(0).expect("live").security_counters();
     sim.inject(0, sim_addr(1), vec![0u8; 10]);
-    sim.inject(0, sim_addr(1), b"KDNA\x01garbage-garbage-garbage-garbage-garbage-garbage-garbage-garbage".to_vec());
+    sim.inject(
+        0,
+        sim_addr(1),
+        b"KDNA\x01garbage-garbage-garbage-garbage-garbage-garbage-garbage-garbage".to_vec(),
+    );
     sim.run_for(Duration::from_millis(1));
     let after = sim.mesh(0).expect("live").security_counters();
     assert_eq!(after.malformed, before.malformed + 1);
