@@ -144,6 +144,17 @@ impl Coordinator {
         })
     }
 
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub(crate) fn etcd_err(
+        &self,
+        what: &'static str,
+    ) -> impl FnOnce(etcd_client::Error) -> CoordError + '_ {
+        self.err(what)
+    }
+
     fn err(&self, what: &'static str) -> impl FnOnce(etcd_client::Error) -> CoordError + '_ {
         move |source| CoordError::Etcd {
             endpoints: self.endpoints.clone(),
@@ -203,6 +214,17 @@ impl Coordinator {
         node: &str,
         ttl: Duration,
     ) -> Result<Option<Leadership>, CoordError> {
+        self.acquire("leader", node, ttl).await
+    }
+
+    /// Tries once to hold the lease-bound key `name` (the leader seat, the join lock). The
+    /// returned term is the key's create revision. Returns None while another node holds it.
+    pub async fn acquire(
+        &self,
+        name: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Option<Leadership>, CoordError> {
         let mut lease_client = self.client.lease_client();
         let ttl_s = ttl.as_secs().max(1) as i64;
         let lease = lease_client
@@ -210,7 +232,7 @@ impl Coordinator {
             .await
             .map_err(self.err("cannot grant a lease"))?
             .id();
-        let key = self.key("leader");
+        let key = self.key(name);
         let value = serde_json::to_vec(&LeaderRecord { node: node.into() }).expect("serializes");
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])

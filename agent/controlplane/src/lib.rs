@@ -9,4 +9,5 @@
 
 pub mod bootstrap;
 pub mod coord;
+pub mod membership;
 pub mod pki;

@@ -2,96 +2,25 @@
 //! loopback ports): exactly one init winner among racers, leader failover within the lease TTL,
 //! and a deposed leader's writes refused by term.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use kubedna_controlplane::coord::{CoordError, Coordinator, InitDecision};
 
-struct Etcd {
-    child: Child,
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// Starts a one-member etcd and returns once it logs that it serves clients.
-fn etcd() -> Etcd {
-    let bin = which_etcd();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut child = Command::new(bin)
-        .args(["--name", "t", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("t={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn etcd");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("ready to serve client requests") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("etcd did not become ready within 30 s");
-    Etcd {
-        child,
-        _dir: dir,
-        url,
-    }
-}
-
-fn which_etcd() -> &'static str {
-    for p in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
-        if std::path::Path::new(p).exists() {
-            return p;
-        }
-    }
-    panic!("etcd is not installed: scripts/setup installs Debian's etcd-server (scripts/deps/controlplane.txt)");
+fn etcd(dir: &std::path::Path) -> common::EtcdMember {
+    common::single(dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_one_of_many_racing_nodes_wins_init() {
-    let e = etcd();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = etcd(dir.path());
     for round in 0..5 {
         let cluster = format!("race-{round}");
         let mut tasks = Vec::new();
         for i in 0..16 {
-            let url = e.url.clone();
+            let url = e.client_url.clone();
             let cluster = cluster.clone();
             tasks.push(tokio::spawn(async move {
                 let c = Coordinator::connect(&[url], &cluster)
@@ -117,7 +46,7 @@ async fn exactly_one_of_many_racing_nodes_wins_init() {
             "round {round}: losers disagree on the winner"
         );
         // Later callers, including the winner itself after a restart, are told it is taken.
-        let c = Coordinator::connect(std::slice::from_ref(&e.url), &cluster)
+        let c = Coordinator::connect(std::slice::from_ref(&e.client_url), &cluster)
             .await
             .expect("connect");
         assert_eq!(
@@ -131,12 +60,13 @@ async fn exactly_one_of_many_racing_nodes_wins_init() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_leader_is_replaced_within_the_ttl_and_its_writes_are_refused() {
-    let e = etcd();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = etcd(dir.path());
     let ttl = Duration::from_secs(2);
-    let a = Coordinator::connect(std::slice::from_ref(&e.url), "lab")
+    let a = Coordinator::connect(std::slice::from_ref(&e.client_url), "lab")
         .await
         .expect("connect");
-    let b = Coordinator::connect(std::slice::from_ref(&e.url), "lab")
+    let b = Coordinator::connect(std::slice::from_ref(&e.client_url), "lab")
         .await
         .expect("connect");
     let lead_a = a

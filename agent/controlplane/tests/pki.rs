@@ -1,24 +1,14 @@
 //! The etcd PKI against a real etcd: started with mutual TLS from our certificates, it serves a
 //! client holding our client certificate and refuses one from another cluster's CA.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use kubedna_controlplane::coord::{Coordinator, InitDecision};
 use kubedna_controlplane::pki::EtcdCa;
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 #[test]
 fn every_node_derives_the_same_ca_and_only_from_the_same_secret() {
@@ -81,59 +71,30 @@ async fn etcd_with_mutual_tls_from_our_pki_serves_us_and_refuses_strangers() {
             &[],
         )
         .expect("pki");
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("https://127.0.0.1:{client}");
-    let peer_url = format!("https://127.0.0.1:{peer}");
+    let mut etcd = common::EtcdMember::plan("cp-1", dir.path(), "https");
     let p = |f: &std::path::Path| f.display().to_string();
-    let mut etcd = Command::new("etcd")
-        .args(["--name", "cp-1", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("cp-1={peer_url}")])
-        .args([
-            "--cert-file",
-            &p(&files.server_cert),
-            "--key-file",
-            &p(&files.server_key),
-        ])
-        .args(["--client-cert-auth", "--trusted-ca-file", &p(&files.ca)])
-        .args([
-            "--peer-cert-file",
-            &p(&files.peer_cert),
-            "--peer-key-file",
-            &p(&files.peer_key),
-        ])
-        .args([
-            "--peer-client-cert-auth",
-            "--peer-trusted-ca-file",
-            &p(&files.ca),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("etcd is installed (scripts/deps/controlplane.txt)");
-    let stderr = etcd.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("ready to serve client requests") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("etcd with TLS did not become ready");
+    let tls: Vec<String> = [
+        "--cert-file",
+        &p(&files.server_cert),
+        "--key-file",
+        &p(&files.server_key),
+        "--client-cert-auth",
+        "--trusted-ca-file",
+        &p(&files.ca),
+        "--peer-cert-file",
+        &p(&files.peer_cert),
+        "--peer-key-file",
+        &p(&files.peer_key),
+        "--peer-client-cert-auth",
+        "--peer-trusted-ca-file",
+        &p(&files.ca),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let initial = etcd.initial();
+    etcd.start(&initial, "new", &tls);
+    let url = etcd.client_url.clone();
 
     let ours = Coordinator::connect_tls(std::slice::from_ref(&url), "lab", &files)
         .await
@@ -158,6 +119,5 @@ async fn etcd_with_mutual_tls_from_our_pki_serves_us_and_refuses_strangers() {
         refused,
         "etcd accepted a client certificate from another CA"
     );
-    let _ = etcd.kill();
-    let _ = etcd.wait();
+    etcd.kill();
 }
