@@ -9,5 +9,6 @@
 
 pub mod bootstrap;
 pub mod coord;
+pub mod joinmat;
 pub mod membership;
 pub mod pki;
