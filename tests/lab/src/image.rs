@@ -137,6 +137,13 @@ fn extract_cached(tar: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
         ],
     )?;
     // Rename last: a half-extracted tree is never taken for an image.
-    std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+    if let Err(e) = std::fs::rename(&tmp, &dest) {
+        // Another lab extracted the same tarball meanwhile: use theirs.
+        if is_rootfs(&dest) {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        } else {
+            return Err(io(&dest)(e));
+        }
+    }
     Ok(dest)
 }

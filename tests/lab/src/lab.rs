@@ -517,7 +517,7 @@ impl Lab {
             )?;
         }
         self.save()?;
-        node::spawn(&p, &self.machine(name), name)?;
+        node::spawn(&p, &self.state.name, &self.machine(name), name)?;
         Ok(())
     }
 
@@ -659,7 +659,7 @@ impl Lab {
             }
             node::mount_overlay(&self.state.image_rootfs, &p)?;
             net::set_link(&self.veth(self.node(n)?), true)?;
-            node::spawn(&p, &self.machine(n), n)?;
+            node::spawn(&p, &self.state.name, &self.machine(n), n)?;
         }
         self.wait_ready(&names, Instant::now() + timeout)?;
         Ok(())
@@ -815,6 +815,11 @@ impl Lab {
             umount(&m)?;
         }
         let _ = std::fs::remove_file(&p.netns);
+        for cg in node::lab_cgroups(&self.state.name) {
+            let node_cg = cg.join(name);
+            node::kill_cgroup_tree(&node_cg, Instant::now() + Duration::from_secs(10))?;
+            node::remove_cgroup_tree(&node_cg)?;
+        }
         if p.dir.exists() {
             std::fs::remove_dir_all(&p.dir).map_err(|source| LabError::State {
                 path: p.dir.clone(),
@@ -1033,6 +1038,11 @@ pub fn down(root: &Path, name: &str) -> Result<DownReport, LabError> {
     for p in &all {
         node::wait_killed(p, deadline)?;
     }
+    // Whatever else runs in the lab's cgroups (e.g. a node whose namespace file is gone).
+    for cg in node::lab_cgroups(name) {
+        report.processes_killed += node::cgroup_pids(&cg).len();
+        node::kill_cgroup_tree(&cg, deadline)?;
+    }
     let dir_arg = format!("{}/", dir.display());
     for pid in node::pids_with_arg_prefix(&dir_arg) {
         if pid != std::process::id() as i32 {
@@ -1083,7 +1093,19 @@ pub fn down(root: &Path, name: &str) -> Result<DownReport, LabError> {
     }
 
     phase("nspawn dirs");
-    // 6. The state directory, only once nothing is mounted below it.
+    // 6. The lab's cgroups (empty now: every process is gone).
+    for cg in node::lab_cgroups(name) {
+        node::remove_cgroup_tree(&cg)?;
+    }
+    for cg in node::lab_cgroups(name) {
+        // The shared parent goes when the last lab does; another lab's presence keeps it.
+        if let Some(parent) = cg.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+    phase("cgroups");
+
+    // 7. The state directory, only once nothing is mounted below it.
     if dir.exists() {
         let still = node::mounts_under(&dir);
         if !still.is_empty() {
@@ -1146,6 +1168,14 @@ pub fn leftovers(root: &Path, name: &str) -> Vec<String> {
             {
                 left.push(format!("directory {}", e.path().display()));
             }
+        }
+    }
+    for cg in node::lab_cgroups(name) {
+        for pid in node::cgroup_pids(&cg) {
+            left.push(format!("process {pid} in {}", cg.display()));
+        }
+        if cg.exists() {
+            left.push(format!("cgroup {}", cg.display()));
         }
     }
     if dir.exists() {

@@ -178,9 +178,107 @@ pub fn write_identity(p: &NodePaths, hostname: &str) -> Result<String, NodeError
     Ok(id)
 }
 
+/// The cgroup hierarchies nodes get their own directory in: the unified one (and, on a hybrid
+/// host, the named `systemd` one, which a container's systemd uses to track its units).
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.procs").exists() {
+        return vec![root.to_path_buf()];
+    }
+    ["unified", "systemd"]
+        .iter()
+        .map(|h| root.join(h))
+        .filter(|h| h.join("cgroup.procs").exists())
+        .collect()
+}
+
+/// The lab's cgroup directories, one per hierarchy: `HIERARCHY/kubedna-lab/LAB`.
+pub fn lab_cgroups(lab: &str) -> Vec<PathBuf> {
+    cgroup_hierarchies()
+        .into_iter()
+        .map(|h| h.join("kubedna-lab").join(lab))
+        .collect()
+}
+
+/// Removes a cgroup tree (a killed node's systemd leaves its empty unit cgroups behind),
+/// deepest first. Only directories can and need be removed in cgroupfs.
+pub fn remove_cgroup_tree(dir: &Path) -> Result<(), NodeError> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.filter_map(|e| e.ok()) {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path())?;
+            }
+        }
+    }
+    // Freshly killed tasks leave the cgroup a moment after they die (EBUSY until then).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(io_err(dir)(e)),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Live processes anywhere in a cgroup tree.
+pub fn cgroup_pids(dir: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|&pid| alive(pid))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.filter_map(|e| e.ok()) {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                pids.extend(cgroup_pids(&e.path()));
+            }
+        }
+    }
+    pids
+}
+
+/// SIGKILLs every process in a cgroup tree (`cgroup.kill` where the kernel has it, and each
+/// listed process in any case), then waits until the tree is empty.
+pub fn kill_cgroup_tree(dir: &Path, deadline: Instant) -> Result<(), NodeError> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    for pid in cgroup_pids(dir) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let left = wait_gone(|| cgroup_pids(dir), deadline);
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(NodeError::Unkillable {
+            node: dir.display().to_string(),
+            pids: left,
+        })
+    }
+}
+
 /// Starts `systemd-nspawn` booting the node, detached in its own process group, console to
-/// `p.console`. Returns its pid; a thread reaps it when it exits.
-pub fn spawn(p: &NodePaths, machine: &str, hostname: &str) -> Result<u32, NodeError> {
+/// `p.console`, in cgroups of its own (`HIERARCHY/kubedna-lab/LAB/NODE`): without them every
+/// node's systemd would share the host's root cgroup and they would remove each other's unit
+/// cgroups. Returns its pid; a thread reaps it when it exits.
+pub fn spawn(p: &NodePaths, lab: &str, machine: &str, hostname: &str) -> Result<u32, NodeError> {
+    let mut cgroups = Vec::new();
+    for dir in lab_cgroups(lab) {
+        let node_cg = dir.join(&p.name);
+        if node_cg.exists() {
+            // Left by an earlier boot of this node (killed): start from a clean tree.
+            remove_cgroup_tree(&node_cg)?;
+        }
+        std::fs::create_dir_all(&node_cg).map_err(io_err(&node_cg))?;
+        cgroups.push(node_cg.to_string_lossy().into_owned());
+    }
     let console = File::options()
         .create(true)
         .append(true)
@@ -202,7 +300,12 @@ pub fn spawn(p: &NodePaths, machine: &str, hostname: &str) -> Result<u32, NodeEr
         "--resolv-conf=off".to_string(),
         "--timezone=off".to_string(),
     ];
-    let mut child = Command::new("systemd-nspawn")
+    // The shell joins the cgroups, then becomes nspawn: no window where nspawn runs elsewhere.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"for cg in $KUBEDNA_LAB_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 125; done; exec systemd-nspawn "$@""#)
+        .arg("sh")
+        .env("KUBEDNA_LAB_CGROUPS", cgroups.join(" "))
         .args(&args)
         .stdin(Stdio::null())
         .stdout(console)

@@ -132,7 +132,17 @@ fn cluster_of_five_comes_up_and_faults_do_what_they_say() {
     let status = lab.status();
     assert_eq!(status.len(), 5);
     for s in &status {
-        assert_eq!(s.state, "running", "node {} is {}", s.name, s.state);
+        if s.state != "running" {
+            let why = lab
+                .exec(
+                    &s.name,
+                    &["sh", "-c", "systemctl --failed --no-legend; journalctl -b -p warning --no-pager | tail -n 30"],
+                    Some(Duration::from_secs(10)),
+                )
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            panic!("node {} is {}:\n{why}", s.name, s.state);
+        }
     }
     // The agent, where the image has it, is active and its admin socket answers.
     for s in &status {
@@ -411,6 +421,18 @@ fn down_cleans_up_after_a_crashed_lab() {
     let dir = lab.dir.clone();
     drop(lab);
     std::fs::remove_file(dir.join("state.json")).unwrap_or_else(|e| panic!("{e}"));
+    // And a half-done manual cleanup: the namespace files are unmounted, so the surviving node
+    // PID 1s (nspawn's death does not end a container) can only be found by their cgroups.
+    let netns = dir.join("netns").to_string_lossy().into_owned();
+    let out = Command::new("umount")
+        .args(["--recursive", "--lazy", &netns])
+        .output()
+        .unwrap_or_else(|e| panic!("umount: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!lab::leftovers(ROOT.as_ref(), name).is_empty());
     let started = Instant::now();
     lab::down(ROOT.as_ref(), name).unwrap_or_else(|e| panic!("down after crash: {e}"));
