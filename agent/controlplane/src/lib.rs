@@ -10,5 +10,6 @@
 pub mod bootstrap;
 pub mod coord;
 pub mod joinmat;
+pub mod kubeadm;
 pub mod membership;
 pub mod pki;
