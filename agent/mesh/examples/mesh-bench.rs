@@ -9,7 +9,29 @@ use kubedna_mesh::{Event, MeshConfig, NodeState};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+/// A cluster of `n` joining through 3 seeds.
 fn build(
+    n: usize,
+    seed: u64,
+    loss: f64,
+    record_updates: bool,
+    tweak: impl Fn(&mut MeshConfig),
+) -> Sim {
+    let mut sim = nodes(n, seed, loss, record_updates, tweak);
+    for i in 0..n {
+        sim.join(i);
+    }
+    sim
+}
+
+/// A cluster of `n` restored converged (skips simulating the join storm).
+fn restored(n: usize, seed: u64, record_updates: bool) -> Sim {
+    let mut sim = nodes(n, seed, 0.0, record_updates, |_| {});
+    sim.bootstrap_converged();
+    sim
+}
+
+fn nodes(
     n: usize,
     seed: u64,
     loss: f64,
@@ -27,9 +49,6 @@ fn build(
             c.expected_size = n as u32;
             tweak(c);
         });
-    }
-    for i in 0..n {
-        sim.join(i);
     }
     sim
 }
@@ -187,9 +206,9 @@ fn false_positives(n: usize, seeds: &[u64], minutes: u64) {
 fn dissemination(n: usize, seeds: &[u64], changes: usize) {
     let mut times = Vec::new();
     for &seed in seeds {
-        let mut sim = build(n, seed, 0.0, true, |_| {});
+        let mut sim = restored(n, seed, true);
         converge(&mut sim, Duration::from_secs(120)).expect("converges");
-        // Let the join's dissemination backlog drain first.
+        // Let the start-up gossip (own metadata, first anti-entropy) drain first.
         sim.run_for(Duration::from_secs(30));
         for k in 0..changes {
             sim.clear_records();
@@ -224,9 +243,9 @@ fn dissemination(n: usize, seeds: &[u64], changes: usize) {
 /// Steady-state load per node.
 fn load(sizes: &[usize], seed: u64) {
     for &n in sizes {
-        let mut sim = build(n, seed, 0.0, false, |_| {});
+        let mut sim = restored(n, seed, false);
         converge(&mut sim, Duration::from_secs(120)).expect("converges");
-        // Let the join's dissemination backlog drain.
+        // Let the start-up gossip drain.
         sim.run_for(Duration::from_secs(30));
         let before: Vec<_> = (0..n).map(|i| sim.mesh(i).map(|m| m.traffic())).collect();
         let window = Duration::from_secs(120);
@@ -250,6 +269,21 @@ fn load(sizes: &[usize], seed: u64) {
     }
 }
 
+/// How long `n` nodes booting together take to converge through 3 seeds.
+fn join(n: usize, seed: u64) {
+    let t = Instant::now();
+    let mut sim = build(n, seed, 0.0, false, |_| {});
+    let took = converge(&mut sim, Duration::from_secs(300));
+    println!(
+        "join, {n} nodes at once through 3 seeds: converged in {} (virtual; wall {:.0} s)",
+        took.map_or("more than 300 s".into(), |d| format!(
+            "{:.1} s",
+            d.as_secs_f64()
+        )),
+        t.elapsed().as_secs_f64()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "quick");
@@ -261,6 +295,8 @@ fn main() {
         false_positives(100, &[1], 3);
     } else if only("dissem") {
         dissemination(1000, &[1], 2);
+    } else if only("join") {
+        join(1000, 1);
     } else if only("load") {
         load(&[100, 1000], 1);
     } else if quick {
@@ -270,10 +306,11 @@ fn main() {
         dissemination(300, &[1], 2);
     } else {
         detection(&[1, 2, 3], 20);
-        false_positives(100, &[1, 2, 3], 10);
-        false_positives(1000, &[1], 3);
+        false_positives(100, &[1, 2, 3, 4], 8);
         load(&[10, 50, 100, 250, 500, 1000], 1);
-        dissemination(1000, &[1, 2], 5);
+        dissemination(1000, &[1], 5);
+        join(100, 1);
+        join(1000, 1);
     }
     println!("(wall time {:.1} s)", t.elapsed().as_secs_f64());
 }

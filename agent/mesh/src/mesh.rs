@@ -1027,11 +1027,39 @@ impl Mesh {
                     .push_back(Event::MemberUpdated(record.id, record.meta));
             }
         }
-        for (target, _) in new_claims {
-            if self.suspicions.contains_key(&target) {
+        for (target, incarnation) in new_claims {
+            if target.addr == self.cfg.addr {
+                self.answer_claim(incarnation, now);
+            } else if self.suspicions.contains_key(&target) {
                 self.check_suspicion(target, now);
             }
         }
+    }
+
+    /// Someone claims we are suspect. At our current incarnation: refute (foca bumps it and
+    /// gossips). At an older one, the claimer missed our last refutation and the cluster will not
+    /// relay its stale suspicion back to us: tell the claimers directly (an announce carries our
+    /// current incarnation in its header).
+    fn answer_claim(&mut self, incarnation: Incarnation, now: Instant) {
+        if self.left || self.leaving {
+            return;
+        }
+        self.health.refuted();
+        let mut rt = Collector::default();
+        if incarnation >= self.own_incarnation {
+            let me = Member::new(self.id(), incarnation, State::Suspect);
+            let _ = self.foca.apply_many(std::iter::once(me), true, &mut rt);
+        } else {
+            let claimers = lock(&self.shared)
+                .claims
+                .get(&(self.id(), incarnation))
+                .cloned()
+                .unwrap_or_default();
+            for addr in claimers.into_iter().filter(|a| *a != self.cfg.addr) {
+                let _ = self.foca.announce(NodeId::new(addr), &mut rt);
+            }
+        }
+        self.drain(rt, now);
     }
 
     fn on_foca_timer(&mut self, after: Duration, timer: Timer<NodeId>, now: Instant) {
