@@ -402,6 +402,40 @@ fn labs_coexist_refuse_overlaps_and_provide_nodes() {
         !kubedna_lab::net::link_exists(&veth),
         "{veth} left after delete_node"
     );
+
+    // The CLI over the same lab: status as JSON, exec passes the exit code through, usage
+    // mistakes exit 2.
+    let bin = env!("CARGO_BIN_EXE_kubedna-lab");
+    let cli = |args: &[&str]| {
+        Command::new(bin)
+            .args(["--name", a])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{bin}: {e}"))
+    };
+    let out = cli(&["status", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status json: {e}"));
+    assert_eq!(status[0]["name"], "cp-1");
+    assert_eq!(status[0]["state"], "running");
+    assert_eq!(
+        cli(&["exec", "cp-1", "--", "sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
+    let out = cli(&["exec", "cp-1", "--", "hostname"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cp-1");
+    let out = cli(&["exec", "nosuch", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no node nosuch"));
+    assert_eq!(cli(&["partition", "cp-1"]).status.code(), Some(2));
+    assert!(cli(&["check"]).status.success());
 }
 
 #[test]
