@@ -3,6 +3,7 @@
 //! never interprets what a tool prints, and never waits without a deadline when one is given.
 
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -144,6 +145,36 @@ pub fn output(program: &str, args: &[&str], timeout: Option<Duration>) -> Result
         stdout,
         stderr,
     })
+}
+
+/// Runs `program args...` with this process's stderr (and its stdout sent to stderr), for long
+/// jobs whose progress the user should see; a non-zero exit is an error.
+pub fn run_visible(program: &str, args: &[&str]) -> Result<(), CmdError> {
+    let command = display(program, args);
+    let spawn_err = |source| CmdError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let stdout_to_stderr: Stdio = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(spawn_err)?
+        .into();
+    let status = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout_to_stderr)
+        .status()
+        .map_err(spawn_err)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(CmdError::Failed {
+            command,
+            status: status.to_string(),
+            stderr_tail: "see its output above".into(),
+        })
+    }
 }
 
 /// Whether `program` can be found on `PATH` (or is an existing path).

@@ -76,11 +76,47 @@ pub fn resolve(dir: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
             dir: dir.to_path_buf(),
         });
     };
-    let out = dir.to_string_lossy();
-    cmd::run(&builder, &["build", "--base", "debian-12", "--out", &out])?;
+    let out = dir.to_string_lossy().into_owned();
+    let args = build_args(&builder, &out);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    cmd::run_visible(&builder, &refs)?;
     find(dir, cache)?.ok_or_else(|| ImageError::StillMissing {
         dir: dir.to_path_buf(),
     })
+}
+
+/// `build --base debian-12 --out DIR --outputs tar` (the lab only needs the rootfs tarball), with
+/// `--agent-bin` when the agent binaries sit next to `kubedna-image` (one cargo target
+/// directory), `--repo` when this crate was built inside the repository, then the words of
+/// `$KUBEDNA_LAB_IMAGE_BUILD_ARGS` (e.g. `--without-kubernetes` where Kubernetes artifacts cannot
+/// be fetched).
+fn build_args(builder: &str, out: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "build",
+        "--base",
+        "debian-12",
+        "--out",
+        out,
+        "--outputs",
+        "tar",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let bin_dir = Path::new(builder)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty());
+    if let Some(d) = bin_dir.filter(|d| d.join("kubedna-agent").is_file()) {
+        args.extend(["--agent-bin".into(), d.to_string_lossy().into_owned()]);
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if repo.join("image-builder/artifacts.yaml").is_file() {
+        args.extend(["--repo".into(), repo.to_string_lossy().into_owned()]);
+    }
+    if let Ok(extra) = std::env::var("KUBEDNA_LAB_IMAGE_BUILD_ARGS") {
+        args.extend(extra.split_whitespace().map(str::to_string));
+    }
+    args
 }
 
 fn find(dir: &Path, cache: &Path) -> Result<Option<PathBuf>, ImageError> {
