@@ -20,6 +20,8 @@ pub struct Outputs {
     pub tarball: bool,
     pub disk: bool,
     pub pxe: bool,
+    /// Compress disk.qcow2 (zstd).
+    pub compress_qcow2: bool,
 }
 
 /// Everything a build depends on; paths are resolved by the caller.
@@ -322,7 +324,11 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
                 &stage.join("disk.raw"),
             )?;
             progress.step("writing disk.qcow2");
-            disk::write_qcow2(&stage.join("disk.raw"), &stage.join("disk.qcow2"))?;
+            disk::write_qcow2(
+                &stage.join("disk.raw"),
+                &stage.join("disk.qcow2"),
+                opts.outputs.compress_qcow2,
+            )?;
             disk_ids = Some(serde_json::to_value(&ids).unwrap_or_default());
         }
         if opts.outputs.pxe {
@@ -339,7 +345,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
     }
     std::fs::copy(&record_path, stage.join("image.json")).map_err(io(&record_path))?;
     progress.step("hashing outputs");
-    for rel in [
+    let present: Vec<&str> = [
         "rootfs.tar",
         "layer.tar",
         "disk.raw",
@@ -349,13 +355,38 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
         "pxe/root.squashfs",
         "pxe/boot.ipxe",
         "image.json",
-    ] {
-        let p = stage.join(rel);
-        if p.is_file() {
-            let bytes = std::fs::metadata(&p).map_err(io(&p))?.len();
-            let sha256 = sha256sum(&p)?;
-            outputs.insert(rel.to_string(), OutputRecord { sha256, bytes });
-        }
+    ]
+    .into_iter()
+    .filter(|rel| stage.join(rel).is_file())
+    .collect();
+    // One hasher per file, in parallel: the big outputs are gigabytes.
+    let hashed: Vec<Result<(String, OutputRecord), BuildError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = present
+            .iter()
+            .map(|rel| {
+                let p = stage.join(rel);
+                scope.spawn(move || {
+                    let bytes = std::fs::metadata(&p).map_err(io(&p))?.len();
+                    let sha256 = sha256sum(&p)?;
+                    Ok((rel.to_string(), OutputRecord { sha256, bytes }))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(BuildError::Io {
+                        path: stage.to_path_buf(),
+                        source: std::io::Error::other("hashing thread panicked"),
+                    })
+                })
+            })
+            .collect()
+    });
+    for h in hashed {
+        let (rel, rec) = h?;
+        outputs.insert(rel, rec);
     }
     let manifest = BuildManifest {
         image: record,

@@ -294,13 +294,14 @@ fn copy_into(from: &Path, to: &Path, offset: u64) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// `qemu-img convert` raw → qcow2.
-pub fn write_qcow2(raw: &Path, qcow2: &Path) -> Result<(), DiskError> {
-    Cmd::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(raw)
-        .arg(qcow2)
-        .run()?;
+/// `qemu-img convert` raw → qcow2; `compress` uses zstd clusters (about a third of the size,
+/// tens of seconds more).
+pub fn write_qcow2(raw: &Path, qcow2: &Path, compress: bool) -> Result<(), DiskError> {
+    let mut cmd = Cmd::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]);
+    if compress {
+        cmd = cmd.args(["-c", "-o", "compression_type=zstd"]);
+    }
+    cmd.arg(raw).arg(qcow2).run()?;
     Ok(())
 }
 

@@ -70,6 +70,9 @@ struct BuildArgs {
     /// Comma-separated outputs: tar, disk, pxe.
     #[arg(long, default_value = "tar,disk,pxe", value_delimiter = ',')]
     outputs: Vec<String>,
+    /// Write disk.qcow2 with zstd-compressed clusters (smaller, slower to build).
+    #[arg(long)]
+    compress_qcow2: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,6 +118,7 @@ fn run_build(a: BuildArgs) -> Result<(), Failure> {
         tarball: false,
         disk: false,
         pxe: false,
+        compress_qcow2: a.compress_qcow2,
     };
     for o in &a.outputs {
         match o.as_str() {
