@@ -193,7 +193,7 @@ fn cluster_of_five_comes_up_and_faults_do_what_they_say() {
     assert!(problems.is_empty(), "{problems:?}");
 
     // kill: worker-2 reachable before, unreachable after, processes gone; start brings it back.
-    assert!(reaches(&lab, "cp-1", "worker-2"));
+    assert!(reaches_soon(&lab, "cp-1", "worker-2"));
     lab.kill("worker-2").unwrap_or_else(|e| panic!("{e}"));
     assert!(
         !reaches(&lab, "cp-1", "worker-2"),
@@ -216,7 +216,7 @@ fn cluster_of_five_comes_up_and_faults_do_what_they_say() {
 
     // partition cp-1,cp-2 / cp-3,worker-1: across groups blocked both ways, within groups and to
     // the unlisted worker-2 open; heal restores everything.
-    assert!(reaches(&lab, "cp-1", "cp-3") && reaches(&lab, "worker-1", "cp-2"));
+    assert!(reaches_soon(&lab, "cp-1", "cp-3") && reaches_soon(&lab, "worker-1", "cp-2"));
     lab.partition(vec![
         vec!["cp-1".into(), "cp-2".into()],
         vec!["cp-3".into(), "worker-1".into()],
@@ -260,7 +260,10 @@ fn cluster_of_five_comes_up_and_faults_do_what_they_say() {
         (0.12..=0.40).contains(&half),
         "delivery at 50% loss: {half}"
     );
-    assert!(reaches(&lab, "cp-2", "cp-3"), "loss on worker-1 hit others");
+    assert!(
+        reaches_soon(&lab, "cp-2", "cp-3"),
+        "loss on worker-1 hit others"
+    );
     lab.set_loss("worker-1", 0.0)
         .unwrap_or_else(|e| panic!("{e}"));
     let after = delivery(&lab, "cp-1", "worker-1", 50);
