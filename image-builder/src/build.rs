@@ -41,6 +41,9 @@ pub struct BuildOptions {
     pub apt_dir: PathBuf,
     pub source_date_epoch: u64,
     pub outputs: Outputs,
+    /// Run mmdebstrap even when a base for the same key is cached (to take in archive updates:
+    /// the key covers the inputs, not the archive's current contents).
+    pub refresh_base: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -461,6 +464,17 @@ fn base_tarball(
     let key = base_key(spec, opts.source_date_epoch)?;
     let dir = opts.cache_dir.join("base");
     let tar = dir.join(format!("{}-{key}.tar", spec.name));
+    if opts.refresh_base {
+        for stale in [tar.with_extension("d.complete"), tar.clone()] {
+            if stale.exists() {
+                std::fs::remove_file(&stale).map_err(io(&stale))?;
+            }
+        }
+        let tree = tar.with_extension("d");
+        if tree.exists() {
+            std::fs::remove_dir_all(&tree).map_err(io(&tree))?;
+        }
+    }
     if tar.is_file() {
         progress.step(&format!("base {} cached ({})", spec.name, tar.display()));
         return Ok(tar);

@@ -73,6 +73,9 @@ struct BuildArgs {
     /// Write disk.qcow2 with zstd-compressed clusters (smaller, slower to build).
     #[arg(long)]
     compress_qcow2: bool,
+    /// Redo mmdebstrap even if the base is cached (take in updates from the archive).
+    #[arg(long)]
+    refresh_base: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +174,7 @@ fn run_build(a: BuildArgs) -> Result<(), Failure> {
         apt_dir: PathBuf::from("/etc/apt"),
         source_date_epoch: epoch,
         outputs,
+        refresh_base: a.refresh_base,
     };
     let progress = Progress::new();
     build::build(&opts, &progress).map_err(|e| {
