@@ -33,6 +33,16 @@ pub struct Options {
     /// Validate the config file, print what was found, and exit (0 if valid, 78 if not).
     #[arg(long)]
     pub check_config: bool,
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+}
+
+/// One-shot commands instead of running the daemon.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AgentCommand {
+    /// Prepare this host for Kubernetes over systemd's D-Bus API (modules, sysctls, swap off,
+    /// containerd config, units enabled), print what changed, and exit. Idempotent.
+    PrepareHost,
 }
 
 /// Why the agent did not start or stopped with an error.
@@ -52,6 +62,10 @@ pub enum StartError {
     Runtime(#[source] std::io::Error),
     #[error("cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error("cannot prepare the host")]
+    Prepare(#[from] kubedna_host::prepare::PrepareError),
+    #[error("cannot talk to systemd")]
+    Systemd(#[from] kubedna_host::systemd::SystemdError),
 }
 
 impl StartError {
@@ -66,6 +80,26 @@ impl StartError {
 
 /// What `main` runs.
 pub fn main(opts: Options) -> Result<(), StartError> {
+    if let Some(AgentCommand::PrepareHost) = opts.command {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
+        let report = runtime.block_on(async {
+            let sd = kubedna_host::systemd::DbusSystemd::connect().await?;
+            Ok::<_, StartError>(
+                kubedna_host::prepare::prepare(&sd, std::path::Path::new("/")).await?,
+            )
+        })?;
+        println!("files written: {:?}", report.files_written);
+        println!("restarted: {:?}", report.restarted);
+        println!(
+            "swap units stopped: {:?}; swap.target newly masked: {}",
+            report.stopped, report.masked
+        );
+        println!("containerd and kubelet newly enabled: {}", report.enabled);
+        return Ok(());
+    }
     let config = kubedna_config::load(&opts.config)?;
     if opts.check_config {
         println!(

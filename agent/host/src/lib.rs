@@ -6,7 +6,9 @@
 pub mod atomic;
 pub mod creds;
 pub mod notify;
+pub mod prepare;
 pub mod state;
+pub mod systemd;
 
 /// `n` random bytes from the kernel, hex-encoded.
 pub fn random_hex(n: usize) -> String {
