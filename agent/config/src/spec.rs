@@ -50,6 +50,20 @@ pub struct ClusterSpec {
     /// The cluster secret inline (at least 32 bytes).
     #[serde(default)]
     pub secret: Option<Secret>,
+    /// The expected control-plane set. Control planes bootstrap etcd only from this list (see
+    /// docs/control-plane.md); `kubedna-image seed` writes it from the cluster description.
+    #[serde(default)]
+    pub control_planes: Option<ControlPlanesSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ControlPlanesSpec {
+    /// How many control planes the cluster has: 1, 3, 5 or 7.
+    pub expected: u32,
+    /// Their node names; when given, exactly `expected` distinct names.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -349,6 +363,40 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
                 spec.cluster.name
             ),
         ));
+    }
+
+    if let Some(cp) = &spec.cluster.control_planes {
+        if ![1, 3, 5, 7].contains(&cp.expected) {
+            return Err(invalid(
+                "cluster.controlPlanes.expected",
+                format!("{} is not a supported control-plane count: use 1, 3, 5 or 7 (an odd number keeps a majority after one loss)", cp.expected),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, m) in cp.members.iter().enumerate() {
+            if !is_node_name(m) {
+                return Err(invalid(
+                    &format!("cluster.controlPlanes.members[{i}]"),
+                    format!("{m:?} is not a valid node name"),
+                ));
+            }
+            if !seen.insert(m) {
+                return Err(invalid(
+                    &format!("cluster.controlPlanes.members[{i}]"),
+                    format!("{m:?} is listed twice"),
+                ));
+            }
+        }
+        if !cp.members.is_empty() && cp.members.len() != cp.expected as usize {
+            return Err(invalid(
+                "cluster.controlPlanes.members",
+                format!(
+                    "{} names listed but expected is {}: list every control plane, or none",
+                    cp.members.len(),
+                    cp.expected
+                ),
+            ));
+        }
     }
 
     let cluster_secret = match (&spec.cluster.secret_file, &spec.cluster.secret) {
