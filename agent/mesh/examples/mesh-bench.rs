@@ -295,6 +295,8 @@ fn main() {
         false_positives(100, &[1], 3);
     } else if only("dissem") {
         dissemination(1000, &[1], 2);
+    } else if only("fp-seeds") {
+        false_positives(100, &[2, 3, 4], 8);
     } else if only("join") {
         join(1000, 1);
     } else if only("load") {

@@ -1038,8 +1038,8 @@ impl Mesh {
 
     /// Someone claims we are suspect. At our current incarnation: refute (foca bumps it and
     /// gossips). At an older one, the claimer missed our last refutation and the cluster will not
-    /// relay its stale suspicion back to us: tell the claimers directly (an announce carries our
-    /// current incarnation in its header).
+    /// relay its stale suspicion back to us. Either way the claimers also hear it directly: an
+    /// announce carries our current incarnation in its header.
     fn answer_claim(&mut self, incarnation: Incarnation, now: Instant) {
         if self.left || self.leaving {
             return;
@@ -1049,15 +1049,16 @@ impl Mesh {
         if incarnation >= self.own_incarnation {
             let me = Member::new(self.id(), incarnation, State::Suspect);
             let _ = self.foca.apply_many(std::iter::once(me), true, &mut rt);
-        } else {
-            let claimers = lock(&self.shared)
-                .claims
-                .get(&(self.id(), incarnation))
-                .cloned()
-                .unwrap_or_default();
-            for addr in claimers.into_iter().filter(|a| *a != self.cfg.addr) {
-                let _ = self.foca.announce(NodeId::new(addr), &mut rt);
-            }
+        }
+        // Gossip may not bring the refutation back to the suspecters in time (or at all, for a
+        // stale suspicion): tell them directly.
+        let claimers = lock(&self.shared)
+            .claims
+            .get(&(self.id(), incarnation))
+            .cloned()
+            .unwrap_or_default();
+        for addr in claimers.into_iter().filter(|a| *a != self.cfg.addr) {
+            let _ = self.foca.announce(NodeId::new(addr), &mut rt);
         }
         self.drain(rt, now);
     }
