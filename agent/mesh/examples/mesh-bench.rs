@@ -151,6 +151,24 @@ fn false_positives(n: usize, seeds: &[u64], minutes: u64) {
                 }
                 sim.run_until(base + Duration::from_secs(10));
             }
+            if let Some(watch) = std::env::var("MESH_BENCH_WATCH")
+                .ok()
+                .and_then(|w| w.parse::<usize>().ok())
+            {
+                if lifeguard {
+                    for r in sim.records() {
+                        let about = match &r.event {
+                            Event::MemberDown(id, _) | Event::MemberUp(id) => {
+                                sim.index_of(id.addr) == Some(watch)
+                            }
+                            _ => r.node == watch,
+                        };
+                        if about && !matches!(r.event, Event::MemberUp(_)) {
+                            println!("  {:.2} node {} {:?}", r.at.as_secs_f64(), r.node, r.event);
+                        }
+                    }
+                }
+            }
             if std::env::var_os("MESH_BENCH_DEBUG").is_some() {
                 let mut seen = std::collections::HashSet::new();
                 for r in sim.records() {
@@ -295,6 +313,8 @@ fn main() {
         false_positives(100, &[1], 3);
     } else if only("dissem") {
         dissemination(1000, &[1], 2);
+    } else if only("fp-seed4") {
+        false_positives(100, &[4], 8);
     } else if only("fp-seeds") {
         false_positives(100, &[2, 3, 4], 8);
     } else if only("join") {
@@ -308,7 +328,7 @@ fn main() {
         dissemination(300, &[1], 2);
     } else {
         detection(&[1, 2, 3], 20);
-        false_positives(100, &[1, 2, 3, 4], 8);
+        false_positives(100, &[1, 2, 3, 4, 5, 6], 8);
         load(&[10, 50, 100, 250, 500, 1000], 1);
         dissemination(1000, &[1], 5);
         join(100, 1);

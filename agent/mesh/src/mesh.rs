@@ -959,6 +959,25 @@ impl Mesh {
     }
 
     fn foca_timer(&mut self, timer: Timer<NodeId>, now: Instant) {
+        if let Timer::ChangeSuspectToDown {
+            member_id,
+            incarnation,
+            ..
+        } = &timer
+        {
+            // foca 2.0 sends TurnUndead to the member even when it refuted the suspicion in the
+            // meantime (the incarnation check fails but the courtesy message still goes out),
+            // which forces a live node to rejoin under a new identity. Only hand foca timers
+            // for suspicions that still stand.
+            let stands = self.foca.iter_membership_state().any(|m| {
+                m.id() == member_id
+                    && m.incarnation() == *incarnation
+                    && m.state() == State::Suspect
+            });
+            if !stands {
+                return;
+            }
+        }
         let mut rt = Collector::default();
         let _ = self.foca.handle_timer(timer, &mut rt);
         self.drain(rt, now);
