@@ -2,7 +2,7 @@
 //! the nodes; views converge, crashes are detected by every node, false positives are counted.
 //!
 //! The 1,000-node run needs an optimized build: `cargo test --release -p kubedna-mesh --test
-//! acceptance_1000` (about 40 s of CPU). In a debug build it is skipped and the same scenario
+//! acceptance_1000` (about 30 s of CPU). In a debug build it is skipped and the same scenario
 //! runs at 60 nodes.
 
 use std::time::{Duration, Instant};
@@ -83,8 +83,8 @@ fn scenario(n: usize, seed: u64) {
         wall.elapsed().as_secs_f64()
     );
     assert!(sim.converged(), "views converge");
-    // Counted, and with Lifeguard rare: mesh-bench compares them with plain SWIM.
-    assert!(fp.identities <= n / 250 + 1, "{fp:?}");
+    // Counted, and with Lifeguard rare (none with this seed): mesh-bench compares with plain SWIM.
+    assert!(fp.identities <= n / 500, "{fp:?}");
 }
 
 #[test]
