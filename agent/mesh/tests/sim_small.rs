@@ -198,7 +198,7 @@ fn key_rotation_without_false_deaths() {
 }
 
 #[test]
-fn forged_and_replayed_packets_in_flight_are_dropped() {
+fn garbage_and_foreign_packets_in_flight_are_counted() {
     let mut sim = cluster(3, 18);
     sim.run_for(secs(3));
     let before = sim.mesh(0).expect("live").security_counters();
