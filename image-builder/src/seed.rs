@@ -209,10 +209,14 @@ fn validate(c: &ClusterSeed, path: &Path) -> Result<(), SeedError> {
             ));
         }
     }
-    if !c.nodes.iter().any(|n| n.role == "control-plane") {
+    let control_planes = c.nodes.iter().filter(|n| n.role == "control-plane").count();
+    if ![1, 3, 5, 7].contains(&control_planes) {
         return Err(bad(
             "nodes",
-            "at least one node must have role control-plane".into(),
+            format!(
+                "{control_planes} nodes have role control-plane; use 1, 3, 5 or 7 (an odd \
+                 number keeps an etcd majority after one loss)"
+            ),
         ));
     }
     Ok(())
@@ -268,6 +272,12 @@ pub fn render(cluster: &ClusterSeed, cluster_path: &Path, node: &str) -> Result<
         .filter(|o| o.role == "control-plane" && o.name != n.name)
         .filter_map(|o| o.address.map(|a| a.to_string()))
         .collect();
+    let control_plane_members: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|o| o.role == "control-plane")
+        .map(|o| o.name.clone())
+        .collect();
     let template = if n.role == "control-plane" {
         CONTROL_PLANE_TEMPLATE
     } else {
@@ -289,6 +299,14 @@ pub fn render(cluster: &ClusterSeed, cluster_path: &Path, node: &str) -> Result<
     };
     let user_data = template
         .replace("[\"{{seeds}}\"]", &json_list(&seeds))
+        .replace(
+            "[\"{{control_plane_members}}\"]",
+            &json_list(&control_plane_members),
+        )
+        .replace(
+            "\"{{control_plane_count}}\"",
+            &control_plane_members.len().to_string(),
+        )
         .replace("\"{{multicast}}\"", &cluster.multicast.to_string())
         .replace("{{node_name}}", &n.name)
         .replace("{{cluster_name}}", &cluster.name)

@@ -140,6 +140,8 @@ fn rendered_seeds_pass_schema_and_carry_the_node() {
             "worker"
         };
         assert_eq!(agent["node"]["role"], role);
+        assert_eq!(agent["cluster"]["controlPlanes"]["expected"], 3);
+        assert_eq!(agent["cluster"]["controlPlanes"]["members"][2], "cp-3");
         let seeds = agent["discovery"]["seeds"].as_sequence().expect("seeds");
         assert!(!seeds.iter().any(|s| node == "cp-1" && s == "198.18.0.11"));
         assert!(ud.contains("[systemctl, enable, --now, kubedna-agent.service]"));
@@ -230,6 +232,10 @@ fn bad_descriptions_name_the_field() {
         &GOOD.replace("secretFile: cluster-secret\n", ""),
         "secretFile",
     );
+    expect_field_error(
+        &GOOD.replace("role: worker", "role: control-plane"),
+        "2 nodes have role control-plane",
+    );
 }
 
 #[test]
@@ -263,7 +269,7 @@ fn packer_build_seed_passes_schema() {
 /// (target/release/kubedna-agent); skipped, saying so, otherwise.
 #[test]
 fn rendered_agent_config_passes_the_agents_check() {
-    let agent = repo_root().join("target/release/kubedna-agent");
+    let agent = common::agent_release_dir().join("kubedna-agent");
     if !agent.is_file() {
         eprintln!("skipped: {} is not built", agent.display());
         return;
@@ -303,5 +309,11 @@ fn rendered_agent_config_passes_the_agents_check() {
         .arg("--check-config")
         .output()
         .expect("kubedna-agent");
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        o.status.success(),
+        "{} refused the rendered agent.yaml (if it predates the current agent/config source, \
+         rebuild it or point KUBEDNA_AGENT_BIN_DIR at a current build):\n{}",
+        agent.display(),
+        text(&o)
+    );
 }
