@@ -246,7 +246,9 @@ fn since_accepts_times_and_ages_and_rejects_the_rest() {
             .to_rfc3339(),
         "2026-11-23T08:00:00+00:00"
     );
-    let err = parse_since("yesterday", now).expect_err("must be refused").to_string();
+    let err = parse_since("yesterday", now)
+        .expect_err("must be refused")
+        .to_string();
     assert!(err.contains("--since") && err.contains("RFC 3339"), "{err}");
 }
 

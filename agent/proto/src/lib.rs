@@ -273,7 +273,10 @@ mod tests {
         for r in Role::ALL {
             assert_eq!(r.as_str().parse::<Role>(), Ok(r));
         }
-        assert!("root".parse::<Role>().expect_err("must be refused").contains("allowed"));
+        assert!("root"
+            .parse::<Role>()
+            .expect_err("must be refused")
+            .contains("allowed"));
     }
 
     #[test]
