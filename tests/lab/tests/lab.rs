@@ -445,9 +445,10 @@ fn labs_coexist_refuse_overlaps_and_provide_nodes() {
 fn down_cleans_up_after_a_crashed_lab() {
     let name = "t-crash";
     let _guard = Down(name);
-    let lab = up(&opts(name, "198.18.5.0/24", 2, 0));
+    // Two nodes; control-plane counts are odd (1, 3, 5, 7), so one of each role.
+    let lab = up(&opts(name, "198.18.5.0/24", 1, 1));
     // Crash: the nspawn processes die abruptly and the state file is lost.
-    for n in ["cp-1", "cp-2"] {
+    for n in ["cp-1", "worker-1"] {
         for pid in kubedna_lab::node::nspawn_pids(&lab.paths(n)) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),

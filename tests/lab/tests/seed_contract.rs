@@ -27,9 +27,14 @@ fn cluster_description_is_accepted_and_renders_every_node() {
                 Ipv4Addr::new(198, 18, 0, 3),
             ),
             (
+                "cp-3".into(),
+                Role::ControlPlane,
+                Ipv4Addr::new(198, 18, 0, 4),
+            ),
+            (
                 "worker-1".into(),
                 Role::Worker,
-                Ipv4Addr::new(198, 18, 0, 4),
+                Ipv4Addr::new(198, 18, 0, 5),
             ),
         ],
     };
