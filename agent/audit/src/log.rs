@@ -379,9 +379,9 @@ impl AuditHandle {
                             }
                         }
                         Err(e) => {
-                            tracing::error!(error = %display_chain(&e), "audit append failed");
+                            tracing::error!(error = %kubedna_host::error_chain(&e), "audit append failed");
                             for reply in replies {
-                                let _ = reply.send(Err(display_chain(&e)));
+                                let _ = reply.send(Err(kubedna_host::error_chain(&e)));
                             }
                         }
                     }
@@ -407,15 +407,4 @@ impl AuditHandle {
             Err(_) => Err(AuditError::Closed),
         }
     }
-}
-
-fn display_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -107,11 +107,7 @@ impl Coordinator {
                 what: "cannot connect",
                 source,
             })?;
-        Ok(Coordinator {
-            client,
-            endpoints: endpoints.to_vec(),
-            prefix: format!("/kubedna/{cluster}/"),
-        })
+        Ok(Coordinator::with_client(client, endpoints, cluster))
     }
 
     /// Connects with mutual TLS using a member's client certificate (see [`crate::pki`]).
@@ -137,11 +133,15 @@ impl Coordinator {
                 what: "cannot connect with TLS",
                 source,
             })?;
-        Ok(Coordinator {
+        Ok(Coordinator::with_client(client, endpoints, cluster))
+    }
+
+    fn with_client(client: Client, endpoints: &[String], cluster: &str) -> Self {
+        Coordinator {
             client,
             endpoints: endpoints.to_vec(),
             prefix: format!("/kubedna/{cluster}/"),
-        })
+        }
     }
 
     pub(crate) fn client(&self) -> Client {

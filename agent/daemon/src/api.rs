@@ -501,7 +501,7 @@ pub async fn reload_config(
         Err(e) => {
             let message = format!(
                 "{}; the running configuration is unchanged",
-                error_chain(&e)
+                kubedna_host::error_chain(&e)
             );
             audited(state, caller, role, action, args, refuse(message.clone()))
                 .await
@@ -557,15 +557,4 @@ pub async fn reload_config(
         generation,
         changed,
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

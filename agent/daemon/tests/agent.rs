@@ -16,6 +16,16 @@ use kubedna_agent::api::ROUTES;
 use kubedna_proto::{Outcome, Role};
 use nix::sys::signal::Signal;
 
+/// The (only) daily audit file of a test agent.
+fn audit_file(agent: &Agent) -> std::path::PathBuf {
+    std::fs::read_dir(&agent.audit_dir)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .expect("an audit file")
+}
+
 fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -335,12 +345,7 @@ fn a_torn_audit_line_from_a_crash_is_repaired_at_start() {
         .status
         .success());
     agent.stop();
-    let file = std::fs::read_dir(&agent.audit_dir)
-        .expect("ls")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .expect("an audit file");
+    let file = audit_file(&agent);
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&file)
@@ -386,12 +391,7 @@ fn audit_verify_offline_finds_a_flipped_byte_and_exits_5() {
             .success());
     }
     agent.stop();
-    let file = std::fs::read_dir(&agent.audit_dir)
-        .expect("ls")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .expect("an audit file");
+    let file = audit_file(&agent);
     let mut bytes = std::fs::read(&file).expect("read");
     let second_line = bytes.iter().position(|b| *b == b'\n').expect("newline") + 10;
     bytes[second_line] ^= 0x20;
