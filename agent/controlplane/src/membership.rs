@@ -32,6 +32,10 @@ pub enum RemoveRefused {
         healthy_after: usize,
         needed: usize,
     },
+    /// etcd's own strict reconfiguration check refused: a voter joined or reconnected less than
+    /// its health interval (5 s) ago, or it still sees the dead member as connected. Retry.
+    #[error("etcd refused to remove member {id:x} for now ({reason}); it counts a voter as active only after 5 s connected, so retry shortly")]
+    EtcdNotReady { id: u64, reason: String },
 }
 
 /// Pure check: may `remove` go, given which members are healthy?
@@ -123,13 +127,45 @@ impl Coordinator {
         if let Err(refused) = removal_keeps_quorum(&members, id, healthy) {
             return Ok(Err(refused));
         }
-        self.client()
-            .cluster_client()
-            .member_remove(id)
-            .await
-            .map_err(self.etcd_err("cannot remove the member"))?;
-        Ok(Ok(()))
+        match self.client().cluster_client().member_remove(id).await {
+            Ok(_) => Ok(Ok(())),
+            Err(etcd_client::Error::GRpcStatus(status)) if etcd_not_ready(status.message()) => {
+                Ok(Err(RemoveRefused::EtcdNotReady {
+                    id,
+                    reason: status.message().to_string(),
+                }))
+            }
+            Err(e) => Err(self.etcd_err("cannot remove the member")(e)),
+        }
     }
+
+    /// [`Coordinator::remove_member`], retried while etcd answers [`RemoveRefused::EtcdNotReady`],
+    /// until `within` has passed. Our own quorum refusal is final and returned at once.
+    pub async fn remove_member_within(
+        &self,
+        id: u64,
+        healthy: &BTreeSet<u64>,
+        within: std::time::Duration,
+    ) -> Result<Result<(), RemoveRefused>, CoordError> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut pause = std::time::Duration::from_millis(100);
+        loop {
+            match self.remove_member(id, healthy).await? {
+                Err(RemoveRefused::EtcdNotReady { .. })
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+}
+
+/// etcd's refusals that clear on their own: `ErrUnhealthy` and `ErrNotEnoughStartedMembers`.
+fn etcd_not_ready(message: &str) -> bool {
+    message.contains("unhealthy cluster") || message.contains("not enough started members")
 }
 
 /// The members that answer a status call on one of their client URLs within `timeout`.

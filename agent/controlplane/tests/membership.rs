@@ -118,7 +118,7 @@ async fn control_planes_join_one_at_a_time_and_quorum_is_never_dropped() {
         "nothing was removed"
     );
     // Removing the dead member keeps a healthy majority: allowed, and etcd still serves.
-    c.remove_member(id("cp-3"), &healthy)
+    c.remove_member_within(id("cp-3"), &healthy, Duration::from_secs(20))
         .await
         .expect("call")
         .expect("allowed");
