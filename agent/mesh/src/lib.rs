@@ -3,9 +3,11 @@
 //! Owns the protocol core ([`Mesh`], sans-IO: SWIM from foca plus Lifeguard, anti-entropy,
 //! re-announce and metadata), the packet security layer ([`security`]: AEAD, HKDF key ring,
 //! replay protection), a deterministic simulator ([`sim`]) that drives many cores in virtual
-//! time, and a thin tokio driver ([`runtime`]) for the daemon. It must never do I/O in the core,
+//! time, a thin tokio driver ([`runtime`]) with the handle the daemon holds, and the discovery
+//! sources that find first peers ([`discovery`]: seeds, multicast beacons, provider). It must never do I/O in the core,
 //! and never log or return a secret.
 
+pub mod discovery;
 pub mod fuzzing;
 pub mod identity;
 pub mod lifeguard;
@@ -19,8 +21,21 @@ pub mod sim;
 pub use identity::NodeId;
 pub use lifeguard::LifeguardConfig;
 pub use mesh::{
-    DownReason, Event, Liveness, MemberInfo, Mesh, MeshConfig, MeshError, TrafficStats, Transmit,
+    AppBody, AppFrame, DownReason, Event, Liveness, MemberInfo, Mesh, MeshConfig, MeshError,
+    TrafficStats, Transmit, MAX_APP_PAYLOAD,
 };
 pub use meta::{MetaRecord, NodeMeta, NodeState, Role};
 pub use secret::{ClusterSecret, SecretError};
 pub use security::{KeyId, KeyRing, KeyRingError, Reject, SecurityCounters};
+
+/// `error: cause: cause` on one line, for logs (no secret is ever part of an error here).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -190,6 +190,34 @@ const KIND_FOCA: u8 = 0;
 const KIND_SYNC_REQ: u8 = 1;
 const KIND_SYNC_RESP: u8 = 2;
 const KIND_SYNC_METAS: u8 = 3;
+const KIND_APP: u8 = 4;
+
+/// Largest application payload carried by one [`AppFrame`]: the frame must fit one datagram.
+pub const MAX_APP_PAYLOAD: usize = 1200;
+
+/// One application request or response carried over the mesh's authenticated, encrypted
+/// transport (see [`Mesh::send_app`]). The mesh only delivers it; the runtime matches responses
+/// to requests by `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppFrame {
+    /// Chosen by the requester; a response carries the request's id.
+    pub id: u64,
+    /// What the request is about (the daemon's request kinds).
+    pub kind: u8,
+    /// Request, or response and its outcome.
+    pub body: AppBody,
+}
+
+/// The payload of an [`AppFrame`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppBody {
+    /// A request with its payload.
+    Request(Vec<u8>),
+    /// The handler's answer.
+    Response(Vec<u8>),
+    /// The handler refused or failed; a message for the requester's error (never a secret).
+    Error(String),
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SyncState {
@@ -426,6 +454,7 @@ pub struct Mesh {
     leaving: bool,
     left: bool,
     traffic: TrafficStats,
+    app_inbox: VecDeque<(SocketAddr, AppFrame)>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -549,6 +578,7 @@ impl Mesh {
             leaving: false,
             left: false,
             traffic: TrafficStats::default(),
+            app_inbox: VecDeque::new(),
         };
         mesh.publish_meta(now);
         let first_sync = mesh.push_pull_interval().mul_f64(mesh.rng.random::<f64>());
@@ -604,6 +634,48 @@ impl Mesh {
         // An announce only fails to encode on a codec bug; the reannounce timer retries anyway.
         let _ = self.foca.announce(NodeId::new(addr), &mut rt);
         self.drain(rt, now);
+    }
+
+    /// Replaces the seed list (re-resolved DNS names) and announces to seeds not listed before.
+    pub fn set_seeds(&mut self, seeds: Vec<SocketAddr>, now: Instant) {
+        let new: Vec<SocketAddr> = seeds
+            .iter()
+            .filter(|s| !self.cfg.seeds.contains(s))
+            .copied()
+            .collect();
+        self.cfg.seeds = seeds;
+        for addr in new {
+            self.announce(addr, now);
+        }
+    }
+
+    /// The current seed list.
+    pub fn seeds(&self) -> &[SocketAddr] {
+        &self.cfg.seeds
+    }
+
+    /// Seals `frame` for `to` and queues it as one datagram. Refused (returns false) when the
+    /// payload exceeds [`MAX_APP_PAYLOAD`] or the node has left.
+    pub fn send_app(&mut self, to: SocketAddr, frame: &AppFrame, now: Instant) -> bool {
+        let len = match &frame.body {
+            AppBody::Request(p) | AppBody::Response(p) => p.len(),
+            AppBody::Error(m) => m.len(),
+        };
+        if len > MAX_APP_PAYLOAD || self.left {
+            return false;
+        }
+        match postcard::to_allocvec(frame) {
+            Ok(bytes) => {
+                self.send_body(to, KIND_APP, &bytes, false, now);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The next application frame received (authenticated), with its sender's address.
+    pub fn poll_app(&mut self) -> Option<(SocketAddr, AppFrame)> {
+        self.app_inbox.pop_front()
     }
 
     /// Changes our lifecycle state and gossips it.
@@ -807,6 +879,14 @@ impl Mesh {
             KIND_SYNC_REQ | KIND_SYNC_RESP | KIND_SYNC_METAS => {
                 if let Ok(state) = postcard::from_bytes::<SyncState>(payload) {
                     self.handle_sync(kind, from, state, now);
+                }
+            }
+            KIND_APP => {
+                // Bounded: the runtime drains the inbox after every packet.
+                if let Ok(frame) = postcard::from_bytes::<AppFrame>(payload) {
+                    if self.app_inbox.len() < 1024 {
+                        self.app_inbox.push_back((from, frame));
+                    }
                 }
             }
             _ => {}

@@ -1,33 +1,281 @@
-//! A thin tokio driver for one [`Mesh`]: a UDP socket, the clock, and a command channel.
+//! A thin tokio driver for one [`Mesh`]: a UDP socket, the clock, a command channel, and the
+//! handle the rest of the daemon holds ([`MeshHandle`]).
 //!
 //! Owns the I/O loop only: datagrams in, timeouts, datagrams out, events and member snapshots to
-//! the daemon. All protocol decisions stay in [`Mesh`]. It must not grow protocol logic, and must
-//! never log packet contents or keys. Discovery beyond static seeds (multicast beacons, provider
-//! queries) is still to come; such a source calls [`Command::Announce`].
+//! the daemon, and the bookkeeping of application requests (ids, pending replies, handlers by
+//! kind, duplicate requests answered from a small cache). All protocol decisions stay in
+//! [`Mesh`]. It must not grow protocol logic, and must never log packet contents or keys.
+//! Discovery sources ([`crate::discovery`]) feed it through [`MeshHandle::announce`] and
+//! [`MeshHandle::set_seeds`].
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::mesh::{Event, MemberInfo, Mesh, MeshConfig, MeshError};
+use crate::identity::NodeId;
+use crate::mesh::{
+    AppBody, AppFrame, Event, MemberInfo, Mesh, MeshConfig, MeshError, MAX_APP_PAYLOAD,
+};
 use crate::meta::NodeState;
 use crate::secret::ClusterSecret;
+use crate::security::SecurityCounters;
 
 /// What the daemon can ask of a running mesh.
 #[derive(Debug)]
 pub enum Command {
     /// Reply with every member we know.
     Members(oneshot::Sender<Vec<MemberInfo>>),
+    /// Reply with the packet security counters.
+    Counters(oneshot::Sender<SecurityCounters>),
     /// Gossip a new lifecycle state.
     SetState(NodeState),
     /// Announce to a peer found by discovery.
     Announce(SocketAddr),
+    /// Replace the seed list (static seeds re-resolved); new ones are announced to.
+    SetSeeds(Vec<SocketAddr>),
     /// Leave gracefully; the driver returns after [`Event::Left`].
     Leave,
+    /// Send an application request; the reply (or error) goes to `reply`.
+    Request {
+        /// The peer's mesh address.
+        to: SocketAddr,
+        /// Request kind.
+        kind: u8,
+        /// At most [`MAX_APP_PAYLOAD`] bytes.
+        payload: Vec<u8>,
+        /// Resend the request this often until answered (datagrams get lost).
+        resend_every: Duration,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Vec<u8>, RequestError>>,
+    },
+    /// Answer an incoming request (sent by [`IncomingRequest::respond`]).
+    Respond {
+        /// The requester.
+        to: SocketAddr,
+        /// The request's id and kind.
+        id: u64,
+        /// See `id`.
+        kind: u8,
+        /// The handler's answer.
+        result: Result<Vec<u8>, String>,
+    },
+}
+
+/// Why an application request over the mesh failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    /// No answer in time: the peer is down, unreachable, or not in this cluster.
+    #[error("no answer from {peer} to request kind {kind} within {timeout:?}: check that the peer is alive in `kubedna peers` and try again")]
+    Timeout {
+        /// The peer asked.
+        peer: SocketAddr,
+        /// Request kind.
+        kind: u8,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The peer's handler answered with an error.
+    #[error("{peer} refused request kind {kind}: {message}")]
+    Refused {
+        /// The peer asked.
+        peer: SocketAddr,
+        /// Request kind.
+        kind: u8,
+        /// The peer's reason.
+        message: String,
+    },
+    /// The payload does not fit one datagram.
+    #[error("request payload of {len} bytes exceeds the mesh limit of {MAX_APP_PAYLOAD} bytes")]
+    TooLarge {
+        /// Payload length.
+        len: usize,
+    },
+    /// A handler for this kind is already registered on this node.
+    #[error("request kind {kind} already has a handler on this node")]
+    AlreadyServed {
+        /// Request kind.
+        kind: u8,
+    },
+    /// The mesh is not running (not started yet, or stopped).
+    #[error("the mesh is not running on this node")]
+    Stopped,
+}
+
+/// The mesh stopped (after a leave, or the daemon is shutting down).
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+#[error("the mesh is not running on this node")]
+pub struct MeshStopped;
+
+/// A request from a peer, delivered to the handler registered with [`MeshHandle::serve`].
+/// Answer it with [`IncomingRequest::respond`]; dropping it answers with an error.
+#[derive(Debug)]
+pub struct IncomingRequest {
+    /// The peer's mesh address (authenticated: it holds the cluster key).
+    pub from: SocketAddr,
+    /// Request kind.
+    pub kind: u8,
+    /// The request payload.
+    pub payload: Vec<u8>,
+    id: u64,
+    commands: mpsc::WeakSender<Command>,
+    answered: bool,
+}
+
+impl IncomingRequest {
+    /// Sends the answer: `Ok(payload)` (at most [`MAX_APP_PAYLOAD`] bytes), or `Err(message)`
+    /// for the requester's error (never put a secret in it).
+    pub fn respond(mut self, result: Result<Vec<u8>, String>) {
+        self.answered = true;
+        self.send(result);
+    }
+
+    fn send(&self, result: Result<Vec<u8>, String>) {
+        if let Some(tx) = self.commands.upgrade() {
+            let _ = tx.try_send(Command::Respond {
+                to: self.from,
+                id: self.id,
+                kind: self.kind,
+                result,
+            });
+        }
+    }
+}
+
+impl Drop for IncomingRequest {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.send(Err(
+                "the handler dropped the request without an answer".into()
+            ));
+        }
+    }
+}
+
+type Handlers = Arc<Mutex<HashMap<u8, mpsc::Sender<IncomingRequest>>>>;
+
+/// What the rest of the daemon holds: cheap to clone, usable from any task.
+#[derive(Debug, Clone)]
+pub struct MeshHandle {
+    id: NodeId,
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    active: watch::Receiver<usize>,
+    handlers: Handlers,
+}
+
+impl MeshHandle {
+    /// This node's mesh address (its identity in `kubedna peers`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.id.addr
+    }
+
+    /// Every member we know of (not us), with liveness, metadata, last heard and RTT.
+    pub async fn members(&self) -> Result<Vec<MemberInfo>, MeshStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Members(tx)).await?;
+        rx.await.map_err(|_| MeshStopped)
+    }
+
+    /// Packet accept/drop counters (foreign-cluster, bad tag, replayed, ...).
+    pub async fn counters(&self) -> Result<SecurityCounters, MeshStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Counters(tx)).await?;
+        rx.await.map_err(|_| MeshStopped)
+    }
+
+    /// Gossips our new lifecycle state.
+    pub async fn set_state(&self, state: NodeState) -> Result<(), MeshStopped> {
+        self.send(Command::SetState(state)).await
+    }
+
+    /// Announces to a peer found by discovery.
+    pub async fn announce(&self, addr: SocketAddr) -> Result<(), MeshStopped> {
+        self.send(Command::Announce(addr)).await
+    }
+
+    /// Replaces the static seed list.
+    pub async fn set_seeds(&self, seeds: Vec<SocketAddr>) -> Result<(), MeshStopped> {
+        self.send(Command::SetSeeds(seeds)).await
+    }
+
+    /// Starts a graceful leave; the driver task ends once peers were told.
+    pub async fn leave(&self) -> Result<(), MeshStopped> {
+        self.send(Command::Leave).await
+    }
+
+    /// Membership events from now on (a slow receiver loses the oldest, see `broadcast`).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The number of active members besides us, updated as it changes.
+    pub fn active_members(&self) -> watch::Receiver<usize> {
+        self.active.clone()
+    }
+
+    /// Sends `payload` to the peer at `peer` (its mesh address) as a request of `kind`, over the
+    /// authenticated, encrypted mesh transport, and waits up to `timeout` for the answer. The
+    /// request is resent (same id; the peer answers duplicates from a cache, its handler runs
+    /// once) every `timeout / 4` until answered.
+    pub async fn request(
+        &self,
+        peer: SocketAddr,
+        kind: u8,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RequestError> {
+        if payload.len() > MAX_APP_PAYLOAD {
+            return Err(RequestError::TooLarge { len: payload.len() });
+        }
+        let (tx, rx) = oneshot::channel();
+        let command = Command::Request {
+            to: peer,
+            kind,
+            payload,
+            resend_every: (timeout / 4).max(Duration::from_millis(50)),
+            reply: tx,
+        };
+        self.send(command)
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(RequestError::Stopped),
+            Err(_) => Err(RequestError::Timeout {
+                peer,
+                kind,
+                timeout,
+            }),
+        }
+    }
+
+    /// Registers this node's handler for requests of `kind`: they arrive on the returned
+    /// channel (at most `capacity` waiting; more are refused as busy). Requests of a kind
+    /// nobody serves are refused at once, so the requester does not wait for its timeout.
+    pub fn serve(
+        &self,
+        kind: u8,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<IncomingRequest>, RequestError> {
+        let mut handlers = self.handlers.lock().unwrap_or_else(|e| e.into_inner());
+        if handlers.get(&kind).is_some_and(|tx| !tx.is_closed()) {
+            return Err(RequestError::AlreadyServed { kind });
+        }
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        handlers.insert(kind, tx);
+        Ok(rx)
+    }
+
+    async fn send(&self, command: Command) -> Result<(), MeshStopped> {
+        self.commands.send(command).await.map_err(|_| MeshStopped)
+    }
 }
 
 /// Wall clock in ms since the epoch (dates packets against replays).
@@ -50,48 +298,282 @@ pub fn new_mesh(
     Mesh::new(cfg, secret, seed, Instant::now().into_std(), wall_ms())
 }
 
-/// Runs `mesh` on `socket` until a graceful leave completes or the command channel closes.
-/// Events go to `events` (dropped if the daemon stops listening).
-pub async fn drive(
-    mut mesh: Mesh,
+/// Spawns the driver for `mesh` on `socket` and returns the handle and the task (which ends
+/// with the mesh after a graceful leave, or when every handle is dropped).
+pub fn spawn(mesh: Mesh, socket: UdpSocket) -> (MeshHandle, JoinHandle<io::Result<Mesh>>) {
+    let (commands, rx) = mpsc::channel(256);
+    let (events, _) = broadcast::channel(256);
+    let (active_tx, active) = watch::channel(0);
+    let handlers: Handlers = Arc::default();
+    let handle = MeshHandle {
+        id: mesh.id(),
+        commands: commands.clone(),
+        events: events.clone(),
+        active,
+        handlers: handlers.clone(),
+    };
+    let driver = Driver {
+        socket,
+        commands: commands.downgrade(),
+        events,
+        active: active_tx,
+        handlers,
+        pending: HashMap::new(),
+        next_id: 1,
+        served: VecDeque::new(),
+    };
+    drop(commands);
+    let task = tokio::spawn(driver.run(mesh, rx));
+    (handle, task)
+}
+
+struct PendingRequest {
+    to: SocketAddr,
+    frame: AppFrame,
+    resend_every: Duration,
+    next_send: Instant,
+    reply: oneshot::Sender<Result<Vec<u8>, RequestError>>,
+}
+
+/// Requests answered or in progress, so a resent request is not handled twice.
+const SERVED_CACHE: usize = 256;
+
+struct Driver {
     socket: UdpSocket,
-    mut commands: mpsc::Receiver<Command>,
-    events: mpsc::Sender<Event>,
-) -> io::Result<Mesh> {
-    let mut buf = vec![0u8; 65_536];
-    mesh.join(Instant::now().into_std());
-    loop {
-        flush(&mut mesh, &socket).await;
-        let mut left = false;
-        while let Some(event) = mesh.poll_event() {
-            left |= event == Event::Left;
-            // A daemon that stopped listening must not stall the mesh.
-            let _ = events.try_send(event);
-        }
-        if left {
-            return Ok(mesh);
-        }
-        let deadline = mesh.poll_timeout().map(Instant::from_std);
-        tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                let (len, from) = received?;
-                // Rejected packets are counted by the mesh; nothing else to do with them.
-                let _ = mesh.handle_packet(from, &buf[..len], Instant::now().into_std());
+    commands: mpsc::WeakSender<Command>,
+    events: broadcast::Sender<Event>,
+    active: watch::Sender<usize>,
+    handlers: Handlers,
+    pending: HashMap<u64, PendingRequest>,
+    next_id: u64,
+    /// (requester, id) → the answer, or `None` while the handler works on it.
+    served: VecDeque<((SocketAddr, u64), Option<AppBody>)>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut mesh: Mesh,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> io::Result<Mesh> {
+        let mut buf = vec![0u8; 65_536];
+        mesh.join(Instant::now().into_std());
+        loop {
+            let now = Instant::now();
+            self.dispatch_app(&mut mesh, now);
+            self.resend(&mut mesh, now);
+            flush(&mut mesh, &self.socket).await;
+            let mut left = false;
+            while let Some(event) = mesh.poll_event() {
+                left |= event == Event::Left;
+                // Nobody subscribed is fine: events are advisory.
+                let _ = self.events.send(event);
             }
-            () = sleep_until(deadline) => {
-                mesh.handle_timeout(Instant::now().into_std());
+            let active = mesh.num_active();
+            self.active
+                .send_if_modified(|n| std::mem::replace(n, active) != active);
+            if left {
+                return Ok(mesh);
             }
-            command = commands.recv() => {
-                let now = Instant::now().into_std();
-                match command {
-                    Some(Command::Members(reply)) => {
-                        let _ = reply.send(mesh.members());
+            let deadline = [
+                mesh.poll_timeout().map(Instant::from_std),
+                self.pending.values().map(|p| p.next_send).min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => {
+                    match received {
+                        // Rejected packets are counted by the mesh; nothing else to do with them.
+                        Ok((len, from)) => {
+                            let _ = mesh.handle_packet(from, &buf[..len], Instant::now().into_std());
+                        }
+                        // An ICMP error from an earlier send (port unreachable) surfaces here
+                        // on Linux; it is the failure detector's business, not fatal.
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                        Err(e) => return Err(e),
                     }
-                    Some(Command::SetState(state)) => mesh.set_state(state, now),
-                    Some(Command::Announce(addr)) => mesh.announce(addr, now),
-                    Some(Command::Leave) => mesh.leave(now),
-                    None => return Ok(mesh),
                 }
+                () = sleep_until(deadline) => {
+                    mesh.handle_timeout(Instant::now().into_std());
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else { return Ok(mesh) };
+                    self.command(&mut mesh, command);
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, mesh: &mut Mesh, command: Command) {
+        let now = Instant::now();
+        let std_now = now.into_std();
+        match command {
+            Command::Members(reply) => {
+                let _ = reply.send(mesh.members());
+            }
+            Command::Counters(reply) => {
+                let _ = reply.send(mesh.security_counters());
+            }
+            Command::SetState(state) => mesh.set_state(state, std_now),
+            Command::Announce(addr) => mesh.announce(addr, std_now),
+            Command::SetSeeds(seeds) => mesh.set_seeds(seeds, std_now),
+            Command::Leave => mesh.leave(std_now),
+            Command::Request {
+                to,
+                kind,
+                payload,
+                resend_every,
+                reply,
+            } => {
+                self.pending.retain(|_, p| !p.reply.is_closed());
+                let id = self.next_id;
+                self.next_id += 1;
+                let frame = AppFrame {
+                    id,
+                    kind,
+                    body: AppBody::Request(payload),
+                };
+                if !mesh.send_app(to, &frame, std_now) {
+                    let _ = reply.send(Err(RequestError::Stopped));
+                    return;
+                }
+                self.pending.insert(
+                    id,
+                    PendingRequest {
+                        to,
+                        frame,
+                        resend_every,
+                        next_send: now + resend_every,
+                        reply,
+                    },
+                );
+            }
+            Command::Respond {
+                to,
+                id,
+                kind,
+                result,
+            } => {
+                let body = match result {
+                    Ok(p) if p.len() <= MAX_APP_PAYLOAD => AppBody::Response(p),
+                    Ok(p) => AppBody::Error(format!(
+                        "the answer of {} bytes exceeds the mesh limit of {MAX_APP_PAYLOAD}",
+                        p.len()
+                    )),
+                    Err(m) => AppBody::Error(m),
+                };
+                if let Some(entry) = self.served.iter_mut().find(|(k, _)| *k == (to, id)) {
+                    entry.1 = Some(body.clone());
+                }
+                mesh.send_app(to, &AppFrame { id, kind, body }, std_now);
+            }
+        }
+    }
+
+    fn resend(&mut self, mesh: &mut Mesh, now: Instant) {
+        for p in self.pending.values_mut() {
+            if p.next_send <= now {
+                p.next_send = now + p.resend_every;
+                mesh.send_app(p.to, &p.frame, now.into_std());
+            }
+        }
+        self.pending.retain(|_, p| !p.reply.is_closed());
+    }
+
+    fn dispatch_app(&mut self, mesh: &mut Mesh, now: Instant) {
+        while let Some((from, frame)) = mesh.poll_app() {
+            match frame.body {
+                AppBody::Request(payload) => {
+                    if let Some((_, cached)) =
+                        self.served.iter().find(|(k, _)| *k == (from, frame.id))
+                    {
+                        // A resend: answer from the cache, or wait for the handler.
+                        if let Some(body) = cached.clone() {
+                            let answer = AppFrame {
+                                id: frame.id,
+                                kind: frame.kind,
+                                body,
+                            };
+                            mesh.send_app(from, &answer, now.into_std());
+                        }
+                        continue;
+                    }
+                    if self.served.len() >= SERVED_CACHE {
+                        self.served.pop_front();
+                    }
+                    self.served.push_back(((from, frame.id), None));
+                    let handler = self
+                        .handlers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&frame.kind)
+                        .cloned();
+                    let no_handler =
+                        || format!("no handler for request kind {} on this node", frame.kind);
+                    let refusal = match handler {
+                        None => Some(no_handler()),
+                        Some(tx) => {
+                            let request = IncomingRequest {
+                                from,
+                                kind: frame.kind,
+                                payload,
+                                id: frame.id,
+                                commands: self.commands.clone(),
+                                answered: false,
+                            };
+                            match tx.try_send(request) {
+                                Ok(()) => None,
+                                Err(mpsc::error::TrySendError::Full(mut r)) => {
+                                    r.answered = true;
+                                    Some(format!(
+                                        "busy: too many requests of kind {} waiting; retry later",
+                                        frame.kind
+                                    ))
+                                }
+                                Err(mpsc::error::TrySendError::Closed(mut r)) => {
+                                    r.answered = true;
+                                    Some(no_handler())
+                                }
+                            }
+                        }
+                    };
+                    if let Some(message) = refusal {
+                        let body = AppBody::Error(message);
+                        if let Some(entry) = self.served.back_mut() {
+                            entry.1 = Some(body.clone());
+                        }
+                        let answer = AppFrame {
+                            id: frame.id,
+                            kind: frame.kind,
+                            body,
+                        };
+                        mesh.send_app(from, &answer, now.into_std());
+                    }
+                }
+                AppBody::Response(payload) => self.answer(from, frame.id, Ok(payload)),
+                AppBody::Error(message) => {
+                    let kind = frame.kind;
+                    self.answer(
+                        from,
+                        frame.id,
+                        Err(RequestError::Refused {
+                            peer: from,
+                            kind,
+                            message,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, from: SocketAddr, id: u64, result: Result<Vec<u8>, RequestError>) {
+        // Only the peer we asked may answer.
+        if self.pending.get(&id).is_some_and(|p| p.to == from) {
+            if let Some(p) = self.pending.remove(&id) {
+                let _ = p.reply.send(result);
             }
         }
     }
@@ -119,39 +601,40 @@ mod tests {
     use super::*;
     use crate::sim::sim_meta;
 
+    const SECRET: &[u8] = b"loopback-test-cluster-secret";
+
+    async fn node(
+        i: usize,
+        seeds: Vec<SocketAddr>,
+        cluster: &str,
+    ) -> (MeshHandle, JoinHandle<io::Result<Mesh>>) {
+        let secret = ClusterSecret::new(SECRET.to_vec()).expect("long");
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let unset: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let mut cfg = MeshConfig::lan(cluster, unset, sim_meta(i));
+        cfg.seeds = seeds;
+        let mesh = new_mesh(cfg, &sock, &secret, i as u64 + 1).expect("valid");
+        spawn(mesh, sock)
+    }
+
+    async fn until_active(h: &MeshHandle, n: usize) {
+        let mut active = h.active_members();
+        tokio::time::timeout(Duration::from_secs(10), active.wait_for(|a| *a >= n))
+            .await
+            .expect("joined in time")
+            .expect("running");
+    }
+
     #[tokio::test]
     async fn two_nodes_on_loopback_find_each_other_and_leave() {
-        let secret = ClusterSecret::new(b"loopback-test-cluster-secret".to_vec()).expect("long");
-        let a_sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let b_sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let b_addr = b_sock.local_addr().expect("addr");
-        let unset: SocketAddr = ([127, 0, 0, 1], 0).into();
-        let mut a_cfg = MeshConfig::lan("loop", unset, sim_meta(0));
-        a_cfg.seeds = vec![b_addr];
-        let b_cfg = MeshConfig::lan("loop", unset, sim_meta(1));
-        let a = new_mesh(a_cfg, &a_sock, &secret, 1).expect("valid");
-        let b = new_mesh(b_cfg, &b_sock, &secret, 2).expect("valid");
-        let (a_cmd, a_rx) = mpsc::channel(8);
-        let (b_cmd, b_rx) = mpsc::channel(8);
-        let (a_ev_tx, mut a_ev) = mpsc::channel(64);
-        let (b_ev_tx, mut b_ev) = mpsc::channel(64);
-        let a_task = tokio::spawn(drive(a, a_sock, a_rx, a_ev_tx));
-        let b_task = tokio::spawn(drive(b, b_sock, b_rx, b_ev_tx));
-        let up = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(e) = a_ev.recv().await {
-                if matches!(e, Event::MemberUp(id) if id.addr == b_addr) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(up, Ok(true), "a saw b");
-        let (tx, rx) = oneshot::channel();
-        a_cmd.send(Command::Members(tx)).await.expect("running");
-        let members = rx.await.expect("reply");
+        let (b, b_task) = node(1, vec![], "loop").await;
+        let (a, a_task) = node(0, vec![b.local_addr()], "loop").await;
+        let mut b_events = b.subscribe();
+        until_active(&a, 1).await;
+        let members = a.members().await.expect("running");
         assert_eq!(members.len(), 1);
-        a_cmd.send(Command::Leave).await.expect("running");
+        assert_eq!(members[0].id.addr, b.local_addr());
+        a.leave().await.expect("running");
         let a_mesh = tokio::time::timeout(Duration::from_secs(10), a_task)
             .await
             .expect("leaves in time")
@@ -159,16 +642,94 @@ mod tests {
             .expect("no io error");
         assert_eq!(a_mesh.security_counters().dropped(), 0);
         let left = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(e) = b_ev.recv().await {
-                if let Event::MemberDown(_, reason) = e {
-                    return Some(reason);
+            loop {
+                if let Ok(Event::MemberDown(_, reason)) = b_events.recv().await {
+                    return reason;
                 }
             }
-            None
         })
         .await;
-        assert_eq!(left, Ok(Some(crate::mesh::DownReason::Left)));
-        drop(b_cmd);
+        assert_eq!(left, Ok(crate::mesh::DownReason::Left));
+        drop(b);
         let _ = b_task.await;
+    }
+
+    #[tokio::test]
+    async fn requests_are_answered_by_the_peers_handler_and_refused_without_one() {
+        let (b, _b_task) = node(1, vec![], "req").await;
+        let (a, _a_task) = node(0, vec![b.local_addr()], "req").await;
+        until_active(&a, 1).await;
+        let mut served = b.serve(7, 4).expect("first handler");
+        assert_eq!(
+            b.serve(7, 4).err(),
+            Some(RequestError::AlreadyServed { kind: 7 })
+        );
+        let a_addr = a.local_addr();
+        tokio::spawn(async move {
+            while let Some(req) = served.recv().await {
+                assert_eq!(req.from, a_addr);
+                let mut answer = b"echo:".to_vec();
+                answer.extend_from_slice(&req.payload);
+                req.respond(Ok(answer));
+            }
+        });
+        let answer = a
+            .request(
+                b.local_addr(),
+                7,
+                b"join material please".to_vec(),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("answered");
+        assert_eq!(answer, b"echo:join material please");
+        let refused = a
+            .request(b.local_addr(), 9, vec![], Duration::from_secs(5))
+            .await
+            .expect_err("nobody serves kind 9");
+        assert!(
+            matches!(&refused, RequestError::Refused { kind: 9, message, .. } if message.contains("no handler")),
+            "{refused}"
+        );
+        let too_big = a
+            .request(
+                b.local_addr(),
+                7,
+                vec![0; MAX_APP_PAYLOAD + 1],
+                Duration::from_secs(1),
+            )
+            .await;
+        assert_eq!(
+            too_big,
+            Err(RequestError::TooLarge {
+                len: MAX_APP_PAYLOAD + 1
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_to_another_cluster_times_out_and_its_packets_are_dropped() {
+        let (other, _o_task) = node(1, vec![], "other-cluster").await;
+        let mut served = other.serve(7, 4).expect("handler");
+        let (a, _a_task) = node(0, vec![], "req2").await;
+        let err = a
+            .request(
+                other.local_addr(),
+                7,
+                b"x".to_vec(),
+                Duration::from_millis(600),
+            )
+            .await
+            .expect_err("no answer across clusters");
+        assert!(
+            matches!(err, RequestError::Timeout { kind: 7, .. }),
+            "{err}"
+        );
+        assert!(
+            served.try_recv().is_err(),
+            "the foreign request never reached the handler"
+        );
+        let counters = other.counters().await.expect("running");
+        assert!(counters.foreign_cluster >= 1, "{counters:?}");
     }
 }
