@@ -36,6 +36,8 @@ pub enum Format {
 pub enum Command {
     /// This node and its agent.
     Status,
+    /// The cluster's nodes as this node's mesh sees them: liveness, state, last heard, RTT.
+    Peers,
     /// The CLI's and the agent's versions.
     Version {
         /// Only the CLI's version; do not ask the agent.

@@ -7,7 +7,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use kubedna_proto::{
     paths, AuditRecordsResponse, AuditVerifyResponse, LogLevelRequest, LogLevelResponse,
-    ReloadResponse, StatusResponse, VersionResponse,
+    PeersResponse, ReloadResponse, StatusResponse, VersionResponse,
 };
 
 use crate::cli::{AuditCommand, Cli, Command, Format};
@@ -63,6 +63,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             Command::Status => {
                 let s: StatusResponse = client.call("GET", paths::STATUS, None).await?;
                 print(&output::render(format, &s, output::status_table))?;
+            }
+            Command::Peers => {
+                let p: PeersResponse = client.call("GET", paths::PEERS, None).await?;
+                print(&output::render(format, &p, output::peers_table))?;
             }
             Command::Version { .. } => {
                 let agent: VersionResponse = client.call("GET", paths::VERSION, None).await?;

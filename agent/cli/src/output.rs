@@ -2,8 +2,8 @@
 //! Renderers are pure functions of the answer, so golden files pin their output.
 
 use kubedna_proto::{
-    AuditRecordsResponse, AuditVerifyResponse, LogLevelResponse, ReloadResponse, StatusResponse,
-    VersionResponse,
+    AuditRecordsResponse, AuditVerifyResponse, LogLevelResponse, PeersResponse, PeersSummary,
+    ReloadResponse, StatusResponse, VersionResponse,
 };
 use serde::Serialize;
 
@@ -97,10 +97,66 @@ pub fn status_table(s: &StatusResponse) -> String {
         ),
         ("Log filter", s.agent.log_filter.clone()),
         (
+            "Peers",
+            s.peers
+                .as_ref()
+                .map_or("unknown (agent without the mesh)".into(), peers_line),
+        ),
+        (
             "You",
             format!("uid {}, role {}", s.caller.uid, s.caller.role),
         ),
     ])
+}
+
+/// `4 alive, 0 suspect, 1 down (mesh 198.18.10.2:7946)`.
+pub fn peers_line(p: &PeersSummary) -> String {
+    if !p.mesh_running {
+        return "mesh not running yet (see the agent's journal)".into();
+    }
+    let mut line = format!("{} alive, {} suspect, {} down", p.alive, p.suspect, p.down);
+    if let Some(a) = &p.mesh_address {
+        line.push_str(&format!(" (mesh {a})"));
+    }
+    line
+}
+
+/// `kubedna peers`: one row per peer, kubectl style.
+pub fn peers_table(r: &PeersResponse) -> String {
+    let dash = || "-".to_string();
+    let rows: Vec<Vec<String>> = r
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone().unwrap_or_else(dash),
+                p.role.map_or_else(dash, |r| r.to_string()),
+                p.address.clone(),
+                p.state.clone().unwrap_or_else(dash),
+                p.liveness.as_str().to_string(),
+                p.last_heard_seconds_ago.map_or_else(dash, |s| {
+                    format!("{} ago", human_duration(s.round() as u64))
+                }),
+                p.rtt_ms.map_or_else(dash, |ms| format!("{ms:.2}ms")),
+                p.agent_version.clone().unwrap_or_else(dash),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "NAME",
+            "ROLE",
+            "ADDRESS",
+            "STATE",
+            "LIVENESS",
+            "LAST HEARD",
+            "RTT",
+            "AGENT VERSION",
+        ],
+        &rows,
+    );
+    out.push_str(&format!("{}\n", peers_line(&r.summary)));
+    out
 }
 
 /// Both versions; `agent` is None when only the client was asked for.

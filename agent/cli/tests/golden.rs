@@ -46,7 +46,103 @@ fn status() -> StatusResponse {
             uid: 1000,
             role: Role::Operator,
         },
+        peers: Some(peers().summary),
     }
+}
+
+fn peers() -> PeersResponse {
+    let peer = |name: &str, role, addr: &str, state: &str, liveness, heard, rtt| Peer {
+        address: format!("{addr}:7946"),
+        name: Some(name.into()),
+        role: Some(role),
+        state: Some(state.into()),
+        liveness,
+        incarnation: 0,
+        generation: 0,
+        last_heard_seconds_ago: heard,
+        rtt_ms: rtt,
+        agent_version: Some("0.1.0".into()),
+        image_version: Some("0.1.0 (debian-12)".into()),
+        addresses: vec![addr.into()],
+    };
+    PeersResponse {
+        summary: PeersSummary {
+            mesh_running: true,
+            mesh_address: Some("198.18.10.2:7946".into()),
+            alive: 3,
+            suspect: 1,
+            down: 1,
+        },
+        peers: vec![
+            peer(
+                "cp-2",
+                NodeRole::ControlPlane,
+                "198.18.10.3",
+                "ready",
+                PeerLiveness::Alive,
+                Some(0.2),
+                Some(0.412),
+            ),
+            peer(
+                "cp-3",
+                NodeRole::ControlPlane,
+                "198.18.10.4",
+                "ready",
+                PeerLiveness::Suspect,
+                Some(2.6),
+                Some(0.388),
+            ),
+            peer(
+                "worker-1",
+                NodeRole::Worker,
+                "198.18.10.5",
+                "member",
+                PeerLiveness::Alive,
+                Some(0.4),
+                Some(1.25),
+            ),
+            peer(
+                "worker-2",
+                NodeRole::Worker,
+                "198.18.10.6",
+                "leaving",
+                PeerLiveness::Down,
+                Some(75.0),
+                None,
+            ),
+            Peer {
+                address: "198.18.10.7:7946".into(),
+                name: None,
+                role: None,
+                state: None,
+                liveness: PeerLiveness::Alive,
+                incarnation: 0,
+                generation: 0,
+                last_heard_seconds_ago: None,
+                rtt_ms: None,
+                agent_version: None,
+                image_version: None,
+                addresses: vec![],
+            },
+        ],
+    }
+}
+
+#[test]
+fn peers_in_every_format() {
+    let p = peers();
+    check(
+        "peers.txt",
+        &output::render(Format::Table, &p, output::peers_table),
+    );
+    check(
+        "peers.json",
+        &output::render(Format::Json, &p, output::peers_table),
+    );
+    check(
+        "peers.yaml",
+        &output::render(Format::Yaml, &p, output::peers_table),
+    );
 }
 
 fn records() -> AuditRecordsResponse {

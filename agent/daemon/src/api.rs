@@ -21,12 +21,13 @@ use kubedna_config::Config;
 use kubedna_host::state::StateDir;
 use kubedna_proto::{
     paths, AgentStatus, ApiError, AuditRecordsResponse, AuditResult, Caller, CallerStatus,
-    LogLevelRequest, LogLevelResponse, NodeStatus, Outcome, ReloadResponse, Role, StatusResponse,
-    VersionResponse, API_VERSION,
+    LogLevelRequest, LogLevelResponse, NodeStatus, Outcome, Peer, PeerLiveness, PeersResponse,
+    PeersSummary, ReloadResponse, Role, StatusResponse, VersionResponse, API_VERSION,
 };
 use serde::Serialize;
 
 use crate::logging::LogControl;
+use crate::mesh::{Liveness, MeshSlot};
 
 /// Everything a call may read or change.
 #[derive(Debug)]
@@ -40,6 +41,7 @@ pub struct AppState {
     started: Instant,
     /// Serializes reloads so two cannot interleave their prepare and apply.
     reload_lock: tokio::sync::Mutex<()>,
+    mesh: MeshSlot,
 }
 
 impl AppState {
@@ -53,7 +55,13 @@ impl AppState {
             started_at: Utc::now(),
             started: Instant::now(),
             reload_lock: tokio::sync::Mutex::new(()),
+            mesh: MeshSlot::default(),
         }
+    }
+
+    /// The mesh, once it runs (see [`crate::mesh`]).
+    pub fn mesh(&self) -> &MeshSlot {
+        &self.mesh
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -91,6 +99,13 @@ pub const ROUTES: &[Route] = &[
         path: paths::STATUS,
         role: Role::Viewer,
         action: "status.get",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: paths::PEERS,
+        role: Role::Viewer,
+        action: "peers.list",
         mutating: false,
     },
     Route {
@@ -233,7 +248,8 @@ pub async fn handle(
                 api_version: API_VERSION.into(),
             },
         ),
-        paths::STATUS => json(StatusCode::OK, &status(&state, &caller, role)),
+        paths::STATUS => json(StatusCode::OK, &status(&state, &caller, role).await),
+        paths::PEERS => json(StatusCode::OK, &peers(&state).await),
         paths::AUDIT_RECORDS => audit_records(&state, &query).await,
         paths::AUDIT_VERIFY => {
             let dir = state.audit.dir().to_path_buf();
@@ -278,9 +294,74 @@ fn caller_gids(caller: &Caller) -> Vec<u32> {
     gids
 }
 
-fn status(state: &AppState, caller: &Caller, role: Role) -> StatusResponse {
+/// The mesh's members as the API shows them.
+pub async fn peers(state: &AppState) -> PeersResponse {
+    let Some(handle) = state.mesh.get() else {
+        return PeersResponse {
+            summary: PeersSummary {
+                mesh_running: false,
+                mesh_address: None,
+                alive: 0,
+                suspect: 0,
+                down: 0,
+            },
+            peers: Vec::new(),
+        };
+    };
+    let members = handle.members().await;
+    let running = members.is_ok();
+    let now = std::time::Instant::now();
+    let mut peers: Vec<Peer> = members
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            let meta = m.meta.as_ref();
+            Peer {
+                address: m.id.addr.to_string(),
+                name: meta.map(|x| x.name.clone()),
+                role: meta.map(|x| match x.role {
+                    kubedna_mesh::Role::ControlPlane => kubedna_proto::NodeRole::ControlPlane,
+                    kubedna_mesh::Role::Worker => kubedna_proto::NodeRole::Worker,
+                }),
+                state: meta.map(|x| format!("{:?}", x.state).to_lowercase()),
+                liveness: match m.liveness {
+                    Liveness::Alive => PeerLiveness::Alive,
+                    Liveness::Suspect => PeerLiveness::Suspect,
+                    Liveness::Down => PeerLiveness::Down,
+                },
+                incarnation: u64::from(m.incarnation),
+                generation: m.id.generation,
+                last_heard_seconds_ago: m
+                    .last_heard
+                    .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                rtt_ms: m.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                agent_version: meta.map(|x| x.agent_version.clone()),
+                image_version: meta.map(|x| x.image_version.clone()),
+                addresses: meta
+                    .map(|x| x.addresses.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    peers.sort_by(|a, b| (&a.name, &a.address).cmp(&(&b.name, &b.address)));
+    let count = |l: PeerLiveness| peers.iter().filter(|p| p.liveness == l).count();
+    PeersResponse {
+        summary: PeersSummary {
+            mesh_running: running,
+            mesh_address: Some(handle.local_addr().to_string()),
+            alive: count(PeerLiveness::Alive),
+            suspect: count(PeerLiveness::Suspect),
+            down: count(PeerLiveness::Down),
+        },
+        peers,
+    }
+}
+
+async fn status(state: &AppState, caller: &Caller, role: Role) -> StatusResponse {
     let config = state.config();
+    let peers = peers(state).await.summary;
     StatusResponse {
+        peers: Some(peers),
         node: NodeStatus {
             name: config.node_name.clone(),
             cluster: config.spec.cluster.name.clone(),

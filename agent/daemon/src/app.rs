@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::logging::{LogControl, LogFormat};
+use crate::mesh;
 use crate::server;
 
 /// `kubedna-agent [--config FILE] [--log-format plain|json] [--check-config]`
@@ -173,6 +174,7 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
     });
 
     notify::ready(&format!("ready; admin API on {}", socket_path.display()));
+    let mesh = mesh::start(&state.config(), state.mesh().clone());
     tracing::info!(
         socket = %socket_path.display(),
         node = %node_name,
@@ -204,6 +206,7 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
 
     notify::stopping();
     let _ = shutdown_tx.send(true);
+    mesh::stop(mesh, drain).await;
     if let Err(e) = server_task.await {
         tracing::error!(error = %e, "the admin server task failed");
     }

@@ -4,6 +4,7 @@
 //!   signal loop and the drain. It is the one place that spawns long-lived tasks.
 //! - [`server`] accepts connections on the admin socket and reads each peer's credentials.
 //! - [`api`] routes requests, authorizes them by role and audits what must be audited.
+//! - [`mesh`] runs the gossip mesh and discovery, and holds the handle other subsystems use.
 //! - [`logging`] sets up tracing and lets the log filter change at run time.
 
 #![forbid(unsafe_code)]
@@ -11,4 +12,5 @@
 pub mod api;
 pub mod app;
 pub mod logging;
+pub mod mesh;
 pub mod server;

@@ -24,6 +24,7 @@ pub mod paths {
     pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
     pub const LOG_LEVEL: &str = "/v1/log-level";
     pub const CONFIG_RELOAD: &str = "/v1/config/reload";
+    pub const PEERS: &str = "/v1/peers";
 }
 
 /// Admin roles, ordered: each role may do everything the roles below it may.
@@ -127,6 +128,84 @@ pub struct StatusResponse {
     pub node: NodeStatus,
     pub agent: AgentStatus,
     pub caller: CallerStatus,
+    /// The mesh as this node sees it; absent from agents older than the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<PeersSummary>,
+}
+
+/// Counts of `GET /v1/peers`, for `kubedna status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersSummary {
+    /// False while the mesh is not running yet (network not up) or after it stopped.
+    pub mesh_running: bool,
+    /// This node's mesh address (`IP:port`), once running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_address: Option<String>,
+    pub alive: usize,
+    pub suspect: usize,
+    pub down: usize,
+}
+
+/// Liveness of a peer in this node's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerLiveness {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; declared down unless it refutes in time.
+    Suspect,
+    /// Declared down (failed), or left on purpose (its state is then `leaving`).
+    Down,
+}
+
+impl PeerLiveness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerLiveness::Alive => "alive",
+            PeerLiveness::Suspect => "suspect",
+            PeerLiveness::Down => "down",
+        }
+    }
+}
+
+/// `GET /v1/peers`: every member of the mesh this node knows, except itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeersResponse {
+    pub summary: PeersSummary,
+    /// Sorted by name, then address.
+    pub peers: Vec<Peer>,
+}
+
+/// One peer. Metadata fields are absent until its metadata has reached this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Mesh address `IP:port` (the member's identity).
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<NodeRole>,
+    /// Lifecycle state it gossips: booting, ready, joining, member, maintenance, leaving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    pub liveness: PeerLiveness,
+    /// SWIM incarnation (rises when it refutes a suspicion).
+    pub incarnation: u64,
+    /// Rejoin generation of its identity.
+    pub generation: u16,
+    /// Seconds since a packet from it was last accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heard_seconds_ago: Option<f64>,
+    /// Round-trip time of this node's last direct probe of it (SWIM ping → ack), in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<String>,
+    /// Every address it reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,393 @@
+//! The mesh in the daemon: turns the config into a running mesh and its discovery sources,
+//! gives the rest of the daemon a [`MeshHandle`], and leaves gracefully on shutdown.
+//!
+//! Owns start-up of the mesh (this node's mesh address, the UDP socket, [`NodeMeta`] from the
+//! config, `/etc/kubedna/image.json` and the host's addresses), the slot through which the admin
+//! API and later the control-plane work reach the handle ([`MeshSlot`]), the event log lines,
+//! and the bounded leave at SIGTERM. Start-up never blocks readiness and never fails the agent:
+//! a network that is not up yet, or a port in use, is logged and retried. It must never log the
+//! cluster secret or any key.
+//!
+//! Request kinds for [`MeshHandle::request`] and [`MeshHandle::serve`] are listed in
+//! [`request_kind`]; docs/mesh.md documents the API.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use kubedna_config::{Config, ProviderKind};
+use kubedna_mesh::discovery::multicast::MulticastConfig;
+use kubedna_mesh::discovery::provider::{HetznerConfig, HETZNER_API, LAB_PEERS_FILE};
+use kubedna_mesh::discovery::{self, DiscoveryConfig, ProviderSource};
+use kubedna_mesh::runtime;
+use kubedna_mesh::{ClusterSecret, DownReason, Event, MeshConfig, NodeMeta, NodeState, Role};
+use kubedna_proto::NodeRole;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use kubedna_mesh::runtime::{IncomingRequest, MeshHandle, MeshStopped, RequestError};
+pub use kubedna_mesh::{Liveness, MemberInfo};
+
+/// Request kinds of the daemon's application requests over the mesh (one byte on the wire).
+/// Add new kinds here so two subsystems never share one.
+pub mod request_kind {
+    /// Liveness/latency check: the peer echoes the payload.
+    pub const PING: u8 = 1;
+    /// Join material for a joining node (control-plane work; issue 6).
+    pub const JOIN_MATERIAL: u8 = 2;
+}
+
+/// Where the image records its version.
+pub const IMAGE_RECORD: &str = "/etc/kubedna/image.json";
+
+/// The mesh handle once the mesh runs; empty before (network not up yet) and after a failure.
+#[derive(Debug, Clone, Default)]
+pub struct MeshSlot(Arc<OnceLock<MeshHandle>>);
+
+impl MeshSlot {
+    /// The handle, if the mesh is running.
+    pub fn get(&self) -> Option<&MeshHandle> {
+        self.0.get()
+    }
+
+    /// Waits until the mesh runs (or `within` passes).
+    pub async fn wait(&self, within: Duration) -> Option<MeshHandle> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(h) = self.0.get() {
+                return Some(h.clone());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            // A OnceLock has no waiters; start-up is a one-time event worth a short poll.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The running mesh service: what [`stop`] needs.
+#[derive(Debug)]
+pub struct MeshService {
+    slot: MeshSlot,
+    stop: watch::Sender<bool>,
+    starter: JoinHandle<Option<JoinHandle<std::io::Result<kubedna_mesh::Mesh>>>>,
+}
+
+/// Starts the mesh for `config` in the background and fills `slot` once it runs.
+pub fn start(config: &Config, slot: MeshSlot) -> MeshService {
+    let (stop, stop_rx) = watch::channel(false);
+    let config = config.clone();
+    let task_slot = slot.clone();
+    let starter = tokio::spawn(async move { run_start(config, task_slot, stop_rx).await });
+    MeshService {
+        slot,
+        stop,
+        starter,
+    }
+}
+
+/// Leaves the mesh gracefully (peers see the node as `Left`, not failed) and stops discovery,
+/// within `deadline`.
+pub async fn stop(service: MeshService, deadline: Duration) {
+    let _ = service.stop.send(true);
+    if let Some(handle) = service.slot.get() {
+        let _ = handle.set_state(NodeState::Leaving).await;
+        let _ = handle.leave().await;
+    }
+    let finished = tokio::time::timeout(deadline, async {
+        if let Ok(Some(task)) = service.starter.await {
+            let _ = task.await;
+        }
+    })
+    .await;
+    match finished {
+        Ok(()) => tracing::info!("left the mesh"),
+        Err(_) => tracing::warn!(
+            deadline = ?deadline,
+            "the mesh did not finish leaving in time; peers will detect this node as failed"
+        ),
+    }
+}
+
+async fn run_start(
+    config: Config,
+    slot: MeshSlot,
+    mut stop: watch::Receiver<bool>,
+) -> Option<JoinHandle<std::io::Result<kubedna_mesh::Mesh>>> {
+    let spec = &config.spec.discovery;
+    let secret = match ClusterSecret::new(config.cluster_secret.expose().to_vec()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "the mesh is not started");
+            return None;
+        }
+    };
+    let mut reported = None::<String>;
+    let socket = loop {
+        let attempt = match local_ip(&config).await {
+            Some(ip) => UdpSocket::bind(SocketAddr::new(ip, spec.port))
+                .await
+                .map_err(|e| format!("cannot bind the mesh port {ip}:{}: {e}; free the port or change discovery.port", spec.port)),
+            None => Err("no IPv4 address on this node yet (or none on discovery.multicast.interface); waiting for the network".to_string()),
+        };
+        match attempt {
+            Ok(s) => break s,
+            Err(message) => {
+                if reported.as_deref() != Some(message.as_str()) {
+                    tracing::warn!("{message}; retrying");
+                    reported = Some(message);
+                }
+                if pause(Duration::from_secs(2), &mut stop).await {
+                    return None;
+                }
+            }
+        }
+    };
+    let addr = match socket.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "the mesh socket has no address; the mesh is not started");
+            return None;
+        }
+    };
+    let meta = node_meta(&config, addr.ip(), Path::new(IMAGE_RECORD));
+    let cfg = MeshConfig::lan(&config.spec.cluster.name, addr, meta);
+    let mut seed = [0u8; 8];
+    if getrandom::fill(&mut seed).is_err() {
+        seed = (u64::from(std::process::id()) ^ wall_nanos()).to_le_bytes();
+    }
+    let mesh = match runtime::new_mesh(cfg, &socket, &secret, u64::from_le_bytes(seed)) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "the mesh is not started");
+            return None;
+        }
+    };
+    let (handle, task) = runtime::spawn(mesh, socket);
+    tokio::spawn(log_events(handle.subscribe()));
+    serve_ping(&handle);
+    let discovery_cfg = discovery_config(&config, addr);
+    let sources = discovery::spawn(discovery_cfg, handle.clone(), &secret, stop.clone());
+    tracing::info!(
+        address = %addr,
+        sources = sources.len(),
+        "mesh running"
+    );
+    let _ = slot.0.set(handle);
+    Some(task)
+}
+
+fn wall_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+async fn pause(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => *stop.borrow(),
+        r = stop.changed() => r.is_err() || *stop.borrow(),
+    }
+}
+
+/// Answers [`request_kind::PING`] with the payload: a cheap end-to-end check of the
+/// authenticated request path.
+fn serve_ping(handle: &MeshHandle) {
+    if let Ok(mut requests) = handle.serve(request_kind::PING, 16) {
+        tokio::spawn(async move {
+            while let Some(req) = requests.recv().await {
+                let payload = req.payload.clone();
+                req.respond(Ok(payload));
+            }
+        });
+    }
+}
+
+async fn log_events(mut events: tokio::sync::broadcast::Receiver<Event>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(Event::MemberUp(id)) => tracing::info!(peer = %id, "mesh: member up"),
+            Ok(Event::MemberDown(id, DownReason::Left)) => {
+                tracing::info!(peer = %id, "mesh: member left")
+            }
+            Ok(Event::MemberDown(id, DownReason::Failed)) => {
+                tracing::warn!(peer = %id, "mesh: member failed")
+            }
+            Ok(Event::Joined) => tracing::info!("mesh: joined"),
+            Ok(Event::Isolated) => {
+                tracing::warn!("mesh: no member left; announcing to seeds and discovered peers")
+            }
+            Ok(Event::Rejoined(id)) => {
+                tracing::warn!(id = %id, "mesh: we were declared down and rejoined")
+            }
+            Ok(Event::Left | Event::MemberUpdated(..)) => {}
+            Err(RecvError::Lagged(n)) => tracing::debug!(skipped = n, "mesh events skipped"),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The discovery sources the config asks for.
+pub fn discovery_config(config: &Config, mesh_addr: SocketAddr) -> DiscoveryConfig {
+    let spec = &config.spec.discovery;
+    let multicast = spec.multicast.enabled.then(|| MulticastConfig {
+        group: spec.multicast.group,
+        port: spec.multicast.port,
+        interface: match mesh_addr.ip() {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        },
+    });
+    let provider = if spec.provider {
+        match config.spec.provider.kind {
+            ProviderKind::None => None,
+            ProviderKind::Lab => Some(ProviderSource::Lab {
+                path: LAB_PEERS_FILE.into(),
+            }),
+            ProviderKind::Hetzner => config.spec.provider.hetzner.as_ref().map(|h| {
+                ProviderSource::Hetzner(HetznerConfig {
+                    base_url: HETZNER_API.into(),
+                    token_file: h.token_file.clone(),
+                    label_selector: h.label_selector.clone().unwrap_or_else(|| {
+                        format!("kubedna.io/cluster={}", config.spec.cluster.name)
+                    }),
+                })
+            }),
+        }
+    } else {
+        None
+    };
+    DiscoveryConfig {
+        cluster_name: config.spec.cluster.name.clone(),
+        port: spec.port,
+        seeds: spec.seeds.clone(),
+        multicast,
+        provider,
+    }
+}
+
+/// This node's metadata as gossiped: `addresses` are the host's global addresses (the mesh
+/// address first).
+pub fn node_meta(config: &Config, mesh_ip: IpAddr, image_record: &Path) -> NodeMeta {
+    let mut addresses = vec![mesh_ip];
+    addresses.extend(host_addresses().into_iter().filter(|a| *a != mesh_ip));
+    NodeMeta {
+        name: config.node_name.clone(),
+        role: match config.spec.node.role {
+            NodeRole::ControlPlane => Role::ControlPlane,
+            NodeRole::Worker => Role::Worker,
+        },
+        addresses,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        image_version: image_version(image_record),
+        state: NodeState::Ready,
+    }
+}
+
+/// `kubedna_image_version` (and base) from the image's record, or `unknown`.
+pub fn image_version(path: &Path) -> String {
+    #[derive(serde::Deserialize)]
+    struct Record {
+        kubedna_image_version: String,
+        #[serde(default)]
+        base: Option<String>,
+    }
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+        .map_or_else(
+            || "unknown".to_string(),
+            |r| match r.base {
+                Some(base) => format!("{} ({base})", r.kubedna_image_version),
+                None => r.kubedna_image_version,
+            },
+        )
+}
+
+/// Up, non-loopback, non-link-local addresses of the host.
+fn host_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpAddr> = addrs
+        .filter_map(|a| {
+            let s = a.address?;
+            if let Some(v4) = s.as_sockaddr_in() {
+                let ip = v4.ip();
+                return (!ip.is_loopback() && !ip.is_link_local() && !ip.is_unspecified())
+                    .then_some(IpAddr::V4(ip));
+            }
+            let v6 = s.as_sockaddr_in6()?.ip();
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            (!v6.is_loopback() && !link_local).then_some(IpAddr::V6(v6))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The IPv4 address of `interface`.
+fn interface_ipv4(interface: &str) -> Option<IpAddr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        (a.interface_name == interface)
+            .then(|| a.address?.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
+            .flatten()
+    })
+}
+
+/// The address this node's mesh listens on: the multicast interface's, else the source address
+/// the kernel picks towards the first seed that resolves, else towards the multicast group
+/// (the default route's interface).
+async fn local_ip(config: &Config) -> Option<IpAddr> {
+    let spec = &config.spec.discovery;
+    if let Some(name) = &spec.multicast.interface {
+        return interface_ipv4(name);
+    }
+    for seed in &spec.seeds {
+        if let Ok(addrs) = discovery::seeds::resolve(seed, spec.port).await {
+            for target in addrs.into_iter().filter(SocketAddr::is_ipv4) {
+                if let Some(ip) = source_ip_towards(target).await {
+                    return Some(ip);
+                }
+            }
+        }
+    }
+    source_ip_towards(SocketAddr::from((
+        spec.multicast.group,
+        spec.multicast.port,
+    )))
+    .await
+    .or_else(|| host_addresses().into_iter().find(IpAddr::is_ipv4))
+}
+
+/// The local address the kernel's routing picks to reach `target` (no packet is sent).
+async fn source_ip_towards(target: SocketAddr) -> Option<IpAddr> {
+    let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await.ok()?;
+    probe.connect(target).await.ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    // Loopback only for a loopback target (single-host tests): peers must be able to reach us.
+    (!ip.is_unspecified() && (!ip.is_loopback() || target.ip().is_loopback())).then_some(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_image_version_comes_from_the_image_record() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("image.json");
+        assert_eq!(image_version(&path), "unknown");
+        std::fs::write(
+            &path,
+            r#"{"kubedna_image_version":"0.1.0","base":"debian-12","suite":"bookworm","units":[]}"#,
+        )
+        .expect("write");
+        assert_eq!(image_version(&path), "0.1.0 (debian-12)");
+    }
+}
