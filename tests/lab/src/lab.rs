@@ -153,7 +153,25 @@ pub struct LabState {
     /// Current partition, as groups of node names (empty: healed).
     pub partitions: Vec<Vec<String>>,
     pub cluster_secret: Secret,
+    /// How the agents find each other.
+    #[serde(default)]
+    pub discovery: Discovery,
 }
+
+/// How a lab's agents find each other (docs/lab.md, "Discovery").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// Every node gets the control planes' addresses as seeds (the cloud-init path).
+    #[default]
+    Seeds,
+    /// No seeds; same-L2 multicast beacons on the lab bridge (the PXE path).
+    Multicast,
+}
+
+/// Where the lab writes every node's mesh address in each node: the lab provider's node list
+/// (`provider.kind: lab` with `discovery.provider: true`), read by the agent's discovery.
+pub const LAB_PEERS_FILE: &str = "etc/kubedna/lab/peers";
 
 /// How to bring a lab up.
 #[derive(Debug, Clone)]
@@ -247,6 +265,11 @@ impl Lab {
     /// Creates the lab and boots its nodes, waiting until every node's systemd is up (and its agent
     /// answers, when the image has one). On failure everything made so far is removed again.
     pub fn up(opts: &UpOptions) -> Result<Lab, LabError> {
+        Self::up_with(opts, Discovery::Seeds)
+    }
+
+    /// Like [`Lab::up`], with the agents finding each other by `discovery`.
+    pub fn up_with(opts: &UpOptions, discovery: Discovery) -> Result<Lab, LabError> {
         require_root()?;
         names::validate_lab_name(&opts.name)?;
         if opts.control_planes + opts.workers == 0 {
@@ -265,14 +288,19 @@ impl Lab {
             path: dir.clone(),
             source,
         })?;
-        let result = Self::up_inner(opts, dir, rootfs);
+        let result = Self::up_inner(opts, dir, rootfs, discovery);
         if result.is_err() {
             let _ = down(&opts.root, &opts.name);
         }
         result
     }
 
-    fn up_inner(opts: &UpOptions, dir: PathBuf, rootfs: PathBuf) -> Result<Lab, LabError> {
+    fn up_inner(
+        opts: &UpOptions,
+        dir: PathBuf,
+        rootfs: PathBuf,
+        discovery: Discovery,
+    ) -> Result<Lab, LabError> {
         let lock = lock(&dir)?;
         let mut lab = Lab {
             root: opts.root.clone(),
@@ -286,6 +314,7 @@ impl Lab {
                 nodes: Vec::new(),
                 partitions: Vec::new(),
                 cluster_secret: Secret(random_hex(32)?),
+                discovery,
             },
             _lock: lock,
         };
@@ -486,6 +515,7 @@ impl Lab {
                             .iter()
                             .map(|n| (n.name.clone(), n.role, n.address))
                             .collect(),
+                        discovery: self.state.discovery,
                     };
                     let rendered = seed::render_with_kubedna_image(
                         &builder,
@@ -501,6 +531,7 @@ impl Lab {
             },
         };
         seed::write(&p.root, &rendered)?;
+        self.write_peers_files()?;
         if let Some(r) = self.state.nodes.iter_mut().find(|n| n.name == name) {
             r.seed = source;
         }
@@ -647,6 +678,34 @@ impl Lab {
     ) -> Result<std::process::ExitStatus, LabError> {
         self.node(node)?;
         Ok(node::exec_interactive(&self.paths(node), argv)?)
+    }
+
+    /// Writes [`LAB_PEERS_FILE`] (every node's address, one per line) into each node whose root
+    /// is mounted, so the lab provider's list is current after `add-node`.
+    fn write_peers_files(&self) -> Result<(), LabError> {
+        let mut text =
+            String::from("# Written by kubedna-lab: the lab's nodes (provider kind lab).\n");
+        for n in &self.state.nodes {
+            text.push_str(&format!("{}  # {}\n", n.address, n.name));
+        }
+        for n in &self.state.nodes {
+            let root = self.paths(&n.name).root;
+            if !root.join("etc").is_dir() {
+                continue;
+            }
+            let path = root.join(LAB_PEERS_FILE);
+            let err = |source| LabError::State {
+                path: path.clone(),
+                source,
+            };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(err)?;
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &text).map_err(err)?;
+            std::fs::rename(&tmp, &path).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Boots stopped nodes (all when `nodes` is empty) and waits until they are ready.

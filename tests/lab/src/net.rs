@@ -183,6 +183,14 @@ pub fn create_bridge(bridge: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), Net
         format!("/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"),
         "1",
     );
+    // Multicast discovery beacons must reach every port. With IGMP snooping on and no querier
+    // on the bridge, forwarding depends on the bridge having learnt group members from their
+    // reports (a report sent before the port was forwarding is lost): flood instead, as a plain
+    // L2 segment without snooping switches does.
+    let _ = std::fs::write(
+        format!("/sys/class/net/{bridge}/bridge/multicast_snooping"),
+        "0",
+    );
     let cidr = format!("{addr}/{prefix}");
     cmd::run("ip", &["addr", "add", &cidr, "dev", bridge])?;
     cmd::run("ip", &["link", "set", bridge, "up"])?;

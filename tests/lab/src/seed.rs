@@ -52,6 +52,8 @@ pub struct ClusterDesc {
     pub gateway: Ipv4Addr,
     /// (name, role, address) of every node.
     pub nodes: Vec<(String, Role, Ipv4Addr)>,
+    /// How the nodes find each other (`Seeds` unless a test asks otherwise).
+    pub discovery: crate::lab::Discovery,
 }
 
 impl ClusterDesc {
@@ -64,19 +66,23 @@ impl ClusterDesc {
              name: {}\n\
              secretFile: cluster-secret\n\
              provider: lab\n\
-             multicast: false\n\
+             multicast: {}\n\
              network:\n\
              \x20 prefixLength: {}\n\
              \x20 gateway: {}\n\
              nodes:\n",
-            self.name, self.prefix, self.gateway
+            self.name,
+            self.discovery == crate::lab::Discovery::Multicast,
+            self.prefix,
+            self.gateway
         );
         for (name, role, addr) in &self.nodes {
-            let _ = write!(
-                y,
-                "  - name: {name}\n    role: {}\n    address: {addr}\n",
-                role.as_str()
-            );
+            let _ = write!(y, "  - name: {name}\n    role: {}\n", role.as_str());
+            // Multicast labs describe nodes as a PXE install does: without static addresses,
+            // so `kubedna-image seed` renders no seeds (the lab configures eth0 itself anyway).
+            if self.discovery == crate::lab::Discovery::Seeds {
+                let _ = writeln!(y, "    address: {addr}");
+            }
         }
         y
     }

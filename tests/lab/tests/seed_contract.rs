@@ -5,6 +5,7 @@
 
 use std::net::Ipv4Addr;
 
+use kubedna_lab::lab::Discovery;
 use kubedna_lab::seed::ClusterDesc;
 use kubedna_lab::Role;
 
@@ -37,6 +38,7 @@ fn cluster_description_is_accepted_and_renders_every_node() {
                 Ipv4Addr::new(198, 18, 0, 5),
             ),
         ],
+        discovery: Discovery::Seeds,
     };
     let path = dir.path().join("cluster.yaml");
     std::fs::write(&path, desc.to_yaml()).unwrap_or_else(|e| panic!("{e}"));
@@ -67,5 +69,45 @@ fn cluster_description_is_accepted_and_renders_every_node() {
             user_data.contains("kind: \"lab\"") || user_data.contains("kind: lab"),
             "{name}: provider"
         );
+    }
+}
+
+#[test]
+fn a_multicast_lab_renders_no_seeds_and_multicast_on() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let desc = ClusterDesc {
+        name: "lab-m".into(),
+        prefix: 24,
+        gateway: Ipv4Addr::new(198, 18, 11, 1),
+        nodes: vec![
+            (
+                "cp-1".into(),
+                Role::ControlPlane,
+                Ipv4Addr::new(198, 18, 11, 2),
+            ),
+            (
+                "worker-1".into(),
+                Role::Worker,
+                Ipv4Addr::new(198, 18, 11, 3),
+            ),
+        ],
+        discovery: Discovery::Multicast,
+    };
+    let path = dir.path().join("cluster.yaml");
+    std::fs::write(&path, desc.to_yaml()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("cluster-secret"), "0".repeat(64))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cluster = kubedna_image::seed::load_cluster(&path).unwrap_or_else(|e| panic!("{e}"));
+    for name in ["cp-1", "worker-1"] {
+        let seed = kubedna_image::seed::render(&cluster, &path, name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let user_data = seed
+            .files
+            .iter()
+            .find(|(f, _)| f == "user-data")
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| panic!("{name}: no user-data"));
+        assert!(user_data.contains("seeds: []"), "{name}: {user_data}");
+        assert!(user_data.contains("enabled: true"), "{name}: {user_data}");
     }
 }
