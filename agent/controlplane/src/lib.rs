@@ -5,11 +5,15 @@
 //! - [`coord`]: what must happen once, decided in etcd: the single `kubeadm init` by
 //!   transaction, and leader election by lease whose term fences every leader write.
 //!
-//! Nothing here runs kubeadm or starts units; the daemon does that after these decisions.
+//! - [`engine`]: the node engine the daemon runs: it sequences the above with etcd and kubelet as
+//!   systemd services ([`etcd_unit`], [`kubelet`]) and kubeadm, from host preparation to `member`.
 
 pub mod bootstrap;
 pub mod coord;
+pub mod engine;
+pub mod etcd_unit;
 pub mod joinmat;
 pub mod kubeadm;
+pub mod kubelet;
 pub mod membership;
 pub mod pki;

@@ -1,0 +1,779 @@
+//! The node engine end to end in one process: N engines, one real etcd 3.4 per control plane
+//! (mutual TLS on 127.0.0.1 random ports), the kubeadm TEST DOUBLE (its call log counts inits and
+//! joins), a systemd fake that really runs the `ExecStart` of the `kubedna-etcd.service` the
+//! engine wrote (and restarts it, as `Restart=always` would, after a kill), and an in-memory
+//! mesh whose links tests cut. What is *not* real here: systemd itself (the lab runs that) and
+//! the mesh partitions, which cut engine-to-engine requests but not etcd's own loopback traffic.
+//!
+//! Needs `/usr/bin/etcd` (scripts/setup installs Debian's etcd-server) and the kubeadm double,
+//! built by `cargo build -p kubeadm-double` (`cargo test --workspace` builds it) or named by
+//! `KUBEADM_DOUBLE_BIN`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kubedna_controlplane::coord::{CoordError, Coordinator};
+use kubedna_controlplane::engine::{
+    ClusterSecret, Engine, EngineConfig, EngineHandle, EtcdNetwork, KubeadmCommand, PeerError,
+    PeerInfo, Peers, Phase, Request, Response, Role, Status, SystemClock, Timings,
+};
+use kubedna_controlplane::etcd_unit::{self, MemberUrls};
+use kubedna_controlplane::pki::MemberFiles;
+use kubedna_host::systemd::{Systemd, SystemdError};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+const TTL: Duration = Duration::from_secs(4);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// -- the kubeadm double -------------------------------------------------------------------------
+
+fn kubeadm_double() -> PathBuf {
+    if let Some(p) = std::env::var_os("KUBEADM_DOUBLE_BIN") {
+        return p.into();
+    }
+    // target/debug/deps/engine-<hash> → target/debug/kubeadm
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("kubeadm"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "the kubeadm TEST DOUBLE is not built at {}: run `cargo build -p kubeadm-double` (cargo test --workspace builds it) or set KUBEADM_DOUBLE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+#[derive(Debug, Default, Clone)]
+struct Calls {
+    /// node → successful `kubeadm init` runs (not `init phase`).
+    inits: BTreeMap<String, usize>,
+    /// node → any `kubeadm init` attempt.
+    init_attempts: BTreeMap<String, usize>,
+    joins: BTreeMap<String, usize>,
+}
+
+fn read_calls(root: &Path, node: &str, into: &mut Calls) {
+    let text = std::fs::read_to_string(root.join("var/log/kubeadm-double/calls.jsonl"))
+        .unwrap_or_default();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("call log line");
+        let a0 = v["args"][0].as_str().unwrap_or_default();
+        let a1 = v["args"][1].as_str().unwrap_or_default();
+        let ok = v["exit"] == 0;
+        if a0 == "init" && a1 != "phase" {
+            *into.init_attempts.entry(node.into()).or_default() += 1;
+            if ok {
+                *into.inits.entry(node.into()).or_default() += 1;
+            }
+        }
+        if a0 == "join" && ok {
+            *into.joins.entry(node.into()).or_default() += 1;
+        }
+    }
+}
+
+// -- systemd fake that runs etcd for real -------------------------------------------------------
+
+struct EtcdProc {
+    child: tokio::process::Child,
+}
+
+/// One host's systemd: `kubedna-etcd.service` runs the unit's ExecStart; other units are
+/// recorded. Jobs on a unit are serialized, as systemd does.
+struct HostSystemd {
+    root: PathBuf,
+    etcd: tokio::sync::Mutex<Option<EtcdProc>>,
+    calls: Mutex<Vec<String>>,
+    enabled: Mutex<BTreeSet<String>>,
+    /// Whether etcd should be running (the unit was started and not stopped by the agent).
+    wanted: Mutex<bool>,
+}
+
+impl HostSystemd {
+    fn new(root: &Path) -> Arc<Self> {
+        Arc::new(HostSystemd {
+            root: root.into(),
+            etcd: tokio::sync::Mutex::new(None),
+            calls: Mutex::new(Vec::new()),
+            enabled: Mutex::new(BTreeSet::new()),
+            wanted: Mutex::new(false),
+        })
+    }
+
+    fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
+    async fn spawn_etcd(&self, slot: &mut Option<EtcdProc>) -> Result<(), SystemdError> {
+        let unit = etcd_unit::UNIT;
+        let failed = |result: &str, journal: String| SystemdError::JobFailed {
+            unit: unit.into(),
+            verb: "start",
+            result: result.into(),
+            journal,
+        };
+        let text = std::fs::read_to_string(etcd_unit::unit_path(&self.root))
+            .map_err(|e| failed("failed", format!("no unit file: {e}")))?;
+        let args =
+            etcd_unit::exec_start(&text).ok_or_else(|| failed("failed", "no ExecStart".into()))?;
+        let mut child = tokio::process::Command::new(&args[0])
+            .args(&args[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed("failed", e.to_string()))?;
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, mut rx) = mpsc::unbounded_channel::<Option<String>>();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l.contains("ready to serve client requests") {
+                    let _ = tx.send(None);
+                } else {
+                    let _ = tx.send(Some(l));
+                }
+            }
+        });
+        *slot = Some(EtcdProc { child });
+        // Type=notify: the job is done when etcd is ready (a quorum of its cluster runs).
+        let mut journal = Vec::new();
+        let deadline = tokio::time::sleep(Duration::from_secs(60));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(None) => return Ok(()),
+                    Some(Some(l)) => { journal.push(l); if journal.len() > 15 { journal.remove(0); } }
+                    None => {
+                        *slot = None;
+                        return Err(failed("failed", journal.join("\n")));
+                    }
+                },
+                _ = &mut deadline => {
+                    *slot = None;
+                    return Err(failed("timeout", journal.join("\n")));
+                }
+            }
+        }
+    }
+
+    async fn etcd_job(&self, verb: &str) -> Result<(), SystemdError> {
+        let mut slot = self.etcd.lock().await;
+        if let Some(p) = slot.as_mut() {
+            if matches!(p.child.try_wait(), Ok(Some(_))) {
+                *slot = None;
+            }
+        }
+        match verb {
+            "start" if slot.is_some() => Ok(()),
+            "stop" => {
+                *lock(&self.wanted) = false;
+                if let Some(mut p) = slot.take() {
+                    let _ = p.child.kill().await;
+                }
+                Ok(())
+            }
+            _ => {
+                if let Some(mut p) = slot.take() {
+                    let _ = p.child.kill().await;
+                }
+                *lock(&self.wanted) = true;
+                self.spawn_etcd(&mut slot).await
+            }
+        }
+    }
+
+    /// A crash of the etcd process (the agent did not ask for it).
+    async fn crash_etcd(&self) {
+        if let Some(mut p) = self.etcd.lock().await.take() {
+            let _ = p.child.kill().await;
+        }
+    }
+
+    /// What `Restart=always` does after a crash.
+    async fn restart_if_wanted(self: &Arc<Self>) {
+        if *lock(&self.wanted) {
+            let _ = self.etcd_job("start").await;
+        }
+    }
+
+    async fn running(&self) -> bool {
+        let mut slot = self.etcd.lock().await;
+        match slot.as_mut() {
+            Some(p) => matches!(p.child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Sd(Arc<HostSystemd>);
+
+impl Systemd for Sd {
+    async fn start(&self, unit: &str) -> Result<(), SystemdError> {
+        lock(&self.0.calls).push(format!("start {unit}"));
+        if unit == etcd_unit::UNIT {
+            return self.0.etcd_job("start").await;
+        }
+        Ok(())
+    }
+    async fn restart(&self, unit: &str) -> Result<(), SystemdError> {
+        lock(&self.0.calls).push(format!("restart {unit}"));
+        if unit == etcd_unit::UNIT {
+            return self.0.etcd_job("restart").await;
+        }
+        Ok(())
+    }
+    async fn stop(&self, unit: &str) -> Result<(), SystemdError> {
+        lock(&self.0.calls).push(format!("stop {unit}"));
+        if unit == etcd_unit::UNIT {
+            return self.0.etcd_job("stop").await;
+        }
+        Ok(())
+    }
+    async fn enable(&self, units: &[&str]) -> Result<bool, SystemdError> {
+        let mut e = lock(&self.0.enabled);
+        let n = e.len();
+        e.extend(units.iter().map(|u| u.to_string()));
+        Ok(e.len() != n)
+    }
+    async fn mask(&self, _: &[&str]) -> Result<bool, SystemdError> {
+        Ok(false)
+    }
+    async fn daemon_reload(&self) -> Result<(), SystemdError> {
+        lock(&self.0.calls).push("daemon-reload".into());
+        Ok(())
+    }
+    async fn units(&self, _: &str, _: &str) -> Result<Vec<String>, SystemdError> {
+        Ok(Vec::new())
+    }
+}
+
+// -- in-memory mesh -----------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Net {
+    nodes: Mutex<BTreeMap<String, (Role, Option<EngineHandle>)>>,
+    cuts: Mutex<BTreeSet<(String, String)>>,
+}
+
+impl Net {
+    fn cut(&self, a: &str, b: &str) -> bool {
+        let c = lock(&self.cuts);
+        c.contains(&(a.into(), b.into())) || c.contains(&(b.into(), a.into()))
+    }
+}
+
+struct NetPeers {
+    me: String,
+    net: Arc<Net>,
+}
+
+impl Peers for NetPeers {
+    fn alive(&self) -> Vec<PeerInfo> {
+        lock(&self.net.nodes)
+            .iter()
+            .filter(|(n, (_, h))| **n != self.me && h.is_some() && !self.net.cut(&self.me, n))
+            .map(|(n, (role, _))| PeerInfo {
+                name: n.clone(),
+                role: *role,
+                addr: None,
+            })
+            .collect()
+    }
+
+    async fn ask(&self, peer: &str, req: Request) -> Result<Response, PeerError> {
+        let err = |reason: &str| PeerError {
+            peer: peer.into(),
+            reason: reason.into(),
+        };
+        if self.net.cut(&self.me, peer) {
+            return Err(err("partitioned"));
+        }
+        let h = lock(&self.net.nodes)
+            .get(peer)
+            .and_then(|(_, h)| h.clone())
+            .ok_or_else(|| err("not running"))?;
+        tokio::time::timeout(Duration::from_secs(2), h.answer(req))
+            .await
+            .map_err(|_| err("timeout"))
+    }
+}
+
+// -- the harness --------------------------------------------------------------------------------
+
+struct Node {
+    cfg: EngineConfig,
+    state: PathBuf,
+    sd: Arc<HostSystemd>,
+    task: Option<(JoinHandle<()>, watch::Sender<bool>)>,
+    handle: Option<EngineHandle>,
+    /// Calls made on disks since wiped.
+    wiped_calls: Calls,
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    net: Arc<Net>,
+    nodes: BTreeMap<String, Node>,
+    urls: BTreeMap<String, MemberUrls>,
+    kubeadm: PathBuf,
+}
+
+impl Cluster {
+    fn new(control_planes: usize, workers: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cps: Vec<String> = (1..=control_planes).map(|i| format!("cp-{i}")).collect();
+        let urls: BTreeMap<String, MemberUrls> = cps
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    MemberUrls {
+                        peer: format!("https://127.0.0.1:{}", common::free_port()),
+                        client: format!("https://127.0.0.1:{}", common::free_port()),
+                    },
+                )
+            })
+            .collect();
+        let net = Arc::new(Net::default());
+        let mut nodes = BTreeMap::new();
+        let names = cps
+            .iter()
+            .map(|n| (n.clone(), Role::ControlPlane))
+            .chain((1..=workers).map(|i| (format!("w-{i}"), Role::Worker)));
+        for (i, (name, role)) in names.enumerate() {
+            let root = dir.path().join(&name).join("root");
+            let state = dir.path().join(&name).join("state");
+            std::fs::create_dir_all(&root).expect("mkdir");
+            let cfg = EngineConfig {
+                cluster: "lab".into(),
+                secret: ClusterSecret(SECRET.to_vec().into()),
+                node: name.clone(),
+                role,
+                control_planes: cps.clone(),
+                advertise_address: format!("127.0.0.{}", 11 + i),
+                control_plane_endpoint: "127.0.0.11:6443".into(),
+                pod_subnet: "10.244.0.0/16".into(),
+                service_subnet: "10.96.0.0/12".into(),
+                etcd: EtcdNetwork::Explicit(urls.clone()),
+                etcd_binary: common::etcd_binary().into(),
+                root: root.clone(),
+                timings: Timings {
+                    lease_ttl: TTL,
+                    poll: Duration::from_millis(200),
+                    retry: Duration::from_millis(500),
+                },
+            };
+            lock(&net.nodes).insert(name.clone(), (role, None));
+            nodes.insert(
+                name,
+                Node {
+                    cfg,
+                    state,
+                    sd: HostSystemd::new(&root),
+                    task: None,
+                    handle: None,
+                    wiped_calls: Calls::default(),
+                },
+            );
+        }
+        Cluster {
+            _dir: dir,
+            net,
+            nodes,
+            urls,
+            kubeadm: kubeadm_double(),
+        }
+    }
+
+    fn start(&mut self, name: &str) {
+        let n = self.nodes.get_mut(name).expect("node");
+        if n.task.is_some() {
+            return;
+        }
+        let engine = Engine::new(
+            n.cfg.clone(),
+            NetPeers {
+                me: name.into(),
+                net: self.net.clone(),
+            },
+            Sd(n.sd.clone()),
+            KubeadmCommand {
+                binary: self.kubeadm.clone(),
+                env: vec![(
+                    "KUBEADM_DOUBLE_ROOT".into(),
+                    n.cfg.root.display().to_string(),
+                )],
+            },
+            SystemClock,
+            &n.state,
+        )
+        .expect("engine");
+        let handle = engine.handle();
+        let (tx, rx) = watch::channel(false);
+        n.task = Some((tokio::spawn(engine.run(rx)), tx));
+        n.handle = Some(handle.clone());
+        lock(&self.net.nodes).insert(name.into(), (n.cfg.role, Some(handle)));
+    }
+
+    fn start_all(&mut self) {
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in names {
+            self.start(&n);
+        }
+    }
+
+    /// The agent dies (its etcd, a separate unit, keeps running).
+    fn kill(&mut self, name: &str) {
+        let n = self.nodes.get_mut(name).expect("node");
+        if let Some((task, _)) = n.task.take() {
+            task.abort();
+        }
+        if let Some(slot) = lock(&self.net.nodes).get_mut(name) {
+            slot.1 = None;
+        }
+    }
+
+    fn status(&self, name: &str) -> Option<Status> {
+        self.nodes[name].handle.as_ref().map(|h| h.status())
+    }
+
+    fn all_member(&self) -> bool {
+        let statuses: Vec<Status> = self.nodes.keys().filter_map(|n| self.status(n)).collect();
+        let leader = statuses.first().and_then(|s| s.leader.clone());
+        statuses.len() == self.nodes.len()
+            && leader.is_some()
+            && statuses
+                .iter()
+                .all(|s| s.phase == Phase::Member && s.leader == leader)
+    }
+
+    async fn wait_member(&self, within: Duration) -> Duration {
+        let t0 = Instant::now();
+        while !self.all_member() {
+            if t0.elapsed() > within {
+                let all: Vec<String> = self
+                    .nodes
+                    .keys()
+                    .map(|n| format!("{n}: {:?}", self.status(n)))
+                    .collect();
+                panic!("not formed within {within:?}:\n{}", all.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        t0.elapsed()
+    }
+
+    fn calls(&self) -> Calls {
+        let mut c = Calls::default();
+        for (name, n) in &self.nodes {
+            read_calls(&n.cfg.root, name, &mut c);
+            for (k, v) in &n.wiped_calls.inits {
+                *c.inits.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &n.wiped_calls.init_attempts {
+                *c.init_attempts.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &n.wiped_calls.joins {
+                *c.joins.entry(k.clone()).or_default() += v;
+            }
+        }
+        c
+    }
+
+    async fn coordinator(&self, name: &str) -> Coordinator {
+        let files = MemberFiles::in_dir(&self.nodes[name].cfg.root.join("etc/kubedna/pki/etcd"));
+        let endpoints: Vec<String> = self.urls.values().map(|u| u.client.clone()).collect();
+        Coordinator::connect_tls(&endpoints, "lab", &files)
+            .await
+            .expect("connect")
+    }
+
+    async fn shutdown(mut self) {
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in &names {
+            self.kill(n);
+            self.nodes[n].sd.crash_etcd().await;
+        }
+    }
+}
+
+/// A tiny seeded generator (xorshift64*), so fault runs replay by seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn voters(statuses: &Status) -> usize {
+    statuses.etcd_members.iter().filter(|m| !m.learner).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_plus_two_form_fail_over_and_a_wiped_node_rejoins_without_init() {
+    let mut c = Cluster::new(3, 2);
+    c.start_all();
+    let formed = c.wait_member(Duration::from_secs(90)).await;
+    eprintln!(
+        "FIGURE formation 3+2 in-process: {:.2} s",
+        formed.as_secs_f64()
+    );
+
+    let calls = c.calls();
+    assert_eq!(calls.inits.values().sum::<usize>(), 1, "{calls:?}");
+    assert_eq!(calls.init_attempts.len(), 1, "{calls:?}");
+    assert_eq!(calls.joins.len(), 4, "every other node joined: {calls:?}");
+    let init_node = calls.inits.keys().next().cloned().expect("init node");
+    assert!(!calls.joins.contains_key(&init_node));
+    // 3 voting members, seen by a fresh client.
+    let coord = c.coordinator("cp-1").await;
+    let members = coord.members().await.expect("members");
+    assert_eq!(
+        members.iter().filter(|m| !m.learner).count(),
+        3,
+        "{members:?}"
+    );
+    for (name, n) in &c.nodes {
+        assert!(
+            n.sd.calls().contains(&"start kubelet.service".to_string()),
+            "{name} never started kubelet"
+        );
+        assert!(lock(&n.sd.enabled).contains("kubelet.service"));
+        let s = c.status(name).expect("status");
+        assert!(s.init_recorded, "{name}: {s:?}");
+        let text = serde_json::to_string(&s).expect("json");
+        assert!(
+            !text.contains("PRIVATE") && !text.contains(std::str::from_utf8(SECRET).expect("utf8"))
+        );
+    }
+    // Restarting a formed node's agent changes nothing: no etcd restart, no kubeadm call.
+    let before = c.calls();
+    let etcd_restarts = |c: &Cluster| {
+        c.nodes["cp-2"]
+            .sd
+            .calls()
+            .iter()
+            .filter(|x| x.starts_with("restart kubedna-etcd"))
+            .count()
+    };
+    let r0 = etcd_restarts(&c);
+    c.kill("cp-2");
+    c.start("cp-2");
+    c.wait_member(Duration::from_secs(30)).await;
+    assert_eq!(
+        etcd_restarts(&c),
+        r0,
+        "an unchanged etcd unit was restarted"
+    );
+    assert_eq!(c.calls().joins, before.joins);
+
+    // Leader failover, 5 times: a new leader within the lease TTL, the old term fenced.
+    let mut failovers = Vec::new();
+    for _ in 0..5 {
+        c.wait_member(Duration::from_secs(30)).await;
+        let old = c
+            .nodes
+            .keys()
+            .filter_map(|n| c.status(n).and_then(|s| s.leader))
+            .find(|l| c.status(&l.name).and_then(|s| s.leader).as_ref() == Some(l))
+            .expect("a node that leads");
+        let t0 = Instant::now();
+        c.kill(&old.name);
+        let new = loop {
+            let seen = c
+                .nodes
+                .keys()
+                .filter(|n| **n != old.name)
+                .filter_map(|n| c.status(n).and_then(|s| s.leader))
+                .find(|l| l.term > old.term);
+            if let Some(l) = seen {
+                break l;
+            }
+            assert!(t0.elapsed() < TTL * 2, "no new leader within 2×TTL");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let took = t0.elapsed();
+        failovers.push(took);
+        assert!(new.term > old.term, "{new:?} after {old:?}");
+        assert!(
+            took <= TTL + Duration::from_millis(1500),
+            "failover took {took:?}"
+        );
+        match coord
+            .fenced_put(old.term, "/kubedna/lab/probe", b"x".to_vec())
+            .await
+        {
+            Err(CoordError::Stale { term, .. }) => assert_eq!(term, old.term),
+            other => panic!("a stale-term write was not refused: {other:?}"),
+        }
+        c.start(&old.name);
+    }
+    failovers.sort();
+    eprintln!(
+        "FIGURE leader failover (TTL {:?}): median {:.2} s of {:?}",
+        TTL,
+        failovers[2].as_secs_f64(),
+        failovers
+    );
+    c.wait_member(Duration::from_secs(30)).await;
+
+    // Reinstall: a control plane that is not the init node loses its disk and rejoins.
+    let victim = ["cp-1", "cp-2", "cp-3"]
+        .into_iter()
+        .find(|n| *n != init_node)
+        .expect("victim");
+    let old_id = members.iter().find(|m| m.name == victim).map(|m| m.id);
+    c.kill(victim);
+    c.nodes[victim].sd.crash_etcd().await;
+    *lock(&c.nodes[victim].sd.wanted) = false;
+    {
+        let n = c.nodes.get_mut(victim).expect("victim");
+        let mut kept = Calls::default();
+        read_calls(&n.cfg.root, victim, &mut kept);
+        n.wiped_calls = kept;
+        std::fs::remove_dir_all(&n.cfg.root).expect("wipe root");
+        std::fs::remove_dir_all(&n.state).expect("wipe state");
+        std::fs::create_dir_all(&n.cfg.root).expect("mkdir");
+        n.sd = HostSystemd::new(&n.cfg.root);
+    }
+    c.start(victim);
+    c.wait_member(Duration::from_secs(60)).await;
+    let calls = c.calls();
+    assert_eq!(calls.inits.values().sum::<usize>(), 1, "{calls:?}");
+    assert_eq!(calls.init_attempts.len(), 1, "{calls:?}");
+    assert_eq!(calls.joins.get(victim), Some(&2), "{calls:?}");
+    let members = coord.members().await.expect("members");
+    let again = members.iter().find(|m| m.name == victim).expect("rejoined");
+    assert_ne!(Some(again.id), old_id, "rejoined as a new member");
+    assert_eq!(
+        members.iter().filter(|m| !m.learner).count(),
+        3,
+        "{members:?}"
+    );
+    assert_eq!(voters(&c.status(victim).expect("status")), 3);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_seeded_fault_runs_never_init_twice_and_complete() {
+    let seeds: u64 = std::env::var("KUBEDNA_FAULT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    for seed in 1..=seeds {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut c = Cluster::new(3, 2);
+        let names: Vec<String> = c.nodes.keys().cloned().collect();
+        let cps: Vec<String> = names
+            .iter()
+            .filter(|n| n.starts_with("cp"))
+            .cloned()
+            .collect();
+        c.start_all();
+        let mut faults = Vec::new();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            match rng.below(4) {
+                0 => {
+                    // partition: one random node cut from everyone else
+                    let who = &names[rng.below(names.len() as u64) as usize];
+                    for o in &names {
+                        if o != who {
+                            lock(&c.net.cuts).insert((who.clone(), o.clone()));
+                        }
+                    }
+                    faults.push(format!("cut {who}"));
+                }
+                1 => {
+                    lock(&c.net.cuts).clear();
+                    faults.push("heal".into());
+                }
+                2 => {
+                    let who = names[rng.below(names.len() as u64) as usize].clone();
+                    c.kill(&who);
+                    faults.push(format!("kill agent {who}"));
+                }
+                _ => {
+                    let who = cps[rng.below(cps.len() as u64) as usize].clone();
+                    let sd = c.nodes[&who].sd.clone();
+                    sd.crash_etcd().await;
+                    // systemd's Restart=always, RestartSec shortened.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        sd.restart_if_wanted().await;
+                    });
+                    faults.push(format!("kill etcd {who}"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100 + rng.below(300))).await;
+            // Agents come back (systemd restarts kubedna-agent).
+            if rng.below(2) == 0 {
+                c.start_all();
+            }
+        }
+        lock(&c.net.cuts).clear();
+        c.start_all();
+        for n in &cps {
+            let sd = c.nodes[n].sd.clone();
+            if !sd.running().await {
+                sd.restart_if_wanted().await;
+            }
+        }
+        let took = c.wait_member(Duration::from_secs(60)).await;
+        let calls = c.calls();
+        assert_eq!(
+            calls.init_attempts.len(),
+            1,
+            "seed {seed}: more than one node ran init: {calls:?}; faults {faults:?}"
+        );
+        for (name, n) in &c.nodes {
+            assert!(
+                !n.sd
+                    .calls()
+                    .iter()
+                    .any(|x| x.starts_with("stop kubedna-etcd")),
+                "seed {seed}: the agent stopped etcd on {name}"
+            );
+        }
+        let members = c
+            .coordinator("cp-1")
+            .await
+            .members()
+            .await
+            .expect("members");
+        assert_eq!(
+            members.iter().filter(|m| !m.learner).count(),
+            3,
+            "seed {seed}: {members:?}"
+        );
+        eprintln!(
+            "seed {seed}: formed {:.1} s after faults stopped ({} faults)",
+            took.as_secs_f64(),
+            faults.len()
+        );
+        c.shutdown().await;
+    }
+}
