@@ -36,6 +36,10 @@ pub struct BuildOptions {
     pub artifacts_manifest: PathBuf,
     pub artifacts_dir: Option<PathBuf>,
     pub without_kubernetes: bool,
+    /// Lab images only: a directory with the kubeadm and kubelet TEST DOUBLES, installed as
+    /// /usr/bin/kubeadm and /usr/bin/kubelet over any real ones and recorded in image.json.
+    /// Production images never set this.
+    pub test_doubles: Option<PathBuf>,
     pub cache_dir: PathBuf,
     pub work_dir: PathBuf,
     pub apt_dir: PathBuf,
@@ -46,8 +50,13 @@ pub struct BuildOptions {
     pub refresh_base: bool,
 }
 
+/// The doubles `--test-doubles DIR` installs, by their binary names.
+pub const TEST_DOUBLES: [&str; 2] = ["kubeadm", "kubelet"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("test double {path} not found: build the doubles (`cargo build -p kubeadm-double -p kubelet-double`) and pass their directory (target/debug) to --test-doubles")]
+    DoubleMissing { path: PathBuf },
     #[error(transparent)]
     Base(#[from] BaseError),
     #[error(transparent)]
@@ -95,6 +104,10 @@ pub struct ImageRecord {
     pub agent: BTreeMap<String, String>,
     pub kubernetes: Option<Vec<ArtifactRecord>>,
     pub units: Vec<String>,
+    /// Test doubles this image carries (name → sha256): set only for lab images built with
+    /// `--test-doubles`; such an image must never reach production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_doubles: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -160,6 +173,15 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
     let agent_unit = opts.units_dir.join("kubedna-agent.service");
     if !agent_unit.is_file() {
         return Err(BuildError::UnitMissing { path: agent_unit });
+    }
+    let doubles: Option<Vec<PathBuf>> = opts
+        .test_doubles
+        .as_ref()
+        .map(|d| TEST_DOUBLES.iter().map(|n| d.join(n)).collect());
+    for p in doubles.iter().flatten() {
+        if !p.is_file() {
+            return Err(BuildError::DoubleMissing { path: p.clone() });
+        }
     }
     if let Some(parent) = opts.out.parent() {
         if opts.out.exists() && !opts.out.join("manifest.json").is_file() {
@@ -258,6 +280,19 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
         }
         kube_records = Some(recs);
     }
+    let mut double_records = None;
+    if let Some(paths) = &doubles {
+        progress
+            .step("installing TEST DOUBLES (kubeadm, kubelet) for a lab image (--test-doubles)");
+        let mut recs = BTreeMap::new();
+        for p in paths {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = name.unwrap_or_default();
+            install_file(p, &layer.join("usr/bin").join(&name), 0o755)?;
+            recs.insert(name, artifacts::sha256_file(p)?);
+        }
+        double_records = Some(recs);
+    }
     let record = ImageRecord {
         kubedna_image_version: env!("CARGO_PKG_VERSION").to_string(),
         base: spec.name.clone(),
@@ -267,6 +302,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
         agent,
         kubernetes: kube_records,
         units,
+        test_doubles: double_records,
     };
     write_json(&layer.join("etc/kubedna/image.json"), &record)?;
     let record_path = rootfs.join("etc/kubedna/image.json");

@@ -58,6 +58,11 @@ struct BuildArgs {
     /// Build without kubelet, kubeadm, kubectl, crictl and CNI plugins (recorded in image.json).
     #[arg(long)]
     without_kubernetes: bool,
+    /// LAB IMAGES ONLY: install the kubeadm and kubelet TEST DOUBLES from this directory as
+    /// /usr/bin/kubeadm and /usr/bin/kubelet (recorded as test_doubles in image.json and
+    /// manifest.json). Never for production images.
+    #[arg(long, value_name = "DIR")]
+    test_doubles: Option<PathBuf>,
     /// Cache of base tarballs and artifacts.
     #[arg(long, default_value = "/var/tmp/kubedna-image-cache")]
     cache_dir: PathBuf,
@@ -169,6 +174,7 @@ fn run_build(a: BuildArgs) -> Result<(), Failure> {
             .unwrap_or_else(|| repo.join("image-builder/artifacts.yaml")),
         artifacts_dir: a.artifacts_dir,
         without_kubernetes: a.without_kubernetes,
+        test_doubles: a.test_doubles,
         cache_dir: a.cache_dir,
         work_dir: a.work_dir,
         apt_dir: PathBuf::from("/etc/apt"),
@@ -182,6 +188,7 @@ fn run_build(a: BuildArgs) -> Result<(), Failure> {
             build::BuildError::Base(_)
             | build::BuildError::AgentMissing { .. }
             | build::BuildError::UnitMissing { .. }
+            | build::BuildError::DoubleMissing { .. }
             | build::BuildError::ForeignOut { .. } => 2,
             _ => 1,
         };

@@ -234,3 +234,36 @@ fn good_served_artifact_enters_the_cache_by_digest() {
         .expect("cached");
     assert_eq!(again, p);
 }
+
+#[test]
+fn missing_test_doubles_stop_a_lab_build_before_anything_is_built() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let agent = dir.path().join("agent");
+    std::fs::create_dir_all(&agent).expect("mkdir");
+    for n in ["kubedna-agent", "kubedna"] {
+        std::fs::write(agent.join(n), b"#!/bin/sh\n").expect("write");
+    }
+    let doubles = dir.path().join("doubles");
+    std::fs::create_dir_all(&doubles).expect("mkdir");
+    std::fs::write(doubles.join("kubeadm"), b"#!/bin/sh\n").expect("write");
+    let mut cmd = bin();
+    cmd.args([
+        "build",
+        "--base",
+        "debian-12",
+        "--without-kubernetes",
+        "--out",
+    ])
+    .arg(dir.path().join("out"))
+    .arg("--repo")
+    .arg(common::repo_root())
+    .arg("--agent-bin")
+    .arg(&agent)
+    .arg("--test-doubles")
+    .arg(&doubles);
+    let o = run(&mut cmd);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("test double") && t.contains("kubelet"), "{t}");
+    assert!(!dir.path().join("out").exists());
+}
