@@ -2,8 +2,8 @@
 //! Renderers are pure functions of the answer, so golden files pin their output.
 
 use kubedna_proto::{
-    AuditRecordsResponse, AuditVerifyResponse, LogLevelResponse, PeersResponse, PeersSummary,
-    ReloadResponse, StatusResponse, VersionResponse,
+    AuditRecordsResponse, AuditVerifyResponse, FormationStatus, LogLevelResponse, PeersResponse,
+    PeersSummary, ReloadResponse, StatusResponse, VersionResponse,
 };
 use serde::Serialize;
 
@@ -73,7 +73,7 @@ pub fn human_duration(secs: u64) -> String {
 }
 
 pub fn status_table(s: &StatusResponse) -> String {
-    fields(&[
+    let mut pairs = vec![
         ("Node", format!("{} ({})", s.node.name, s.node.role)),
         ("Cluster", s.node.cluster.clone()),
         ("State", s.node.state.clone()),
@@ -102,11 +102,65 @@ pub fn status_table(s: &StatusResponse) -> String {
                 .as_ref()
                 .map_or("unknown (agent without the mesh)".into(), peers_line),
         ),
-        (
-            "You",
-            format!("uid {}, role {}", s.caller.uid, s.caller.role),
-        ),
-    ])
+    ];
+    match &s.formation {
+        Some(f) => pairs.extend(formation_lines(f)),
+        None => pairs.push(("Formation", "not running (see the agent's journal)".into())),
+    }
+    pairs.push((
+        "You",
+        format!("uid {}, role {}", s.caller.uid, s.caller.role),
+    ));
+    fields(&pairs)
+}
+
+/// Formation, leader, etcd members and the last error, for `kubedna status`.
+fn formation_lines(f: &FormationStatus) -> Vec<(&'static str, String)> {
+    let mut phase = f.phase.clone();
+    if let Some(w) = &f.waiting_for {
+        phase.push_str(&format!(" (waiting for {w})"));
+    }
+    if f.init_recorded {
+        phase.push_str("; cluster initialised");
+    }
+    let mut out = vec![("Formation", phase)];
+    out.push((
+        "Leader",
+        f.leader.as_ref().map_or("none yet".into(), |l| {
+            format!("{} (term {})", l.name, l.term)
+        }),
+    ));
+    if !f.etcd_members.is_empty() {
+        let voters = f.etcd_members.iter().filter(|m| !m.learner).count();
+        let names: Vec<String> = f
+            .etcd_members
+            .iter()
+            .map(|m| {
+                let name = if m.name.is_empty() {
+                    "(starting)"
+                } else {
+                    m.name.as_str()
+                };
+                if m.learner {
+                    format!("{name} [learner]")
+                } else {
+                    name.to_string()
+                }
+            })
+            .collect();
+        out.push((
+            "etcd",
+            format!(
+                "{voters} voting, {} learning: {}",
+                f.etcd_members.len() - voters,
+                names.join(", ")
+            ),
+        ));
+    }
+    if let Some(e) = &f.last_error {
+        out.push(("Last error", e.clone()));
+    }
+    out
 }
 
 /// `4 alive, 0 suspect, 1 down (mesh 198.18.10.2:7946)`.

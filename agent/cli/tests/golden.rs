@@ -47,6 +47,26 @@ fn status() -> StatusResponse {
             role: Role::Operator,
         },
         peers: Some(peers().summary),
+        formation: Some(FormationStatus {
+            phase: "member".into(),
+            waiting_for: None,
+            etcd_members: ["cp-1", "cp-2", "cp-3"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| EtcdMember {
+                    name: (*n).into(),
+                    id: format!("8e9e05c52164694{i}"),
+                    learner: false,
+                })
+                .collect(),
+            leader: Some(Leader {
+                name: "cp-2".into(),
+                term: 7,
+            }),
+            init_recorded: true,
+            cluster_id: Some("cdf818194e3a8c32".into()),
+            last_error: None,
+        }),
     }
 }
 

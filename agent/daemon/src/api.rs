@@ -42,6 +42,7 @@ pub struct AppState {
     /// Serializes reloads so two cannot interleave their prepare and apply.
     reload_lock: tokio::sync::Mutex<()>,
     mesh: MeshSlot,
+    node: crate::node::NodeSlot,
 }
 
 impl AppState {
@@ -56,12 +57,18 @@ impl AppState {
             started: Instant::now(),
             reload_lock: tokio::sync::Mutex::new(()),
             mesh: MeshSlot::default(),
+            node: crate::node::NodeSlot::default(),
         }
     }
 
     /// The mesh, once it runs (see [`crate::mesh`]).
     pub fn mesh(&self) -> &MeshSlot {
         &self.mesh
+    }
+
+    /// The control-plane engine, once it runs (see [`crate::node`]).
+    pub fn node(&self) -> &crate::node::NodeSlot {
+        &self.node
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -360,14 +367,20 @@ pub async fn peers(state: &AppState) -> PeersResponse {
 async fn status(state: &AppState, caller: &Caller, role: Role) -> StatusResponse {
     let config = state.config();
     let peers = peers(state).await.summary;
+    let formation = state.node.status().map(formation);
     StatusResponse {
         peers: Some(peers),
+        formation,
         node: NodeStatus {
             name: config.node_name.clone(),
             cluster: config.spec.cluster.name.clone(),
             role: config.spec.node.role,
             node_id: state.node_id().to_string(),
-            state: "ready".into(),
+            state: state
+                .node
+                .status()
+                .map(|s| crate::node::gossip_state(&s))
+                .map_or_else(|| "ready".into(), |s| format!("{s:?}").to_lowercase()),
         },
         agent: AgentStatus {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -382,6 +395,33 @@ async fn status(state: &AppState, caller: &Caller, role: Role) -> StatusResponse
             uid: caller.uid,
             role,
         },
+    }
+}
+
+/// The engine's status as the API shows it.
+fn formation(s: kubedna_controlplane::engine::Status) -> kubedna_proto::FormationStatus {
+    kubedna_proto::FormationStatus {
+        phase: serde_json::to_value(s.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        waiting_for: s.waiting_for,
+        etcd_members: s
+            .etcd_members
+            .into_iter()
+            .map(|m| kubedna_proto::EtcdMember {
+                name: m.name,
+                id: m.id,
+                learner: m.learner,
+            })
+            .collect(),
+        leader: s.leader.map(|l| kubedna_proto::Leader {
+            name: l.name,
+            term: l.term,
+        }),
+        init_recorded: s.init_recorded,
+        cluster_id: s.cluster_id,
+        last_error: s.last_error,
     }
 }
 

@@ -175,6 +175,12 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
 
     notify::ready(&format!("ready; admin API on {}", socket_path.display()));
     let mesh = mesh::start(&state.config(), state.mesh().clone());
+    let engine = crate::node::start(
+        &state.config(),
+        state.mesh().clone(),
+        state.node().clone(),
+        shutdown_rx.clone(),
+    );
     tracing::info!(
         socket = %socket_path.display(),
         node = %node_name,
@@ -206,6 +212,11 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
 
     notify::stopping();
     let _ = shutdown_tx.send(true);
+    if let Some(task) = engine {
+        if tokio::time::timeout(drain, task).await.is_err() {
+            tracing::warn!(deadline = ?drain, "the control-plane engine did not stop in time");
+        }
+    }
     mesh::stop(mesh, drain).await;
     if let Err(e) = server_task.await {
         tracing::error!(error = %e, "the admin server task failed");

@@ -5,6 +5,7 @@
 //! - [`server`] accepts connections on the admin socket and reads each peer's credentials.
 //! - [`api`] routes requests, authorizes them by role and audits what must be audited.
 //! - [`mesh`] runs the gossip mesh and discovery, and holds the handle other subsystems use.
+//! - [`node`] runs the control-plane engine (formation, leader, join material) over the mesh.
 //! - [`logging`] sets up tracing and lets the log filter change at run time.
 
 #![forbid(unsafe_code)]
@@ -13,4 +14,5 @@ pub mod api;
 pub mod app;
 pub mod logging;
 pub mod mesh;
+pub mod node;
 pub mod server;

@@ -35,8 +35,9 @@ pub use kubedna_mesh::{Liveness, MemberInfo};
 pub mod request_kind {
     /// Liveness/latency check: the peer echoes the payload.
     pub const PING: u8 = 1;
-    /// Join material for a joining node (control-plane work; issue 6).
-    pub const JOIN_MATERIAL: u8 = 2;
+    /// The control-plane engine's requests (`Started`, `JoinMaterial`, `Leader`; see
+    /// [`crate::node`]), postcard-encoded.
+    pub const CONTROL_PLANE: u8 = 2;
 }
 
 /// Where the image records its version.

@@ -85,6 +85,14 @@ trait Manager {
         force: bool,
     ) -> zbus::Result<Vec<(String, String, String)>>;
     fn reload(&self) -> zbus::Result<()>;
+    #[allow(clippy::type_complexity)]
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, zbus::zvariant::Value<'_>)],
+        aux: &[(&str, &[(&str, zbus::zvariant::Value<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
     fn list_units_by_patterns(
         &self,
         states: &[&str],
@@ -122,19 +130,74 @@ impl DbusSystemd {
         Ok(DbusSystemd { manager })
     }
 
+    /// Runs `argv` as a transient oneshot service `unit` (outside the agent's sandbox, as the
+    /// agent's unit promises for privileged work), waits for it to exit, and returns its
+    /// standard output, which systemd writes to `stdout_file` (the journal gets stderr). A
+    /// non-zero exit is [`SystemdError::JobFailed`] with the journal's last lines. `description`
+    /// is what systemd logs; it must not carry secrets that `argv` may hold.
+    pub async fn run_oneshot(
+        &self,
+        unit: &str,
+        description: &str,
+        argv: &[String],
+        stdout_file: &std::path::Path,
+    ) -> Result<String, SystemdError> {
+        use zbus::zvariant::Value;
+        let program = argv.first().cloned().unwrap_or_default();
+        let exec = vec![(program, argv.to_vec(), false)];
+        let out = stdout_file.display().to_string();
+        let props: Vec<(&str, Value<'_>)> = vec![
+            ("Description", Value::from(description)),
+            ("Type", Value::from("oneshot")),
+            ("ExecStart", Value::from(exec)),
+            ("StandardOutputFile", Value::from(out.as_str())),
+            ("StandardError", Value::from("journal")),
+        ];
+        let _ = std::fs::remove_file(stdout_file);
+        self.job_with("run", unit, || {
+            self.manager.start_transient_unit(unit, "fail", &props, &[])
+        })
+        .await?;
+        let output = std::fs::read_to_string(stdout_file).unwrap_or_default();
+        let _ = std::fs::remove_file(stdout_file);
+        Ok(output)
+    }
+
     async fn job(&self, verb: &'static str, unit: &str) -> Result<(), SystemdError> {
+        match verb {
+            "start" => {
+                self.job_with(verb, unit, || self.manager.start_unit(unit, "replace"))
+                    .await
+            }
+            "restart" => {
+                self.job_with(verb, unit, || self.manager.restart_unit(unit, "replace"))
+                    .await
+            }
+            _ => {
+                self.job_with(verb, unit, || self.manager.stop_unit(unit, "replace"))
+                    .await
+            }
+        }
+    }
+
+    /// Subscribes to JobRemoved, creates the job with `make`, and awaits that job's result.
+    async fn job_with<F, Fut>(
+        &self,
+        verb: &'static str,
+        unit: &str,
+        make: F,
+    ) -> Result<(), SystemdError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = zbus::Result<OwnedObjectPath>>,
+    {
         let call = |source: zbus::Error| SystemdError::Call {
             method: verb,
             unit: unit.to_string(),
             source: Box::new(source),
         };
         let mut removed = self.manager.receive_job_removed().await.map_err(call)?;
-        let job = match verb {
-            "start" => self.manager.start_unit(unit, "replace").await,
-            "restart" => self.manager.restart_unit(unit, "replace").await,
-            _ => self.manager.stop_unit(unit, "replace").await,
-        }
-        .map_err(call)?;
+        let job = make().await.map_err(call)?;
         while let Some(signal) = removed.next().await {
             let Ok(args) = signal.args() else { continue };
             if args.job != job {

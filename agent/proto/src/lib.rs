@@ -131,6 +131,47 @@ pub struct StatusResponse {
     /// The mesh as this node sees it; absent from agents older than the mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<PeersSummary>,
+    /// Control-plane formation as this node's engine sees it; absent until the engine runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formation: Option<FormationStatus>,
+}
+
+/// This node's part in forming the cluster (issue 6; see docs/control-plane.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormationStatus {
+    /// starting, preparing-host, waiting-for-quorum, starting-etcd, initialising,
+    /// waiting-for-join-material, joining, starting-kubelet, member.
+    pub phase: String,
+    /// What the current phase waits for, if it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// etcd's member list, as last read (control planes only).
+    #[serde(default)]
+    pub etcd_members: Vec<EtcdMember>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<Leader>,
+    /// Whether the cluster's one `kubeadm init` is recorded in etcd.
+    pub init_recorded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// The last failed step, naming the unit, node or command, and what to do next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdMember {
+    pub name: String,
+    /// Hex member ID.
+    pub id: String,
+    pub learner: bool,
+}
+
+/// The elected leader and its term (every leader write carries the term; stale ones are refused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leader {
+    pub name: String,
+    pub term: i64,
 }
 
 /// Counts of `GET /v1/peers`, for `kubedna status`.

@@ -1,0 +1,472 @@
+//! The control-plane engine in the daemon: turns the config and the running mesh into a
+//! [`kubedna_controlplane::engine::Engine`] and runs it until shutdown.
+//!
+//! Owns the production implementations of the engine's traits: [`MeshPeers`] (who is alive,
+//! and requests to peers by name carried by the mesh's authenticated, encrypted request path
+//! as postcard-encoded [`Request`]/[`Response`]), [`KubeadmUnit`] (kubeadm runs as a transient
+//! systemd service, outside the agent's sandbox, as `units/kubedna-agent.service` promises),
+//! systemd over D-Bus, and the wall clock. It also keeps a managed block in `/etc/hosts` with
+//! `<node>.<cluster>.kubedna` for every live node and `api.<cluster>.kubedna` for the API
+//! endpoint, because etcd's peer URLs and kubeadm's `controlPlaneEndpoint` use those names.
+//! It serves other nodes' engine requests, answering only nodes the mesh lists as alive.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use kubedna_config::Config;
+use kubedna_controlplane::engine::{
+    ClusterSecret, Engine, EngineConfig, EngineHandle, EtcdNetwork, Kubeadm, KubeadmError,
+    PeerError, PeerInfo, Peers, Request, Response, Role, Status, SystemClock, Timings,
+};
+use kubedna_host::systemd::DbusSystemd;
+use kubedna_mesh::{Liveness, NodeState};
+use kubedna_proto::NodeRole;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::mesh::{request_kind, MeshHandle, MeshSlot};
+
+/// kubeadm's default Service range, and the pod range flannel and most CNIs default to.
+pub const POD_SUBNET: &str = "10.244.0.0/16";
+pub const SERVICE_SUBNET: &str = "10.96.0.0/12";
+/// The file whose managed block maps node names and the API name to addresses.
+pub const HOSTS_FILE: &str = "/etc/hosts";
+/// How long a request to a peer may take, resends included.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The engine's status once it runs, for `kubedna status`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSlot(Arc<OnceLock<EngineHandle>>);
+
+impl NodeSlot {
+    pub fn status(&self) -> Option<Status> {
+        self.0.get().map(EngineHandle::status)
+    }
+}
+
+/// `api.<cluster>.kubedna:6443`, every control plane's `controlPlaneEndpoint`.
+pub fn api_name(cluster: &str) -> String {
+    format!("api.{cluster}.kubedna")
+}
+
+/// Starts the engine in the background once the mesh runs; it stops when `shutdown` turns true.
+/// Returns `None` (and logs why) when this node has no control-plane set to form with.
+pub fn start(
+    config: &Config,
+    mesh: MeshSlot,
+    slot: NodeSlot,
+    shutdown: watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let Some(cps) = config.spec.cluster.control_planes.as_ref() else {
+        tracing::warn!(
+            file = %config.file.display(),
+            "cluster.controlPlanes is not set: this node will not form or join a cluster; \
+             set cluster.controlPlanes.expected and .members (kubedna-image seed writes them)"
+        );
+        return None;
+    };
+    if cps.members.is_empty() {
+        tracing::warn!(
+            file = %config.file.display(),
+            "cluster.controlPlanes.members is empty: control planes bootstrap etcd only from a \
+             listed set (docs/control-plane.md); list the {} control-plane names",
+            cps.expected
+        );
+        return None;
+    }
+    let config = config.clone();
+    Some(tokio::spawn(async move {
+        run(config, mesh, slot, shutdown).await;
+    }))
+}
+
+async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch::Receiver<bool>) {
+    let handle = loop {
+        if let Some(h) = mesh.get() {
+            break h.clone();
+        }
+        tokio::select! {
+            h = mesh.wait(Duration::from_secs(5)) => if let Some(h) = h { break h },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    };
+    let systemd = loop {
+        match DbusSystemd::connect().await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::error!(error = %kubedna_host::error_chain(&e), "control plane: cannot reach systemd over D-Bus; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    };
+    let cluster = config.spec.cluster.name.clone();
+    let view = PeerView::default();
+    let peers = MeshPeers {
+        mesh: handle.clone(),
+        view: view.clone(),
+    };
+    let cfg = EngineConfig {
+        cluster: cluster.clone(),
+        secret: ClusterSecret(config.cluster_secret.expose().to_vec().into()),
+        node: config.node_name.clone(),
+        role: match config.spec.node.role {
+            NodeRole::ControlPlane => Role::ControlPlane,
+            NodeRole::Worker => Role::Worker,
+        },
+        control_planes: config
+            .spec
+            .cluster
+            .control_planes
+            .as_ref()
+            .map(|c| c.members.clone())
+            .unwrap_or_default(),
+        advertise_address: handle.local_addr().ip().to_string(),
+        control_plane_endpoint: format!("{}:6443", api_name(&cluster)),
+        pod_subnet: POD_SUBNET.into(),
+        service_subnet: SERVICE_SUBNET.into(),
+        etcd: EtcdNetwork::Named,
+        etcd_binary: "/usr/bin/etcd".into(),
+        root: "/".into(),
+        timings: Timings::default(),
+    };
+    let kubeadm = KubeadmUnit {
+        systemd: systemd.clone(),
+        runs: Arc::new(AtomicU64::new(0)),
+        out_dir: config
+            .spec
+            .admin
+            .socket
+            .parent()
+            .map_or_else(|| PathBuf::from("/run/kubedna"), Path::to_path_buf),
+    };
+    let engine = match Engine::new(
+        cfg,
+        peers,
+        systemd,
+        kubeadm,
+        SystemClock,
+        config.state_dir(),
+    ) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %kubedna_host::error_chain(&e), "control plane: the engine cannot start; fix the configuration and restart the agent");
+            return;
+        }
+    };
+    let engine_handle = engine.handle();
+    let _ = slot.0.set(engine_handle.clone());
+    // Keep the view, /etc/hosts and the gossiped state current; answer other nodes.
+    let local = (config.node_name.clone(), handle.local_addr());
+    tokio::spawn(keep_view(
+        handle.clone(),
+        view.clone(),
+        engine_handle.clone(),
+        cluster,
+        local,
+        shutdown.clone(),
+    ));
+    serve(&handle, view, engine_handle);
+    tracing::info!(node = %config.node_name, "control plane: engine running");
+    engine.run(shutdown).await;
+    tracing::info!("control plane: engine stopped");
+}
+
+/// The live peers by name, refreshed from the mesh (the engine's `alive` is synchronous).
+#[derive(Debug, Clone, Default)]
+struct PeerView(Arc<Mutex<BTreeMap<String, (PeerInfo, SocketAddr)>>>);
+
+impl PeerView {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (PeerInfo, SocketAddr)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn by_addr(&self, addr: SocketAddr) -> Option<String> {
+        self.lock()
+            .values()
+            .find(|(_, a)| *a == addr)
+            .map(|(p, _)| p.name.clone())
+    }
+}
+
+async fn keep_view(
+    mesh: MeshHandle,
+    view: PeerView,
+    engine: EngineHandle,
+    cluster: String,
+    local: (String, SocketAddr),
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut events = mesh.subscribe();
+    let mut last_hosts = String::new();
+    let mut last_state = None;
+    loop {
+        if let Ok(members) = mesh.members().await {
+            let mut next = BTreeMap::new();
+            for m in members {
+                if m.liveness != Liveness::Alive || m.id.addr == local.1 {
+                    continue;
+                }
+                let Some(meta) = m.meta else { continue };
+                let role = match meta.role {
+                    kubedna_mesh::Role::ControlPlane => Role::ControlPlane,
+                    kubedna_mesh::Role::Worker => Role::Worker,
+                };
+                let info = PeerInfo {
+                    name: meta.name.clone(),
+                    role,
+                    addr: Some(m.id.addr.ip().to_string()),
+                };
+                next.insert(meta.name, (info, m.id.addr));
+            }
+            *view.lock() = next;
+        }
+        let status = engine.status();
+        let hosts = hosts_entries(&cluster, &local, &view, &status);
+        if hosts != last_hosts {
+            match update_hosts(Path::new(HOSTS_FILE), &hosts) {
+                Ok(()) => last_hosts = hosts,
+                Err(e) => {
+                    tracing::warn!(file = HOSTS_FILE, error = %e, "control plane: cannot update the node names; etcd peers may not resolve")
+                }
+            }
+        }
+        let state = gossip_state(&status);
+        if last_state != Some(state) && mesh.set_state(state).await.is_ok() {
+            last_state = Some(state);
+        }
+        tokio::select! {
+            _ = events.recv() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// The lifecycle state this node gossips for its engine phase.
+pub fn gossip_state(status: &Status) -> NodeState {
+    use kubedna_controlplane::engine::Phase;
+    match status.phase {
+        Phase::Member => NodeState::Member,
+        Phase::Starting | Phase::PreparingHost | Phase::WaitingForQuorum => NodeState::Ready,
+        _ => NodeState::Joining,
+    }
+}
+
+/// Lines for the managed block: this node, each live peer, and the API name (the leader, else
+/// the first live control plane by name).
+fn hosts_entries(
+    cluster: &str,
+    local: &(String, SocketAddr),
+    view: &PeerView,
+    status: &Status,
+) -> String {
+    let mut ips: BTreeMap<String, (IpAddr, Role)> = view
+        .lock()
+        .values()
+        .map(|(p, a)| (p.name.clone(), (a.ip(), p.role)))
+        .collect();
+    ips.insert(local.0.clone(), (local.1.ip(), status.role));
+    let api = status
+        .leader
+        .as_ref()
+        .and_then(|l| ips.get(&l.name))
+        .or_else(|| ips.values().find(|(_, r)| *r == Role::ControlPlane))
+        .map(|(ip, _)| *ip);
+    let mut out = String::new();
+    for (name, (ip, _)) in &ips {
+        out.push_str(&format!("{ip} {name}.{cluster}.kubedna\n"));
+    }
+    if let Some(ip) = api {
+        out.push_str(&format!("{ip} {}\n", api_name(cluster)));
+    }
+    out
+}
+
+const BEGIN: &str = "# BEGIN kubedna: managed by kubedna-agent, do not edit";
+const END: &str = "# END kubedna";
+
+/// `existing` with its managed block replaced by `entries` (appended if absent).
+pub fn render_hosts(existing: &str, entries: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in existing.lines() {
+        if line == BEGIN {
+            inside = true;
+            continue;
+        }
+        if line == END {
+            inside = false;
+            continue;
+        }
+        if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(BEGIN);
+    out.push('\n');
+    out.push_str(entries);
+    out.push_str(END);
+    out.push('\n');
+    out
+}
+
+/// Rewrites `path` in place (it is bind-mounted writable into the agent's sandbox, so it cannot
+/// be replaced by rename) with one write, then fsyncs it. Unchanged content is not rewritten.
+fn update_hosts(path: &Path, entries: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let next = render_hosts(&existing, entries);
+    if next == existing {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    f.write_all(next.as_bytes())?;
+    f.sync_all()
+}
+
+/// The engine's [`Peers`] over the mesh.
+struct MeshPeers {
+    mesh: MeshHandle,
+    view: PeerView,
+}
+
+impl Peers for MeshPeers {
+    fn alive(&self) -> Vec<PeerInfo> {
+        self.view.lock().values().map(|(p, _)| p.clone()).collect()
+    }
+
+    async fn ask(&self, peer: &str, req: Request) -> Result<Response, PeerError> {
+        let err = |reason: String| PeerError {
+            peer: peer.to_string(),
+            reason,
+        };
+        let addr = self
+            .view
+            .lock()
+            .get(peer)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| err("not alive in the mesh".into()))?;
+        let payload = postcard::to_allocvec(&req).map_err(|e| err(e.to_string()))?;
+        let answer = self
+            .mesh
+            .request(addr, request_kind::CONTROL_PLANE, payload, ASK_TIMEOUT)
+            .await
+            .map_err(|e| err(format!("request over the mesh to {addr}: {e}")))?;
+        postcard::from_bytes(&answer)
+            .map_err(|e| err(format!("answer from {addr} is not an engine response: {e}")))
+    }
+}
+
+/// Answers other nodes' engine requests, only from nodes the mesh lists as alive.
+fn serve(mesh: &MeshHandle, view: PeerView, engine: EngineHandle) {
+    let mut requests = match mesh.serve(request_kind::CONTROL_PLANE, 32) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "control plane: cannot serve engine requests");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Some(req) = requests.recv().await {
+            let Some(from) = view.by_addr(req.from) else {
+                let from = req.from;
+                req.respond(Err(format!(
+                    "{from} is not an alive member of this node's mesh view yet; ask again"
+                )));
+                continue;
+            };
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let answer = match postcard::from_bytes::<Request>(&req.payload) {
+                    Ok(r) => {
+                        tracing::debug!(peer = %from, request = ?r, "control plane: request");
+                        let response = engine.answer(r).await;
+                        postcard::to_allocvec(&response).map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(format!("not an engine request: {e}")),
+                };
+                req.respond(answer);
+            });
+        }
+    });
+}
+
+/// [`Kubeadm`] as transient oneshot units `kubedna-kubeadm-<n>.service`, stdout captured in the
+/// agent's runtime directory.
+struct KubeadmUnit {
+    systemd: DbusSystemd,
+    runs: Arc<AtomicU64>,
+    out_dir: PathBuf,
+}
+
+impl Kubeadm for KubeadmUnit {
+    async fn run(&self, args: &[String]) -> Result<String, KubeadmError> {
+        let n = self.runs.fetch_add(1, Ordering::Relaxed);
+        let unit = format!("kubedna-kubeadm-{}-{n}.service", std::process::id());
+        let mut argv = vec!["/usr/bin/kubeadm".to_string()];
+        argv.extend(args.iter().cloned());
+        let command = format!(
+            "kubeadm {} (unit {unit})",
+            kubedna_controlplane::engine::redact_args(args)
+        );
+        let out = self.out_dir.join(format!("kubeadm-{n}.out"));
+        self.systemd
+            .run_oneshot(&unit, &format!("KubeDNA: {command}"), &argv, &out)
+            .await
+            .map_err(|e| KubeadmError::Failed {
+                command,
+                code: None,
+                stderr: kubedna_host::error_chain(&e),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_managed_hosts_block_is_replaced_and_the_rest_kept() {
+        let base = "127.0.0.1 localhost\n::1 localhost ip6-localhost\n";
+        let once = render_hosts(base, "198.18.0.2 cp-1.demo.kubedna\n");
+        assert!(once.starts_with(base), "{once}");
+        assert!(once.contains("198.18.0.2 cp-1.demo.kubedna\n"));
+        let twice = render_hosts(&once, "198.18.0.3 cp-2.demo.kubedna\n");
+        assert!(twice.starts_with(base), "{twice}");
+        assert!(!twice.contains("cp-1"), "{twice}");
+        assert_eq!(twice.matches(BEGIN).count(), 1);
+        assert_eq!(
+            render_hosts(&twice, "198.18.0.3 cp-2.demo.kubedna\n"),
+            twice
+        );
+    }
+
+    #[test]
+    fn engine_messages_fit_one_mesh_request() {
+        let sealed = vec![0xa5u8; 400];
+        let r = Response::JoinMaterial {
+            sealed,
+            leader: Some(kubedna_controlplane::engine::LeaderStatus {
+                name: "control-plane-with-a-long-name-1".into(),
+                term: i64::MAX,
+            }),
+        };
+        let bytes = postcard::to_allocvec(&r).expect("encodes");
+        assert!(bytes.len() < 1_200, "{} bytes", bytes.len());
+        assert_eq!(
+            postcard::from_bytes::<Response>(&bytes).expect("decodes"),
+            r
+        );
+    }
+}
