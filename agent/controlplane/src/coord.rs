@@ -123,9 +123,15 @@ impl Coordinator {
                 read(&files.client_cert),
                 read(&files.client_key),
             ));
+        // A member that dies without closing its connections (power cut, partition) must not
+        // hang calls routed to it: HTTP/2 keep-alive drops the dead connection within ~4 s, and
+        // every unary call gives up after 10 s (a stream's lifetime is not limited by it).
         let options = etcd_client::ConnectOptions::new()
             .with_tls(tls)
-            .with_connect_timeout(Duration::from_secs(5));
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|source| CoordError::Etcd {

@@ -306,8 +306,10 @@ impl EngineConfig {
             .join(",")
     }
 
+    /// Client URLs of the set's members (this node's own first), without `except`.
     fn client_urls(&self, set: &MemberSet, except: Option<&str>) -> Vec<String> {
-        set.names()
+        let own = std::iter::once(self.node.as_str()).filter(|n| set.contains(n));
+        own.chain(set.names().filter(|n| *n != self.node))
             .filter(|n| Some(*n) != except)
             .map(|n| self.urls(set, n).1.client)
             .collect()
@@ -1100,6 +1102,15 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             p.learner_id = None;
             self.persist(&p)?;
         }
+        // Now a voter: the long-lived connection reaches every member, this node's own first,
+        // so losing any one member (the etcd leader included) leaves the engine connected.
+        let coord = match self
+            .connect(&self.cfg().client_urls(self.set(), None), &files)
+            .await
+        {
+            Ok(all) => all,
+            Err(_) => coord,
+        };
         *lock(&self.shared.coord) = Some(coord.clone());
         if p.cluster_id.is_none() {
             let resp = coord
@@ -1304,11 +1315,12 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             return Ok(());
         };
         let ttl = self.cfg().timings.lease_ttl;
-        match coord
-            .campaign(&self.cfg().node, ttl)
-            .await
-            .map_err(self.coord_err("the leader campaign failed"))?
-        {
+        let campaign = coord.campaign(&self.cfg().node, ttl).await;
+        if campaign.is_err() {
+            // Unreachable etcd: who leads is unknown here; do not keep showing the old leader.
+            lock(&self.shared.status).leader = None;
+        }
+        match campaign.map_err(self.coord_err("the leader campaign failed"))? {
             Some(mut leadership) => {
                 let term = leadership.term;
                 tracing::info!(node = %self.cfg().node, term, "leading");

@@ -206,14 +206,20 @@ async fn keep_view(
     let mut events = mesh.subscribe();
     let mut last_hosts = String::new();
     let mut last_state = None;
+    let mut known: BTreeMap<String, IpAddr> = BTreeMap::new();
     loop {
         if let Ok(members) = mesh.members().await {
             let mut next = BTreeMap::new();
             for m in members {
-                if m.liveness != Liveness::Alive || m.id.addr == local.1 {
+                let Some(meta) = m.meta else { continue };
+                if m.id.addr == local.1 {
                     continue;
                 }
-                let Some(meta) = m.meta else { continue };
+                // Names stay resolvable while a node is down: etcd keeps dialling its peers.
+                known.insert(meta.name.clone(), m.id.addr.ip());
+                if m.liveness != Liveness::Alive {
+                    continue;
+                }
                 let role = match meta.role {
                     kubedna_mesh::Role::ControlPlane => Role::ControlPlane,
                     kubedna_mesh::Role::Worker => Role::Worker,
@@ -228,7 +234,7 @@ async fn keep_view(
             *view.lock() = next;
         }
         let status = engine.status();
-        let hosts = hosts_entries(&cluster, &local, &view, &status);
+        let hosts = hosts_entries(&cluster, &local, &known, &view, &status);
         if hosts != last_hosts {
             match update_hosts(Path::new(HOSTS_FILE), &hosts) {
                 Ok(()) => last_hosts = hosts,
@@ -259,28 +265,31 @@ pub fn gossip_state(status: &Status) -> NodeState {
     }
 }
 
-/// Lines for the managed block: this node, each live peer, and the API name (the leader, else
-/// the first live control plane by name).
+/// Lines for the managed block: this node, every peer ever seen (down ones too), and the API
+/// name (the leader, else the first live control plane by name).
 fn hosts_entries(
     cluster: &str,
     local: &(String, SocketAddr),
+    known: &BTreeMap<String, IpAddr>,
     view: &PeerView,
     status: &Status,
 ) -> String {
-    let mut ips: BTreeMap<String, (IpAddr, Role)> = view
+    let mut alive: BTreeMap<String, (IpAddr, Role)> = view
         .lock()
         .values()
         .map(|(p, a)| (p.name.clone(), (a.ip(), p.role)))
         .collect();
-    ips.insert(local.0.clone(), (local.1.ip(), status.role));
+    alive.insert(local.0.clone(), (local.1.ip(), status.role));
     let api = status
         .leader
         .as_ref()
-        .and_then(|l| ips.get(&l.name))
-        .or_else(|| ips.values().find(|(_, r)| *r == Role::ControlPlane))
+        .and_then(|l| alive.get(&l.name))
+        .or_else(|| alive.values().find(|(_, r)| *r == Role::ControlPlane))
         .map(|(ip, _)| *ip);
+    let mut names = known.clone();
+    names.extend(alive.iter().map(|(n, (ip, _))| (n.clone(), *ip)));
     let mut out = String::new();
-    for (name, (ip, _)) in &ips {
+    for (name, ip) in &names {
         out.push_str(&format!("{ip} {name}.{cluster}.kubedna\n"));
     }
     if let Some(ip) = api {
