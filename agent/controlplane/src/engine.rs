@@ -663,13 +663,16 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             }
         }
         self.set_phase(Phase::Member, None);
+        // `last_error` shows what stands in the way now, not what once failed on the way.
+        lock(&self.shared.status).last_error = None;
         loop {
             let r = match self.cfg().role {
                 Role::ControlPlane => self.lead_or_follow().await,
                 Role::Worker => self.follow_leader().await,
             };
-            if let Err(e) = r {
-                self.failed(&e).await;
+            match r {
+                Ok(()) => lock(&self.shared.status).last_error = None,
+                Err(e) => self.failed(&e).await,
             }
         }
     }
@@ -1329,7 +1332,11 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     term,
                 });
                 loop {
-                    if let Err(e) = self.ensure_material(&coord, term).await {
+                    let duty = self.ensure_material(&coord, term).await;
+                    if duty.is_ok() {
+                        lock(&self.shared.status).last_error = None;
+                    }
+                    if let Err(e) = duty {
                         if matches!(&e, EngineError::Coord { source, .. } if matches!(**source, CoordError::Stale { .. }))
                         {
                             lock(&self.shared.status).leader = None;
