@@ -110,7 +110,15 @@ impl Config {
         out
     }
 
+    /// Whether `new` holds a different cluster secret. A running agent takes it over as a mesh
+    /// key rotation (old and new accepted for `cluster.secretGraceSeconds`); the control-plane
+    /// engine keeps the secret it started with until the agent restarts.
+    pub fn secret_changed(&self, new: &Config) -> bool {
+        self.cluster_secret != new.cluster_secret
+    }
+
     /// Fields that a running agent cannot take over without a restart, if `new` changes them.
+    /// The cluster secret is not one of them: see [`Config::secret_changed`].
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
         let (a, b) = (&self.spec, &new.spec);
         let mut out = Vec::new();

@@ -50,10 +50,23 @@ pub struct ClusterSpec {
     /// The cluster secret inline (at least 32 bytes).
     #[serde(default)]
     pub secret: Option<Secret>,
+    /// After a config reload changes the secret, how long the mesh keeps accepting packets
+    /// sealed with the previous one (1 to 604800 seconds; default 600). See docs/mesh.md
+    /// "Rotating the cluster secret".
+    #[serde(default = "default_secret_grace")]
+    pub secret_grace_seconds: u64,
     /// The expected control-plane set. Control planes bootstrap etcd only from this list (see
     /// docs/control-plane.md); `kubedna-image seed` writes it from the cluster description.
     #[serde(default)]
     pub control_planes: Option<ControlPlanesSpec>,
+}
+
+/// Default of `cluster.secretGraceSeconds`: ten minutes, as long as a staggered reload of every
+/// node may reasonably take.
+pub const DEFAULT_SECRET_GRACE_SECONDS: u64 = 600;
+
+fn default_secret_grace() -> u64 {
+    DEFAULT_SECRET_GRACE_SECONDS
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -361,6 +374,16 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
             format!(
                 "{:?} is not a DNS label: use 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit",
                 spec.cluster.name
+            ),
+        ));
+    }
+
+    if !(1..=604_800).contains(&spec.cluster.secret_grace_seconds) {
+        return Err(invalid(
+            "cluster.secretGraceSeconds",
+            format!(
+                "{} is out of range: use 1 to 604800 seconds (default {DEFAULT_SECRET_GRACE_SECONDS})",
+                spec.cluster.secret_grace_seconds
             ),
         ));
     }

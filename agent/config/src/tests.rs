@@ -330,3 +330,35 @@ fn restart_only_changes_are_detected() {
         .expect("c");
     assert_eq!(a.restart_only_changes(&c), vec!["node.name"]);
 }
+
+#[test]
+fn a_new_secret_is_a_reloadable_change_with_a_grace_period() {
+    let fx = Fixture::new();
+    let a = fx.parse(&minimal()).expect("a");
+    assert_eq!(
+        a.spec.cluster.secret_grace_seconds,
+        DEFAULT_SECRET_GRACE_SECONDS
+    );
+    let other = "fedcba9876543210fedcba9876543210";
+    let b = fx
+        .parse(
+            &minimal()
+                .replace(SECRET, other)
+                .replace("  name: demo\n", "  name: demo\n  secretGraceSeconds: 30\n"),
+        )
+        .expect("b");
+    assert!(a.secret_changed(&b));
+    assert!(!a.secret_changed(&a.clone()));
+    assert!(
+        a.restart_only_changes(&b).is_empty(),
+        "rotation needs no restart"
+    );
+    assert_eq!(a.changed_sections(&b), vec!["cluster"]);
+    assert_eq!(b.spec.cluster.secret_grace_seconds, 30);
+    let dbg = format!("{b:?} {:?}", a.changed_sections(&b));
+    assert!(!dbg.contains(other) && !dbg.contains(SECRET), "{dbg}");
+    let zero = fx
+        .parse(&minimal().replace("  name: demo\n", "  name: demo\n  secretGraceSeconds: 0\n"))
+        .expect_err("zero grace");
+    assert_eq!(zero.field(), Some("cluster.secretGraceSeconds"));
+}

@@ -593,7 +593,9 @@ pub enum ReloadError {
 }
 
 /// Re-reads the config file. An invalid file, or one that changes what only a restart can
-/// change, is refused and the running config stays; either way the attempt is audited.
+/// change, is refused and the running config stays; either way the attempt is audited. A new
+/// cluster secret rotates the mesh's keys (see [`crate::mesh::rotate_secret`]); the answer's
+/// `changed` says so, naming the new key's id, never the secret.
 pub async fn reload_config(
     state: &AppState,
     caller: Caller,
@@ -653,7 +655,17 @@ pub async fn reload_config(
             return Err(ReloadError::Invalid(message));
         }
     };
-    let changed = current.changed_sections(&new);
+    let rotation = match crate::mesh::prepare_rotation(&current, &new) {
+        Ok(r) => r,
+        Err(message) => {
+            audited(state, caller, role, action, args, refuse(message.clone()))
+                .await
+                .map_err(ReloadError::Audit)?;
+            return Err(ReloadError::Invalid(message));
+        }
+    };
+    let mut changed = current.changed_sections(&new);
+    changed.extend(rotation.as_ref().map(crate::mesh::SecretRotation::note));
     let ok = AuditResult {
         outcome: Outcome::Ok,
         status: if status == 0 { 0 } else { 200 },
@@ -671,6 +683,9 @@ pub async fn reload_config(
         .map_err(ReloadError::Audit)?;
     if let Some((text, parsed)) = new_filter {
         state.log.apply(&text, parsed);
+    }
+    if let Some(rotation) = &rotation {
+        crate::mesh::rotate_secret(&state.mesh, &new, rotation).await;
     }
     *state.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
     let generation = state.generation.fetch_add(1, Ordering::Relaxed) + 1;

@@ -8,20 +8,27 @@
 //! a network that is not up yet, or a port in use, is logged and retried. It must never log the
 //! cluster secret or any key.
 //!
+//! A config reload that changes the cluster secret rotates the mesh's keys ([`rotate_secret`]):
+//! the new key is accepted at once and used once every live member accepts it, the old one is
+//! accepted for `cluster.secretGraceSeconds`. The control-plane engine keeps the secret it started
+//! with until the agent restarts.
+//!
 //! Request kinds for [`MeshHandle::request`] and [`MeshHandle::serve`] are listed in
 //! [`request_kind`]; docs/mesh.md documents the API.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kubedna_config::{Config, ProviderKind};
 use kubedna_mesh::discovery::multicast::MulticastConfig;
 use kubedna_mesh::discovery::provider::{HetznerConfig, HETZNER_API, LAB_PEERS_FILE};
 use kubedna_mesh::discovery::{self, DiscoveryConfig, ProviderSource};
-use kubedna_mesh::runtime;
-use kubedna_mesh::{ClusterSecret, DownReason, Event, MeshConfig, NodeMeta, NodeState, Role};
+use kubedna_mesh::runtime::{self, RotateError};
+use kubedna_mesh::{
+    ClusterSecret, DownReason, Event, KeyId, KeyStatus, MeshConfig, NodeMeta, NodeState, Role,
+};
 use kubedna_proto::NodeRole;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -45,12 +52,38 @@ pub const IMAGE_RECORD: &str = "/etc/kubedna/image.json";
 
 /// The mesh handle once the mesh runs; empty before (network not up yet) and after a failure.
 #[derive(Debug, Clone, Default)]
-pub struct MeshSlot(Arc<OnceLock<MeshHandle>>);
+pub struct MeshSlot(
+    Arc<OnceLock<MeshHandle>>,
+    Arc<Mutex<Option<PendingRotation>>>,
+);
+
+/// A secret rotation asked for before the mesh ran: applied as soon as it runs.
+#[derive(Debug)]
+struct PendingRotation {
+    secret: ClusterSecret,
+    grace: Duration,
+}
 
 impl MeshSlot {
     /// The handle, if the mesh is running.
     pub fn get(&self) -> Option<&MeshHandle> {
         self.0.get()
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Option<PendingRotation>> {
+        self.1.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fills the slot, then applies a rotation that a reload asked for meanwhile.
+    async fn fill(&self, handle: MeshHandle) {
+        let pending = {
+            let mut pending = self.pending();
+            let _ = self.0.set(handle.clone());
+            pending.take()
+        };
+        if let Some(p) = pending {
+            log_rotation(handle.rotate_secret(p.secret, p.grace).await);
+        }
     }
 
     /// Waits until the mesh runs (or `within` passes).
@@ -171,14 +204,96 @@ async fn run_start(
     tokio::spawn(log_events(handle.subscribe()));
     serve_ping(&handle);
     let discovery_cfg = discovery_config(&config, addr);
-    let sources = discovery::spawn(discovery_cfg, handle.clone(), &secret, stop.clone());
+    let sources = discovery::spawn(discovery_cfg, handle.clone(), stop.clone());
     tracing::info!(
         address = %addr,
         sources = sources.len(),
         "mesh running"
     );
-    let _ = slot.0.set(handle);
+    slot.fill(handle).await;
     Some(task)
+}
+
+/// What a reload that changes the cluster secret did to the mesh, for the reload answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRotation {
+    /// The new key's id (public, in every packet header; never key material).
+    pub key: KeyId,
+    /// How long the previous key stays accepted.
+    pub grace: Duration,
+}
+
+impl SecretRotation {
+    /// The note for the reload answer's `changed` list and the audit record.
+    pub fn note(&self) -> String {
+        format!(
+            "cluster.secret (mesh key {} accepted now, sealed with once every live member accepts it; the previous key stays accepted for {} s; the control-plane engine keeps the secret it started with until the agent restarts)",
+            self.key,
+            self.grace.as_secs()
+        )
+    }
+}
+
+/// The rotation `new` asks for if its secret differs from `current`'s, computed without
+/// touching the mesh (the reload's prepare step). `None` when the secret is unchanged.
+pub fn prepare_rotation(current: &Config, new: &Config) -> Result<Option<SecretRotation>, String> {
+    if !current.secret_changed(new) {
+        return Ok(None);
+    }
+    let secret = ClusterSecret::new(new.cluster_secret.expose().to_vec())
+        .map_err(|e| format!("{}: field `cluster.secret`: {e}", new.file.display()))?;
+    Ok(Some(SecretRotation {
+        key: kubedna_mesh::security::key_id(&new.spec.cluster.name, &secret),
+        grace: Duration::from_secs(new.spec.cluster.secret_grace_seconds),
+    }))
+}
+
+/// Installs `new`'s cluster secret into the running mesh's key ring (beacons follow), or, if the
+/// mesh does not run yet, as soon as it does. Never logs the secret: only key ids.
+pub async fn rotate_secret(slot: &MeshSlot, new: &Config, rotation: &SecretRotation) {
+    let Ok(secret) = ClusterSecret::new(new.cluster_secret.expose().to_vec()) else {
+        // prepare_rotation refused this secret already.
+        return;
+    };
+    let handle = {
+        let mut pending = slot.pending();
+        match slot.get() {
+            Some(h) => h.clone(),
+            None => {
+                tracing::info!(key = %rotation.key, "mesh not running yet; the new cluster secret applies when it starts");
+                *pending = Some(PendingRotation {
+                    secret,
+                    grace: rotation.grace,
+                });
+                return;
+            }
+        }
+    };
+    log_rotation(handle.rotate_secret(secret, rotation.grace).await);
+}
+
+fn log_rotation(result: Result<KeyStatus, RotateError>) {
+    match result {
+        Ok(status) => {
+            let keys: Vec<String> = status.keys.iter().map(ToString::to_string).collect();
+            match &status.rotation {
+                Some(r) => tracing::info!(
+                    keys = ?keys,
+                    primary = %status.primary,
+                    target = %r.target,
+                    waiting_for = r.waiting_for.len(),
+                    retire_in_s = r.retire_in.as_secs(),
+                    "mesh key rotation started: the new key is accepted; it is used once every live member accepts it"
+                ),
+                None => {
+                    tracing::info!(keys = ?keys, primary = %status.primary, "mesh key unchanged")
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %kubedna_host::error_chain(&e), "mesh key rotation not applied; restart the agent to use the new cluster secret")
+        }
+    }
 }
 
 fn wall_nanos() -> u64 {
@@ -224,6 +339,13 @@ async fn log_events(mut events: tokio::sync::broadcast::Receiver<Event>) {
             }
             Ok(Event::Rejoined(id)) => {
                 tracing::warn!(id = %id, "mesh: we were declared down and rejoined")
+            }
+            Ok(Event::KeyPromoted(id)) => {
+                tracing::info!(key = %id, "mesh: sealing packets with the new key")
+            }
+            Ok(Event::KeysRetired(ids)) => {
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                tracing::warn!(keys = ?ids, "mesh: grace period over; packets sealed with these keys are dropped from now on")
             }
             Ok(Event::Left | Event::MemberUpdated(..)) => {}
             Err(RecvError::Lagged(n)) => tracing::debug!(skipped = n, "mesh events skipped"),

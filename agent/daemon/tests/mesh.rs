@@ -17,14 +17,22 @@ fn free_udp_port() -> u16 {
 }
 
 fn agent(name: &str, port: u16, seed_port: u16) -> Agent {
+    agent_with_grace(name, port, seed_port, None)
+}
+
+fn agent_with_grace(name: &str, port: u16, seed_port: u16, grace: Option<u64>) -> Agent {
     let extra = format!("discovery:\n  port: {port}\n  seeds: [\"127.0.0.1:{seed_port}\"]\n");
     let mut a = Agent::prepare(&extra, "");
-    let text = std::fs::read_to_string(&a.config).expect("config");
-    std::fs::write(
-        &a.config,
-        text.replace("name: n1", &format!("name: {name}")),
-    )
-    .expect("rename node");
+    let mut text = std::fs::read_to_string(&a.config)
+        .expect("config")
+        .replace("name: n1", &format!("name: {name}"));
+    if let Some(grace) = grace {
+        text = text.replace(
+            "  name: test\n",
+            &format!("  name: test\n  secretGraceSeconds: {grace}\n"),
+        );
+    }
+    std::fs::write(&a.config, text).expect("rename node");
     a.spawn();
     a.wait_notify("READY=1", Duration::from_secs(30));
     a
@@ -111,4 +119,143 @@ fn two_agents_find_each_other_and_a_sigterm_is_a_graceful_leave() {
                 && x.state.as_deref() == Some("leaving")
         })
     });
+}
+
+const NEXT_SECRET: &str = "fedcba9876543210fedcba9876543210-next";
+
+/// Three agents seeded in a ring, with `grace` seconds of secret grace.
+fn three(names: [&str; 3], grace: u64) -> Vec<Agent> {
+    let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
+    (0..3)
+        .map(|i| agent_with_grace(names[i], ports[i], ports[(i + 1) % 3], Some(grace)))
+        .collect()
+}
+
+/// Writes the next secret into `a`'s secret file and reloads over the API; returns `changed`.
+fn rotate(a: &Agent) -> Vec<String> {
+    std::fs::write(a.dir.path().join("cluster.secret"), NEXT_SECRET).expect("new secret");
+    let out = a
+        .kubedna()
+        .args(["api", "POST", "/v1/config/reload", "--data", "{}"])
+        .output()
+        .expect("cli");
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{answer} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!answer.contains(NEXT_SECRET) && !answer.contains(common::SECRET));
+    let r: kubedna_proto::ReloadResponse = serde_json::from_str(&answer).expect("reload json");
+    r.changed
+}
+
+fn all_alive(a: &Agent, n: usize) -> bool {
+    let p = peers(a);
+    p.peers.len() == n && p.peers.iter().all(|x| x.liveness == PeerLiveness::Alive)
+}
+
+/// Samples every agent's peers for `window`; panics if anyone is seen not alive.
+fn never_down(agents: &[Agent], window: Duration, when: &str) {
+    let until = Instant::now() + window;
+    while Instant::now() < until {
+        for (i, a) in agents.iter().enumerate() {
+            let p = peers(a);
+            assert!(
+                p.peers.iter().all(|x| x.liveness == PeerLiveness::Alive),
+                "{when}: agent {i} sees a peer not alive: {p:#?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_cluster_secret_rotates_by_reload_one_node_at_a_time_without_false_deaths() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the agent tests need root"
+    );
+    let agents = three(["rot-a", "rot-b", "rot-c"], 600);
+    for a in &agents {
+        await_peers(a, "three agents converge", |p| {
+            p.peers.len() == 2 && p.peers.iter().all(|x| x.liveness == PeerLiveness::Alive)
+        });
+    }
+    for (i, a) in agents.iter().enumerate() {
+        let changed = rotate(a);
+        assert!(changed.contains(&"cluster".to_string()), "{changed:?}");
+        let note = changed
+            .iter()
+            .find(|c| c.starts_with("cluster.secret"))
+            .expect("rotation noted");
+        assert!(
+            note.contains("600 s") && note.contains("control-plane engine keeps"),
+            "{note}"
+        );
+        never_down(
+            &agents,
+            Duration::from_secs(3),
+            &format!("after rotating agent {i}"),
+        );
+    }
+    never_down(&agents, Duration::from_secs(3), "after the rotation");
+    for a in &agents {
+        assert!(all_alive(a, 2));
+        let audit = serde_json::to_string(&a.records()).expect("records");
+        assert!(!audit.contains(NEXT_SECRET) && !audit.contains(common::SECRET));
+        assert!(
+            audit.contains("cluster.secret (mesh key"),
+            "the rotation is audited"
+        );
+    }
+    let mut agents = agents;
+    for a in &mut agents {
+        let (code, stderr) = a.stop();
+        assert!(code.success(), "{stderr}");
+        assert!(stderr.contains("mesh key rotation started"), "{stderr}");
+        assert!(
+            stderr.contains("sealing packets with the new key"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(NEXT_SECRET) && !stderr.contains(common::SECRET));
+    }
+}
+
+#[test]
+fn a_node_left_with_the_old_secret_is_dropped_after_the_grace_period() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the agent tests need root"
+    );
+    let agents = three(["old-a", "old-b", "old-c"], 4);
+    for a in &agents {
+        await_peers(a, "three agents converge", |p| {
+            p.peers.len() == 2 && p.peers.iter().all(|x| x.liveness == PeerLiveness::Alive)
+        });
+    }
+    std::fs::write(agents[0].dir.path().join("cluster.secret"), NEXT_SECRET).expect("secret");
+    // One by SIGHUP, one by the API: both take the reload path.
+    agents[0].signal(nix::sys::signal::Signal::SIGHUP);
+    rotate(&agents[1]);
+    // Within the grace nobody is down: the rotated two keep sealing with the old key for old-c.
+    never_down(&agents, Duration::from_secs(2), "during the grace");
+    for a in &agents[..2] {
+        await_peers(a, "the straggler is failed after the grace", |p| {
+            p.peers.iter().any(|x| {
+                x.name.as_deref() == Some("old-c")
+                    && x.liveness == PeerLiveness::Down
+                    && x.state.as_deref() != Some("leaving")
+            }) && p
+                .peers
+                .iter()
+                .any(|x| x.name.as_deref() != Some("old-c") && x.liveness == PeerLiveness::Alive)
+        });
+    }
+    await_peers(&agents[2], "the straggler loses both", |p| {
+        p.peers.iter().all(|x| x.liveness == PeerLiveness::Down)
+    });
+    let mut agents = agents;
+    let (_, stderr) = agents[0].stop();
+    assert!(stderr.contains("grace period over"), "{stderr}");
 }

@@ -21,8 +21,8 @@ pub mod sim;
 pub use identity::NodeId;
 pub use lifeguard::LifeguardConfig;
 pub use mesh::{
-    AppBody, AppFrame, DownReason, Event, Liveness, MemberInfo, Mesh, MeshConfig, MeshError,
-    TrafficStats, Transmit, MAX_APP_PAYLOAD,
+    AppBody, AppFrame, DownReason, Event, KeyStatus, Liveness, MemberInfo, Mesh, MeshConfig,
+    MeshError, RotationStatus, TrafficStats, Transmit, MAX_APP_PAYLOAD,
 };
 pub use meta::{MetaRecord, NodeMeta, NodeState, Role};
 pub use secret::{ClusterSecret, SecretError};

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;
+use crate::security::KeyId;
 
 /// What the node is for in the Kubernetes cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -62,6 +63,9 @@ pub struct MetaRecord {
     pub version: u64,
     /// The metadata.
     pub meta: NodeMeta,
+    /// The ids of the packet keys the node accepts (public: they are in every packet header).
+    /// A node makes a new key primary once every live member lists it (key rotation).
+    pub keys: Vec<KeyId>,
 }
 
 impl MetaRecord {

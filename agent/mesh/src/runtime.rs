@@ -21,11 +21,11 @@ use tokio::time::Instant;
 
 use crate::identity::NodeId;
 use crate::mesh::{
-    AppBody, AppFrame, Event, MemberInfo, Mesh, MeshConfig, MeshError, MAX_APP_PAYLOAD,
+    AppBody, AppFrame, Event, KeyStatus, MemberInfo, Mesh, MeshConfig, MeshError, MAX_APP_PAYLOAD,
 };
 use crate::meta::NodeState;
 use crate::secret::ClusterSecret;
-use crate::security::SecurityCounters;
+use crate::security::{KeyRing, KeyRingError, SecurityCounters};
 
 /// What the daemon can ask of a running mesh.
 #[derive(Debug)]
@@ -42,6 +42,17 @@ pub enum Command {
     SetSeeds(Vec<SocketAddr>),
     /// Leave gracefully; the driver returns after [`Event::Left`].
     Leave,
+    /// Rotate to the key of `secret` (see [`Mesh::rotate_secret`]).
+    RotateSecret {
+        /// The new cluster secret.
+        secret: ClusterSecret,
+        /// How long the other keys stay accepted.
+        grace: Duration,
+        /// The key ring after the change.
+        reply: oneshot::Sender<Result<KeyStatus, KeyRingError>>,
+    },
+    /// Reply with the key ring's ids and the rotation in progress.
+    Keys(oneshot::Sender<KeyStatus>),
     /// Send an application request; the reply (or error) goes to `reply`.
     Request {
         /// The peer's mesh address.
@@ -113,6 +124,17 @@ pub enum RequestError {
 #[error("the mesh is not running on this node")]
 pub struct MeshStopped;
 
+/// Why a key rotation was not applied.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RotateError {
+    /// See [`MeshStopped`].
+    #[error(transparent)]
+    Stopped(#[from] MeshStopped),
+    /// The key ring refused the key.
+    #[error("the mesh key ring refused the new key")]
+    Ring(#[source] KeyRingError),
+}
+
 /// A request from a peer, delivered to the handler registered with [`MeshHandle::serve`].
 /// Answer it with [`IncomingRequest::respond`]; dropping it answers with an error.
 #[derive(Debug)]
@@ -167,6 +189,7 @@ pub struct MeshHandle {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
     active: watch::Receiver<usize>,
+    ring: watch::Receiver<KeyRing>,
     handlers: Handlers,
 }
 
@@ -203,6 +226,39 @@ impl MeshHandle {
     /// Replaces the static seed list.
     pub async fn set_seeds(&self, seeds: Vec<SocketAddr>) -> Result<(), MeshStopped> {
         self.send(Command::SetSeeds(seeds)).await
+    }
+
+    /// Rotates the mesh to the key of `secret`: accepted at once, used for sending once every
+    /// live member accepts it, the other keys accepted for `grace` more (see
+    /// [`Mesh::rotate_secret`]).
+    pub async fn rotate_secret(
+        &self,
+        secret: ClusterSecret,
+        grace: Duration,
+    ) -> Result<KeyStatus, RotateError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::RotateSecret {
+            secret,
+            grace,
+            reply,
+        })
+        .await?;
+        rx.await
+            .map_err(|_| MeshStopped)?
+            .map_err(RotateError::Ring)
+    }
+
+    /// The key ring's ids, its primary and the rotation in progress (never key material).
+    pub async fn keys(&self) -> Result<KeyStatus, MeshStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Keys(tx)).await?;
+        rx.await.map_err(|_| MeshStopped)
+    }
+
+    /// The mesh's key ring, updated whenever a key is installed, promoted or retired (the
+    /// multicast beacons seal and open with it).
+    pub fn key_ring(&self) -> watch::Receiver<KeyRing> {
+        self.ring.clone()
     }
 
     /// Starts a graceful leave; the driver task ends once peers were told.
@@ -304,12 +360,14 @@ pub fn spawn(mesh: Mesh, socket: UdpSocket) -> (MeshHandle, JoinHandle<io::Resul
     let (commands, rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(256);
     let (active_tx, active) = watch::channel(0);
+    let (ring_tx, ring) = watch::channel(mesh.key_ring().clone());
     let handlers: Handlers = Arc::default();
     let handle = MeshHandle {
         id: mesh.id(),
         commands: commands.clone(),
         events: events.clone(),
         active,
+        ring,
         handlers: handlers.clone(),
     };
     let driver = Driver {
@@ -317,6 +375,7 @@ pub fn spawn(mesh: Mesh, socket: UdpSocket) -> (MeshHandle, JoinHandle<io::Resul
         commands: commands.downgrade(),
         events,
         active: active_tx,
+        ring: ring_tx,
         handlers,
         pending: HashMap::new(),
         next_id: 1,
@@ -343,6 +402,7 @@ struct Driver {
     commands: mpsc::WeakSender<Command>,
     events: broadcast::Sender<Event>,
     active: watch::Sender<usize>,
+    ring: watch::Sender<KeyRing>,
     handlers: Handlers,
     pending: HashMap<u64, PendingRequest>,
     next_id: u64,
@@ -372,6 +432,14 @@ impl Driver {
             let active = mesh.num_active();
             self.active
                 .send_if_modified(|n| std::mem::replace(n, active) != active);
+            let ring = mesh.key_ring();
+            self.ring.send_if_modified(|r| {
+                let same = r.key_ids() == ring.key_ids() && r.primary_id() == ring.primary_id();
+                if !same {
+                    *r = ring.clone();
+                }
+                !same
+            });
             if left {
                 return Ok(mesh);
             }
@@ -420,6 +488,19 @@ impl Driver {
             Command::Announce(addr) => mesh.announce(addr, std_now),
             Command::SetSeeds(seeds) => mesh.set_seeds(seeds, std_now),
             Command::Leave => mesh.leave(std_now),
+            Command::RotateSecret {
+                secret,
+                grace,
+                reply,
+            } => {
+                let result = mesh
+                    .rotate_secret(&secret, grace, std_now)
+                    .map(|_| mesh.key_status(std_now));
+                let _ = reply.send(result);
+            }
+            Command::Keys(reply) => {
+                let _ = reply.send(mesh.key_status(std_now));
+            }
             Command::Request {
                 to,
                 kind,

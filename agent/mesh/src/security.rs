@@ -42,7 +42,10 @@ pub const MAX_KEYS: usize = 4;
 const WINDOW: u64 = 64;
 
 /// Identifies one key of the ring on the wire; derived from the secret, reveals nothing of it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// Public: it is in every packet header, and nodes gossip the ids they accept (key rotation).
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct KeyId(pub [u8; 4]);
 
 impl fmt::Debug for KeyId {
@@ -145,6 +148,7 @@ impl SecurityCounters {
     }
 }
 
+#[derive(Clone)]
 struct RingKey {
     id: KeyId,
     cipher: XChaCha20Poly1305,
@@ -153,7 +157,10 @@ struct RingKey {
 /// Keys derived from one or more cluster secrets: one primary for sending, all accepted on receive.
 ///
 /// Rotation without false deaths: install the new secret on every node, then make it primary on
-/// every node, then remove the old one. Between steps every node accepts both.
+/// every node, then remove the old one. Between steps every node accepts both. [`crate::Mesh`]
+/// automates these steps ([`crate::Mesh::rotate_secret`]). A clone holds the same keys (the
+/// multicast beacons follow the mesh's ring this way).
+#[derive(Clone)]
 pub struct KeyRing {
     cluster_tag: [u8; 8],
     cluster_name: String,
@@ -198,6 +205,11 @@ fn derive(cluster_name: &str, secret: &ClusterSecret) -> RingKey {
         id: KeyId(id),
         cipher,
     }
+}
+
+/// The key id `secret` has in cluster `cluster_name` (public: it is in every packet header).
+pub fn key_id(cluster_name: &str, secret: &ClusterSecret) -> KeyId {
+    derive(cluster_name, secret).id
 }
 
 impl KeyRing {
@@ -334,6 +346,11 @@ impl PacketSecurity {
     /// The key ring.
     pub fn ring(&self) -> &KeyRing {
         &self.ring
+    }
+
+    /// Replaces the key ring (same cluster), keeping the sending counter and replay windows.
+    pub fn set_ring(&mut self, ring: KeyRing) {
+        self.ring = ring;
     }
 
     /// Accept and drop counts so far.

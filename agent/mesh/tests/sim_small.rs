@@ -197,6 +197,131 @@ fn key_rotation_without_false_deaths() {
     }
 }
 
+/// The daemon's rotation: one `rotate_secret` per node (a config reload), staggered. Nobody seals
+/// with the new key before every live member accepts it, so nobody is ever unreadable.
+#[test]
+fn rotate_secret_one_node_at_a_time_without_false_deaths() {
+    let mut sim = cluster(10, 21);
+    sim.run_for(secs(8));
+    let new = kubedna_mesh::ClusterSecret::new(b"the-next-cluster-secret-42".to_vec()).expect("ok");
+    let grace = secs(60);
+    let mut target = None;
+    for i in 0..10 {
+        sim.with_mesh(i, |m, now| {
+            target = Some(m.rotate_secret(&new, grace, now).expect("room"));
+        });
+        sim.run_for(Duration::from_millis(700));
+        if i < 9 {
+            let primary = sim
+                .mesh(i)
+                .expect("live")
+                .key_status(sim.instant(sim.now()))
+                .primary;
+            assert_ne!(
+                Some(primary),
+                target,
+                "node {i} promoted before everyone accepts"
+            );
+        }
+    }
+    let target = target.expect("rotated");
+    sim.run_for(secs(5));
+    for i in 0..10 {
+        let status = sim
+            .mesh(i)
+            .expect("live")
+            .key_status(sim.instant(sim.now()));
+        assert_eq!(status.primary, target, "node {i}: {status:?}");
+        assert_eq!(
+            status.keys.len(),
+            2,
+            "old key still accepted during the grace"
+        );
+        assert!(status.rotation.expect("in grace").waiting_for.is_empty());
+    }
+    sim.run_for(grace);
+    for i in 0..10 {
+        let status = sim
+            .mesh(i)
+            .expect("live")
+            .key_status(sim.instant(sim.now()));
+        assert_eq!(status.keys, vec![target], "node {i}: old key retired");
+        assert!(status.rotation.is_none());
+        let c = sim.mesh(i).expect("live").security_counters();
+        assert_eq!(c.dropped(), 0, "node {i}: {c:?}");
+    }
+    assert!(sim
+        .records()
+        .iter()
+        .all(|r| !matches!(r.event, Event::MemberDown(..))));
+    assert!(sim.converged());
+    // Rotating to the same key again changes nothing.
+    sim.with_mesh(0, |m, now| {
+        m.rotate_secret(&new, grace, now).expect("same key");
+        assert!(m.key_status(now).rotation.is_none());
+    });
+}
+
+/// A node left with only the old key when the grace period ends is failed by the others (and
+/// they by it), and its packets are dropped as `unknown_key`.
+#[test]
+fn a_node_without_the_new_key_is_dropped_after_the_grace_period() {
+    let mut sim = cluster(3, 22);
+    sim.run_for(secs(6));
+    assert!(sim.converged());
+    let new = kubedna_mesh::ClusterSecret::new(b"the-next-cluster-secret-42".to_vec()).expect("ok");
+    let grace = secs(10);
+    for i in 0..2 {
+        sim.with_mesh(i, |m, now| {
+            m.rotate_secret(&new, grace, now).expect("room");
+        });
+    }
+    sim.run_for(secs(5));
+    // Node 2 never took the key: the others keep sealing with the old one and nobody is down.
+    let status = sim
+        .mesh(0)
+        .expect("live")
+        .key_status(sim.instant(sim.now()));
+    assert_ne!(
+        Some(status.primary),
+        status.rotation.as_ref().map(|r| r.target)
+    );
+    assert_eq!(
+        status
+            .rotation
+            .expect("waiting")
+            .waiting_for
+            .iter()
+            .map(|id| id.addr)
+            .collect::<Vec<_>>(),
+        vec![sim_addr(2)]
+    );
+    assert!(downs_of(&sim, sim_addr(2)).is_empty());
+    sim.run_for(secs(20));
+    let mut downs = downs_of(&sim, sim_addr(2));
+    downs.sort_unstable_by_key(|(n, _)| *n);
+    downs.dedup_by_key(|(n, _)| *n);
+    assert_eq!(
+        downs,
+        vec![(0, DownReason::Failed), (1, DownReason::Failed)],
+        "both rotated nodes fail the straggler"
+    );
+    for i in 0..2 {
+        let c = sim.mesh(i).expect("live").security_counters();
+        assert!(
+            c.unknown_key > 0,
+            "node {i} counts the straggler's packets: {c:?}"
+        );
+    }
+    assert!(sim.mesh(2).expect("live").security_counters().unknown_key > 0);
+    // The two rotated nodes still see each other.
+    assert!(sim.mesh(0).expect("live").sees_active(sim_addr(1)));
+    assert!(
+        downs_of(&sim, sim_addr(0)).iter().all(|(n, _)| *n == 2),
+        "only the straggler loses node 0"
+    );
+}
+
 #[test]
 fn garbage_and_foreign_packets_in_flight_are_counted() {
     let mut sim = cluster(3, 18);

@@ -19,7 +19,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::runtime::MeshHandle;
-use crate::secret::ClusterSecret;
 
 /// Which sources run, from the agent config's `discovery` and `provider` sections.
 #[derive(Debug, Clone)]
@@ -103,10 +102,10 @@ pub enum DiscoveryError {
 }
 
 /// Starts every configured source; each ends when `stop` turns true or the mesh stops.
+/// Beacons are sealed with the mesh's key ring and follow its rotations.
 pub fn spawn(
     cfg: DiscoveryConfig,
     mesh: MeshHandle,
-    secret: &ClusterSecret,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
@@ -119,7 +118,7 @@ pub fn spawn(
         )));
     }
     if let Some(m) = cfg.multicast.clone() {
-        let codec = multicast::BeaconCodec::new(&cfg.cluster_name, secret);
+        let codec = multicast::BeaconCodec::with_ring(mesh.key_ring().borrow().clone());
         tasks.push(tokio::spawn(multicast::run(
             m,
             codec,

@@ -5,8 +5,10 @@
 //! window; see `security.rs`) and carrying the sender's mesh address. A beacon from another
 //! cluster or with a bad tag is dropped and counted before anything in it is read. A node sends
 //! one every 1-2 s (jittered) while it has no peers, then every 30 s; a valid beacon makes the
-//! receiver announce to the sender's mesh address (at most once per 5 s per sender). It must
-//! never trust an unauthenticated beacon, and never log a key.
+//! receiver announce to the sender's mesh address (at most once per 5 s per sender). Beacons use
+//! the running mesh's key ring ([`MeshHandle::key_ring`]), so they follow a key rotation: the new
+//! key is accepted as soon as the mesh installs it, and beacons are sealed with it once the mesh
+//! makes it primary. It must never trust an unauthenticated beacon, and never log a key.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -63,6 +65,11 @@ fn wall_ms() -> u64 {
 impl BeaconCodec {
     /// A codec for `cluster_name`'s beacons, with a fresh random boot id.
     pub fn new(cluster_name: &str, secret: &ClusterSecret) -> Self {
+        Self::with_ring(KeyRing::new(cluster_name, secret))
+    }
+
+    /// A codec sealing with `ring`'s primary key and accepting all of its keys.
+    pub fn with_ring(ring: KeyRing) -> Self {
         let mut boot = [0u8; 16];
         // Without the kernel's randomness, a clock-derived boot id still differs per start.
         if getrandom::fill(&mut boot).is_err() {
@@ -71,8 +78,13 @@ impl BeaconCodec {
             );
         }
         Self {
-            security: PacketSecurity::new(KeyRing::new(cluster_name, secret), boot, 120_000),
+            security: PacketSecurity::new(ring, boot, 120_000),
         }
+    }
+
+    /// Follows a change of the mesh's key ring (rotation); replay windows are kept.
+    pub fn set_ring(&mut self, ring: KeyRing) {
+        self.security.set_ring(ring);
     }
 
     /// A beacon saying our mesh listens at `mesh_addr`.
@@ -165,6 +177,8 @@ pub async fn run(
     let own = mesh.local_addr();
     let group = SocketAddr::from((cfg.group, cfg.port));
     let mut active = mesh.active_members();
+    let mut ring = mesh.key_ring();
+    codec.set_ring(ring.borrow_and_update().clone());
     let mut announced: HashMap<SocketAddr, Instant> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     let mut next_beacon = Instant::now();
@@ -202,6 +216,10 @@ pub async fn run(
                         }
                     }
                 }
+            }
+            changed = ring.changed() => {
+                if changed.is_err() { return; }
+                codec.set_ring(ring.borrow_and_update().clone());
             }
             changed = active.changed() => {
                 if changed.is_err() { return; }
@@ -253,6 +271,42 @@ mod tests {
         assert_eq!(receiver.open(from, &forged, wall_ms()), Err(Reject::BadTag));
         assert_eq!(ours.counters().foreign_cluster, 1);
         assert_eq!(receiver.counters().bad_tag, 1);
+    }
+
+    #[test]
+    fn beacons_follow_the_rings_rotation() {
+        let next =
+            ClusterSecret::new(b"multicast-next-cluster-secret-4567".to_vec()).expect("long");
+        let mut ring = KeyRing::new("alpha", &secret());
+        let mut rotated = BeaconCodec::with_ring(ring.clone());
+        let mut old_only = BeaconCodec::new("alpha", &secret());
+        let mut new_only = BeaconCodec::new("alpha", &next);
+        let from: SocketAddr = ([198, 18, 10, 4], 7947).into();
+        let mesh: SocketAddr = ([198, 18, 10, 4], 7946).into();
+        // Installed: the rotated node accepts both, still seals with the old key.
+        let id = ring.install(&next).expect("room");
+        rotated.set_ring(ring.clone());
+        assert_eq!(
+            rotated.open(from, &new_only.seal(mesh, wall_ms()), wall_ms()),
+            Ok(mesh)
+        );
+        assert_eq!(
+            old_only.open(from, &rotated.seal(mesh, wall_ms()), wall_ms()),
+            Ok(mesh)
+        );
+        // Promoted and the old key retired: only the new key remains.
+        ring.set_primary(id).expect("installed");
+        ring.remove(ring.id_of(&secret())).expect("not primary");
+        rotated.set_ring(ring);
+        let other: SocketAddr = ([198, 18, 10, 5], 7947).into();
+        assert_eq!(
+            new_only.open(other, &rotated.seal(mesh, wall_ms()), wall_ms()),
+            Ok(mesh)
+        );
+        assert_eq!(
+            rotated.open(other, &old_only.seal(mesh, wall_ms()), wall_ms()),
+            Err(Reject::UnknownKey)
+        );
     }
 
     #[test]
