@@ -12,6 +12,7 @@ pub mod names;
 pub mod net;
 pub mod node;
 pub mod provider;
+pub mod qemu;
 pub mod seed;
 
 use serde::{Deserialize, Serialize};
@@ -39,4 +40,15 @@ impl Role {
             Role::Worker => "worker",
         }
     }
+}
+
+/// How a lab boots its nodes (kept in the lab's state).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Provisioner {
+    /// systemd-nspawn containers over an overlay of the image rootfs (seconds per node).
+    #[default]
+    Nspawn,
+    /// The image's UEFI disk in qemu under software emulation: the full VM boot path (minutes).
+    Qemu,
 }
