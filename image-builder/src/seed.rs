@@ -336,8 +336,10 @@ pub fn render(cluster: &ClusterSeed, cluster_path: &Path, node: &str) -> Result<
             net.prefix_length
         );
         if let Some(gw) = net.gateway {
+            // `0.0.0.0/0`, not `default`: cloud-init 22.4 (Debian 12) refuses "default" as an
+            // address and then applies no network config at all (found by the lab's qemu nodes).
             nc.push_str(&format!(
-                "    routes:\n      - to: default\n        via: {gw}\n"
+                "    routes:\n      - to: 0.0.0.0/0\n        via: {gw}\n"
             ));
         }
         if !net.nameservers.is_empty() {
