@@ -756,6 +756,31 @@ impl Lab {
         Ok(node::kill_node(&self.paths(node))?)
     }
 
+    /// Reinstall with a wiped disk: power cut, the node's overlay upper layer (its whole disk)
+    /// deleted, then a first boot from the image again under the same name, address and link,
+    /// with a freshly rendered seed (cloud-init runs as on a new machine; new machine-id).
+    /// Waits until the node is ready.
+    pub fn reinstall(&mut self, node: &str, timeout: Duration) -> Result<(), LabError> {
+        let record = self.node(node)?.clone();
+        self.kill(node)?;
+        let p = self.paths(node);
+        for m in node::mounts_under(&p.dir) {
+            umount(&m)?;
+        }
+        for d in [&p.upper, &p.work] {
+            if d.exists() {
+                std::fs::remove_dir_all(d).map_err(|source| LabError::State {
+                    path: d.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+        net::set_link(&self.veth(&record), true)?;
+        self.provision(node, None)?;
+        self.wait_ready(&[node.to_string()], Instant::now() + timeout)?;
+        Ok(())
+    }
+
     fn select(&self, nodes: &[String]) -> Result<Vec<String>, LabError> {
         if nodes.is_empty() {
             return Ok(self.state.nodes.iter().map(|n| n.name.clone()).collect());

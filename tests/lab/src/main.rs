@@ -114,6 +114,13 @@ enum Cmd {
     },
     /// Power-cut a node (SIGKILL its PID 1 and nspawn).
     Kill { node: String },
+    /// Reinstall a node with a wiped disk (power cut, disk deleted, first boot from the image
+    /// under the same name and address); waits until it is ready.
+    Reinstall {
+        node: String,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Drop traffic between groups: `partition cp-1,cp-2 / cp-3,worker-1`.
     Partition {
         #[arg(required = true, num_args = 1..)]
@@ -234,6 +241,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Lab::open(&root, &name)?.start(&nodes, Duration::from_secs(timeout))?;
         }
         Cmd::Kill { node } => Lab::open(&root, &name)?.kill(&node)?,
+        Cmd::Reinstall { node, timeout } => {
+            Lab::open(&root, &name)?.reinstall(&node, Duration::from_secs(timeout))?;
+        }
         Cmd::Partition { groups } => {
             let joined = groups.join(" ");
             let parsed: Vec<Vec<String>> = joined
