@@ -1152,11 +1152,20 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                         .get(&coord.key("init-done"))
                         .await
                         .map_err(self.coord_err("cannot read the init record"))?;
-                    if done.is_none() {
-                        if !p.init_ran {
-                            return Err(EngineError::InitInterrupted { node: me });
+                    match (done.is_some(), p.init_ran) {
+                        (false, false) => return Err(EngineError::InitInterrupted { node: me }),
+                        (false, true) => self.init(&coord, &mut p).await?,
+                        (true, true) => {}
+                        // The cluster was initialised here, then this node lost its disk (a
+                        // reinstall under the same name): nothing of that init is left on it,
+                        // so it joins like any other control plane.
+                        (true, false) => {
+                            let material = self.material_from_etcd(&coord).await?;
+                            if join_lock.is_none() {
+                                join_lock = Some(self.acquire_join_lock(&coord).await?);
+                            }
+                            self.join(Some(&material)).await?;
                         }
-                        self.init(&coord, &mut p).await?;
                     }
                 }
                 InitDecision::Taken { .. } => {

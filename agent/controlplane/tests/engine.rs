@@ -640,40 +640,44 @@ async fn three_plus_two_form_fail_over_and_a_wiped_node_rejoins_without_init() {
     );
     c.wait_member(Duration::from_secs(30)).await;
 
-    // Reinstall: a control plane that is not the init node loses its disk and rejoins.
-    let victim = ["cp-1", "cp-2", "cp-3"]
+    // Reinstall: a control plane that is not the init node loses its disk and rejoins; then the
+    // init node itself, whose init went with its disk: it must join like the others.
+    let other = ["cp-1", "cp-2", "cp-3"]
         .into_iter()
         .find(|n| *n != init_node)
         .expect("victim");
-    let old_id = members.iter().find(|m| m.name == victim).map(|m| m.id);
-    c.kill(victim);
-    c.nodes[victim].sd.crash_etcd().await;
-    *lock(&c.nodes[victim].sd.wanted) = false;
-    {
-        let n = c.nodes.get_mut(victim).expect("victim");
-        let mut kept = Calls::default();
-        read_calls(&n.cfg.root, victim, &mut kept);
-        n.wiped_calls = kept;
-        std::fs::remove_dir_all(&n.cfg.root).expect("wipe root");
-        std::fs::remove_dir_all(&n.state).expect("wipe state");
-        std::fs::create_dir_all(&n.cfg.root).expect("mkdir");
-        n.sd = HostSystemd::new(&n.cfg.root);
+    for (victim, joins) in [(other, 2), (init_node.as_str(), 1)] {
+        let members = coord.members().await.expect("members");
+        let old_id = members.iter().find(|m| m.name == victim).map(|m| m.id);
+        c.kill(victim);
+        c.nodes[victim].sd.crash_etcd().await;
+        *lock(&c.nodes[victim].sd.wanted) = false;
+        {
+            let n = c.nodes.get_mut(victim).expect("victim");
+            let mut kept = std::mem::take(&mut n.wiped_calls);
+            read_calls(&n.cfg.root, victim, &mut kept);
+            n.wiped_calls = kept;
+            std::fs::remove_dir_all(&n.cfg.root).expect("wipe root");
+            std::fs::remove_dir_all(&n.state).expect("wipe state");
+            std::fs::create_dir_all(&n.cfg.root).expect("mkdir");
+            n.sd = HostSystemd::new(&n.cfg.root);
+        }
+        c.start(victim);
+        c.wait_member(Duration::from_secs(60)).await;
+        let calls = c.calls();
+        assert_eq!(calls.inits.values().sum::<usize>(), 1, "{calls:?}");
+        assert_eq!(calls.init_attempts.len(), 1, "{calls:?}");
+        assert_eq!(calls.joins.get(victim), Some(&joins), "{victim}: {calls:?}");
+        let members = coord.members().await.expect("members");
+        let again = members.iter().find(|m| m.name == victim).expect("rejoined");
+        assert_ne!(Some(again.id), old_id, "{victim} rejoined as a new member");
+        assert_eq!(
+            members.iter().filter(|m| !m.learner).count(),
+            3,
+            "{members:?}"
+        );
+        assert_eq!(voters(&c.status(victim).expect("status")), 3);
     }
-    c.start(victim);
-    c.wait_member(Duration::from_secs(60)).await;
-    let calls = c.calls();
-    assert_eq!(calls.inits.values().sum::<usize>(), 1, "{calls:?}");
-    assert_eq!(calls.init_attempts.len(), 1, "{calls:?}");
-    assert_eq!(calls.joins.get(victim), Some(&2), "{calls:?}");
-    let members = coord.members().await.expect("members");
-    let again = members.iter().find(|m| m.name == victim).expect("rejoined");
-    assert_ne!(Some(again.id), old_id, "rejoined as a new member");
-    assert_eq!(
-        members.iter().filter(|m| !m.learner).count(),
-        3,
-        "{members:?}"
-    );
-    assert_eq!(voters(&c.status(victim).expect("status")), 3);
     c.shutdown().await;
 }
 
