@@ -386,6 +386,10 @@ struct Persisted {
     cluster_id: Option<String>,
     /// Recorded before this node runs `kubeadm init`.
     init_ran: bool,
+    /// Recorded once `kubeadm init` exited 0: from then on a retry only records `init-done` in
+    /// etcd, it never resets and re-runs init (a second init would make a new cluster CA).
+    #[serde(default)]
+    init_succeeded: bool,
     kubeadm_done: bool,
 }
 
@@ -1191,6 +1195,32 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
     async fn init(&self, coord: &Coordinator, p: &mut Persisted) -> Result<(), EngineError> {
         self.set_phase(Phase::Initialising, None);
         let cfg = self.cfg();
+        if !p.init_succeeded {
+            self.run_init(p).await?;
+        }
+        let rec = serde_json::json!({ "node": cfg.node }).to_string();
+        coord
+            .client()
+            .kv_client()
+            .put(coord.key("init-done"), rec, None)
+            .await
+            .map_err(|e| EngineError::Coord {
+                node: self.node(),
+                what: "cannot record that init is done",
+                source: Box::new(CoordError::Etcd {
+                    endpoints: vec![],
+                    what: "put",
+                    source: e,
+                }),
+            })?;
+        tracing::info!(node = %cfg.node, "kubeadm init done");
+        Ok(())
+    }
+
+    /// `kubeadm init` on this disk, exactly once to success: `init_succeeded` is durable before
+    /// anything else (recording `init-done` in etcd) can fail.
+    async fn run_init(&self, p: &mut Persisted) -> Result<(), EngineError> {
+        let cfg = self.cfg();
         if p.init_ran {
             // An earlier attempt on this disk was interrupted: kubeadm refuses to init over it.
             let _ = self.kubeadm.run(&["reset".into(), "--force".into()]).await;
@@ -1223,23 +1253,8 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         let r = self.kubeadm.run(&kcfg::init_args(INIT_CONFIG)).await;
         let _ = std::fs::remove_file(rooted(&cfg.root, INIT_CONFIG));
         r.map_err(self.kubeadm_err())?;
-        let rec = serde_json::json!({ "node": cfg.node }).to_string();
-        coord
-            .client()
-            .kv_client()
-            .put(coord.key("init-done"), rec, None)
-            .await
-            .map_err(|e| EngineError::Coord {
-                node: self.node(),
-                what: "cannot record that init is done",
-                source: Box::new(CoordError::Etcd {
-                    endpoints: vec![],
-                    what: "put",
-                    source: e,
-                }),
-            })?;
-        tracing::info!(node = %cfg.node, "kubeadm init done");
-        Ok(())
+        p.init_succeeded = true;
+        self.persist(p)
     }
 
     fn write_secret_file(&self, path: &str, text: &str) -> Result<(), EngineError> {
