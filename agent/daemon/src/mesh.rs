@@ -13,11 +13,16 @@
 //! accepted for `cluster.secretGraceSeconds`. The control-plane engine keeps the secret it started
 //! with until the agent restarts.
 //!
+//! The node's mesh identity (address, generation, incarnation) and its last-known members are
+//! kept in `<state.dir>/mesh.json` ([`SavedMesh`], written atomically every few seconds when they
+//! change and at shutdown), so a restarted agent rejoins as the next generation of itself and
+//! announces to the members it knew, even without seeds.
+//!
 //! Request kinds for [`MeshHandle::request`] and [`MeshHandle::serve`] are listed in
 //! [`request_kind`]; docs/mesh.md documents the API.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -102,9 +107,148 @@ impl MeshSlot {
     }
 }
 
+/// The file in `state.dir` that keeps the mesh identity and last-known members across restarts.
+pub const SAVED_MESH_FILE: &str = "mesh.json";
+
+/// How often the saved identity and members are rewritten when they changed.
+const SAVE_EVERY: Duration = Duration::from_secs(5);
+
+/// Most members kept in [`SavedMesh`] (announced to a few at a time at start).
+const SAVED_MEMBERS: usize = 64;
+
+/// What survives a restart in `<state.dir>/mesh.json`. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedMesh {
+    /// The mesh address of the saved life; a different address now means a different identity.
+    pub address: SocketAddr,
+    /// Its generation: the next start uses generation + 1.
+    pub generation: u16,
+    /// Its last SWIM incarnation (for diagnosis; a new life starts at 0).
+    pub incarnation: u64,
+    /// Members known when saved, alive and suspect ones first, then down ones (the previous
+    /// list is kept when none is known: an isolated node keeps what it knew).
+    pub members: Vec<SocketAddr>,
+}
+
+/// Reads `<state_dir>/mesh.json`; a missing file is a first start, an unreadable or corrupt one
+/// is logged and ignored (the node then joins as on a first start).
+pub fn load_saved(state_dir: &Path) -> Option<SavedMesh> {
+    let path = state_dir.join(SAVED_MESH_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot read the saved mesh identity; joining as a new node");
+            return None;
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(saved) => Some(saved),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "the saved mesh identity is not valid JSON of this agent; joining as a new node (the file is rewritten)");
+            None
+        }
+    }
+}
+
+/// Applies a saved life to the mesh config: the next generation if the address is the same, and
+/// the saved members as announce targets.
+pub fn apply_saved(cfg: &mut MeshConfig, saved: Option<&SavedMesh>) {
+    let Some(saved) = saved else { return };
+    if saved.address == cfg.addr {
+        cfg.generation = saved.generation.wrapping_add(1);
+    }
+    cfg.known = saved
+        .members
+        .iter()
+        .copied()
+        .filter(|a| *a != cfg.addr)
+        .collect();
+}
+
+/// Reads the mesh's identity and members and writes them if they differ from `last`.
+async fn save_if_changed(
+    handle: &MeshHandle,
+    path: &Path,
+    last: &mut Option<SavedMesh>,
+) -> Result<(), String> {
+    let (id, incarnation) = handle.identity().await.map_err(|e| e.to_string())?;
+    let members = handle.members().await.map_err(|e| e.to_string())?;
+    // Alive and suspect members first, then down ones (a member that left may be rebooting
+    // too); foca forgets down members after an hour.
+    let mut known: Vec<(bool, SocketAddr)> = members
+        .iter()
+        .map(|m| (m.liveness == Liveness::Down, m.id.addr))
+        .collect();
+    known.sort();
+    let mut alive: Vec<SocketAddr> = Vec::new();
+    for (_, addr) in known {
+        if !alive.contains(&addr) && alive.len() < SAVED_MEMBERS {
+            alive.push(addr);
+        }
+    }
+    if alive.is_empty() {
+        alive = last.as_ref().map(|l| l.members.clone()).unwrap_or_default();
+    }
+    let next = SavedMesh {
+        address: id.addr,
+        generation: id.generation,
+        incarnation: u64::from(incarnation),
+        members: alive,
+    };
+    if last.as_ref() == Some(&next) {
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec_pretty(&next).map_err(|e| e.to_string())?;
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || kubedna_host::atomic::write_atomic(&path, &bytes, 0o600))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| kubedna_host::error_chain(&e))?;
+    *last = Some(next);
+    Ok(())
+}
+
+/// Keeps `<state.dir>/mesh.json` current: rewritten at most every [`SAVE_EVERY`] after a
+/// membership change or a new generation, until `stop`.
+async fn keep_saved(
+    handle: MeshHandle,
+    path: PathBuf,
+    mut last: Option<SavedMesh>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut events = handle.subscribe();
+    let mut dirty = true;
+    let mut reported = false;
+    loop {
+        tokio::select! {
+            e = events.recv() => match e {
+                Ok(Event::MemberUp(_) | Event::MemberDown(..) | Event::Rejoined(_) | Event::Joined)
+                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => dirty = true,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            () = tokio::time::sleep(SAVE_EVERY), if dirty => {
+                dirty = false;
+                match save_if_changed(&handle, &path, &mut last).await {
+                    Ok(()) => reported = false,
+                    Err(e) if !reported => {
+                        reported = true;
+                        tracing::warn!(file = %path.display(), error = %e, "cannot save the mesh identity; a restart will join as a new generation of this node; check the state directory");
+                    }
+                    Err(_) => {}
+                }
+            }
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+        }
+    }
+}
+
 /// The running mesh service: what [`stop`] needs.
 #[derive(Debug)]
 pub struct MeshService {
+    state_file: PathBuf,
     slot: MeshSlot,
     stop: watch::Sender<bool>,
     starter: JoinHandle<Option<JoinHandle<std::io::Result<kubedna_mesh::Mesh>>>>,
@@ -115,8 +259,10 @@ pub fn start(config: &Config, slot: MeshSlot) -> MeshService {
     let (stop, stop_rx) = watch::channel(false);
     let config = config.clone();
     let task_slot = slot.clone();
+    let state_file = config.state_dir().join(SAVED_MESH_FILE);
     let starter = tokio::spawn(async move { run_start(config, task_slot, stop_rx).await });
     MeshService {
+        state_file,
         slot,
         stop,
         starter,
@@ -128,6 +274,10 @@ pub fn start(config: &Config, slot: MeshSlot) -> MeshService {
 pub async fn stop(service: MeshService, deadline: Duration) {
     let _ = service.stop.send(true);
     if let Some(handle) = service.slot.get() {
+        let mut last = load_saved(service.state_file.parent().unwrap_or(Path::new("/")));
+        if let Err(e) = save_if_changed(handle, &service.state_file, &mut last).await {
+            tracing::warn!(file = %service.state_file.display(), error = %e, "cannot save the mesh identity at shutdown");
+        }
         let _ = handle.set_state(NodeState::Leaving).await;
         let _ = handle.leave().await;
     }
@@ -159,9 +309,10 @@ async fn run_start(
             return None;
         }
     };
+    let saved = load_saved(config.state_dir());
     let mut reported = None::<String>;
     let socket = loop {
-        let attempt = match local_ip(&config).await {
+        let attempt = match local_ip(&config, saved.as_ref()).await {
             Some(ip) => UdpSocket::bind(SocketAddr::new(ip, spec.port))
                 .await
                 .map_err(|e| format!("cannot bind the mesh port {ip}:{}: {e}; free the port or change discovery.port", spec.port)),
@@ -188,7 +339,16 @@ async fn run_start(
         }
     };
     let meta = node_meta(&config, addr.ip(), Path::new(IMAGE_RECORD));
-    let cfg = MeshConfig::lan(&config.spec.cluster.name, addr, meta);
+    let mut cfg = MeshConfig::lan(&config.spec.cluster.name, addr, meta);
+    apply_saved(&mut cfg, saved.as_ref());
+    if let Some(s) = &saved {
+        tracing::info!(
+            generation = cfg.generation,
+            known = cfg.known.len(),
+            previous = %s.address,
+            "mesh: rejoining as the next generation of this node; announcing to known members"
+        );
+    }
     let mut seed = [0u8; 8];
     if getrandom::fill(&mut seed).is_err() {
         seed = (u64::from(std::process::id()) ^ wall_nanos()).to_le_bytes();
@@ -203,6 +363,12 @@ async fn run_start(
     let (handle, task) = runtime::spawn(mesh, socket);
     tokio::spawn(log_events(handle.subscribe()));
     serve_ping(&handle);
+    tokio::spawn(keep_saved(
+        handle.clone(),
+        config.state_dir().join(SAVED_MESH_FILE),
+        saved,
+        stop.clone(),
+    ));
     let discovery_cfg = discovery_config(&config, addr);
     let sources = discovery::spawn(discovery_cfg, handle.clone(), stop.clone());
     tracing::info!(
@@ -464,9 +630,9 @@ fn interface_ipv4(interface: &str) -> Option<IpAddr> {
 }
 
 /// The address this node's mesh listens on: the multicast interface's, else the source address
-/// the kernel picks towards the first seed that resolves, else towards the multicast group
-/// (the default route's interface).
-async fn local_ip(config: &Config) -> Option<IpAddr> {
+/// the kernel picks towards the first seed that resolves, else towards the first member saved
+/// before a restart, else towards the multicast group (the default route's interface).
+async fn local_ip(config: &Config, saved: Option<&SavedMesh>) -> Option<IpAddr> {
     let spec = &config.spec.discovery;
     if let Some(name) = &spec.multicast.interface {
         return interface_ipv4(name);
@@ -478,6 +644,16 @@ async fn local_ip(config: &Config) -> Option<IpAddr> {
                     return Some(ip);
                 }
             }
+        }
+    }
+    // Without seeds, the members saved before a restart say where the cluster is.
+    for target in saved
+        .iter()
+        .flat_map(|s| &s.members)
+        .filter(|a| a.is_ipv4())
+    {
+        if let Some(ip) = source_ip_towards(*target).await {
+            return Some(ip);
         }
     }
     source_ip_towards(SocketAddr::from((
@@ -500,6 +676,45 @@ async fn source_ip_towards(target: SocketAddr) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saved_life_gives_the_next_generation_and_known_members() {
+        let me: SocketAddr = ([198, 18, 0, 2], 7946).into();
+        let peer: SocketAddr = ([198, 18, 0, 3], 7946).into();
+        let meta = NodeMeta {
+            name: "n".into(),
+            role: Role::Worker,
+            addresses: vec![],
+            agent_version: "0".into(),
+            image_version: "0".into(),
+            state: NodeState::Ready,
+        };
+        let saved = SavedMesh {
+            address: me,
+            generation: 4,
+            incarnation: 9,
+            members: vec![me, peer],
+        };
+        let mut cfg = MeshConfig::lan("c", me, meta.clone());
+        apply_saved(&mut cfg, Some(&saved));
+        assert_eq!((cfg.generation, cfg.known.clone()), (5, vec![peer]));
+        let moved: SocketAddr = ([198, 18, 0, 9], 7946).into();
+        let mut cfg = MeshConfig::lan("c", moved, meta);
+        apply_saved(&mut cfg, Some(&saved));
+        assert_eq!(cfg.generation, 0, "another address is another identity");
+        assert_eq!(cfg.known, vec![me, peer]);
+
+        let dir = tempfile::tempdir().expect("tmp");
+        assert_eq!(load_saved(dir.path()), None);
+        std::fs::write(dir.path().join(SAVED_MESH_FILE), b"{not json").expect("write");
+        assert_eq!(load_saved(dir.path()), None, "corrupt file ignored");
+        std::fs::write(
+            dir.path().join(SAVED_MESH_FILE),
+            serde_json::to_vec(&saved).expect("json"),
+        )
+        .expect("write");
+        assert_eq!(load_saved(dir.path()), Some(saved));
+    }
 
     #[test]
     fn the_image_version_comes_from_the_image_record() {

@@ -259,3 +259,70 @@ fn a_node_left_with_the_old_secret_is_dropped_after_the_grace_period() {
     let (_, stderr) = agents[0].stop();
     assert!(stderr.contains("grace period over"), "{stderr}");
 }
+
+/// Drops `discovery.seeds` from `a`'s config.
+fn forget_seeds(a: &Agent) {
+    let text = std::fs::read_to_string(&a.config).expect("config");
+    let kept: Vec<&str> = text.lines().filter(|l| !l.contains("seeds:")).collect();
+    std::fs::write(&a.config, kept.join("\n") + "\n").expect("config");
+}
+
+#[test]
+fn restarted_agents_rejoin_as_themselves_from_the_saved_members_without_seeds() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the agent tests need root"
+    );
+    let (pa, pb) = (free_udp_port(), free_udp_port());
+    let mut a = agent("keep-a", pa, pb);
+    let mut b = agent("keep-b", pb, pa);
+    await_peers(&a, "a sees b", |p| {
+        p.peers
+            .iter()
+            .any(|x| x.name.as_deref() == Some("keep-b") && x.liveness == PeerLiveness::Alive)
+    });
+    await_peers(&b, "b sees a", |p| {
+        p.peers
+            .iter()
+            .any(|x| x.name.as_deref() == Some("keep-a") && x.liveness == PeerLiveness::Alive)
+    });
+    for x in [&mut a, &mut b] {
+        let (code, stderr) = x.stop();
+        assert!(code.success(), "{stderr}");
+        forget_seeds(x);
+    }
+    let saved: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(b.state_dir.join("mesh.json")).expect("b saved its mesh identity"),
+    )
+    .expect("json");
+    assert_eq!(saved["address"], format!("127.0.0.1:{pb}"));
+    assert_eq!(saved["generation"], 0);
+    assert_eq!(
+        saved["members"],
+        serde_json::json!([format!("127.0.0.1:{pa}")])
+    );
+
+    // Neither has a seed now: only what they saved brings them together.
+    for x in [&mut a, &mut b] {
+        x.spawn();
+        x.wait_notify("READY=1", Duration::from_secs(30));
+    }
+    let seen = await_peers(&a, "a finds b again, as b's next generation", |p| {
+        p.peers.iter().any(|x| {
+            x.name.as_deref() == Some("keep-b")
+                && x.liveness == PeerLiveness::Alive
+                && x.generation == 1
+        })
+    });
+    assert!(
+        seen.peers.iter().all(|x| x.generation <= 1),
+        "one restart, one generation: {seen:#?}"
+    );
+    await_peers(&b, "b finds a again", |p| {
+        p.peers.iter().any(|x| {
+            x.name.as_deref() == Some("keep-a")
+                && x.liveness == PeerLiveness::Alive
+                && x.generation == 1
+        })
+    });
+}

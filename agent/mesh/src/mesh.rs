@@ -71,6 +71,13 @@ pub struct MeshConfig {
     pub max_clock_skew: Duration,
     /// Expected cluster size, for how many times an update is retransmitted.
     pub expected_size: u32,
+    /// Generation of our identity (`addr#generation`): 0 on a first start; the daemon passes
+    /// the persisted generation + 1 after a restart, so peers replace the previous life's entry
+    /// at once (a higher generation wins the address) instead of first declaring it down.
+    pub generation: u16,
+    /// Members known before a restart (persisted by the daemon): announced to like seeds until
+    /// we joined, so a node without seeds finds its cluster again.
+    pub known: Vec<SocketAddr>,
 }
 
 impl MeshConfig {
@@ -95,6 +102,8 @@ impl MeshConfig {
             max_packet_size: 1400,
             max_clock_skew: Duration::from_secs(120),
             expected_size: 100,
+            generation: 0,
+            known: Vec::new(),
         }
     }
 }
@@ -540,7 +549,10 @@ impl Mesh {
             boot,
             cfg.max_clock_skew.as_millis() as u64,
         );
-        let id = NodeId::new(cfg.addr);
+        let id = NodeId {
+            addr: cfg.addr,
+            generation: cfg.generation,
+        };
         let max_tx =
             (f64::from(cfg.expected_size.saturating_add(1)).log10() * 4.0).clamp(3.0, 255.0);
         let foca_cfg = foca::Config {
@@ -587,6 +599,12 @@ impl Mesh {
         };
         let health = LocalHealth::new(cfg.lifeguard.as_ref().map_or(0, |l| l.max_lhm));
         let reannounce_delay = cfg.reannounce_min;
+        let known_addrs: HashSet<SocketAddr> = cfg
+            .known
+            .iter()
+            .copied()
+            .filter(|a| *a != cfg.addr)
+            .collect();
         let mut mesh = Self {
             cfg,
             foca,
@@ -604,7 +622,7 @@ impl Mesh {
             suspicions: HashMap::new(),
             peers: HashMap::new(),
             pings: VecDeque::new(),
-            known_addrs: HashSet::new(),
+            known_addrs,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             own_meta,
@@ -898,6 +916,11 @@ impl Mesh {
     /// Current local health score (0 = healthy).
     pub fn local_health(&self) -> u32 {
         self.health.score()
+    }
+
+    /// Our SWIM incarnation (bumped each time we refute a suspicion of us).
+    pub fn incarnation(&self) -> Incarnation {
+        self.own_incarnation
     }
 
     /// Whether at least one active peer knows us.

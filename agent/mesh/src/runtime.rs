@@ -53,6 +53,8 @@ pub enum Command {
     },
     /// Reply with the key ring's ids and the rotation in progress.
     Keys(oneshot::Sender<KeyStatus>),
+    /// Reply with our current identity and incarnation.
+    Identity(oneshot::Sender<(NodeId, foca::Incarnation)>),
     /// Send an application request; the reply (or error) goes to `reply`.
     Request {
         /// The peer's mesh address.
@@ -252,6 +254,14 @@ impl MeshHandle {
     pub async fn keys(&self) -> Result<KeyStatus, MeshStopped> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Keys(tx)).await?;
+        rx.await.map_err(|_| MeshStopped)
+    }
+
+    /// Our current identity (the generation grows when we rejoin after a false death) and SWIM
+    /// incarnation: what the daemon persists so a restart rejoins as the next life of this node.
+    pub async fn identity(&self) -> Result<(NodeId, foca::Incarnation), MeshStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Identity(tx)).await?;
         rx.await.map_err(|_| MeshStopped)
     }
 
@@ -500,6 +510,9 @@ impl Driver {
             }
             Command::Keys(reply) => {
                 let _ = reply.send(mesh.key_status(std_now));
+            }
+            Command::Identity(reply) => {
+                let _ = reply.send((mesh.id(), mesh.incarnation()));
             }
             Command::Request {
                 to,
