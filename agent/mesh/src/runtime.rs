@@ -388,7 +388,7 @@ pub fn spawn(mesh: Mesh, socket: UdpSocket) -> (MeshHandle, JoinHandle<io::Resul
         ring: ring_tx,
         handlers,
         pending: HashMap::new(),
-        next_id: 1,
+        next_id: first_request_id(),
         served: VecDeque::new(),
     };
     drop(commands);
@@ -406,6 +406,21 @@ struct PendingRequest {
 
 /// Requests answered or in progress, so a resent request is not handled twice.
 const SERVED_CACHE: usize = 256;
+
+/// A random first request ID. Peers answer a repeated `(address, id)` from their cache, so IDs
+/// must not repeat across restarts of a node at the same address: a rebooted or reinstalled node
+/// counting from 1 again would be answered with what its previous life was told.
+fn first_request_id() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b = nanos.to_le_bytes();
+    }
+    // Leave room below u64::MAX; ids count up from here.
+    u64::from_le_bytes(b) >> 1
+}
 
 struct Driver {
     socket: UdpSocket,
@@ -523,7 +538,7 @@ impl Driver {
             } => {
                 self.pending.retain(|_, p| !p.reply.is_closed());
                 let id = self.next_id;
-                self.next_id += 1;
+                self.next_id = self.next_id.wrapping_add(1);
                 let frame = AppFrame {
                     id,
                     kind,
@@ -798,6 +813,51 @@ mod tests {
             Err(RequestError::TooLarge {
                 len: MAX_APP_PAYLOAD + 1
             })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restarted_requester_at_the_same_address_is_answered_afresh() {
+        let (b, _b_task) = node(1, vec![], "restart").await;
+        let mut served = b.serve(7, 4).expect("handler");
+        tokio::spawn(async move {
+            let mut calls = 0u32;
+            while let Some(req) = served.recv().await {
+                calls += 1;
+                req.respond(Ok(calls.to_le_bytes().to_vec()));
+            }
+        });
+        let secret = ClusterSecret::new(SECRET.to_vec()).expect("long");
+        let mut addr: Option<SocketAddr> = None;
+        let mut answers = Vec::new();
+        for life in 0..2u64 {
+            let sock = UdpSocket::bind(addr.unwrap_or(([127, 0, 0, 1], 0).into()))
+                .await
+                .expect("bind (same port in the second life)");
+            addr = sock.local_addr().ok();
+            let unset: SocketAddr = ([127, 0, 0, 1], 0).into();
+            let mut cfg = MeshConfig::lan("restart", unset, sim_meta(0));
+            cfg.seeds = vec![b.local_addr()];
+            let mesh = new_mesh(cfg, &sock, &secret, 10 + life).expect("valid");
+            let (a, a_task) = spawn(mesh, sock);
+            until_active(&a, 1).await;
+            let answer = a
+                .request(
+                    b.local_addr(),
+                    7,
+                    b"started?".to_vec(),
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("answered");
+            answers.push(answer);
+            a.leave().await.expect("running");
+            let _ = tokio::time::timeout(Duration::from_secs(10), a_task).await;
+        }
+        assert_eq!(
+            answers,
+            vec![1u32.to_le_bytes().to_vec(), 2u32.to_le_bytes().to_vec()],
+            "the second life must reach the handler, not the first life's cached answer"
         );
     }
 
