@@ -18,8 +18,9 @@ use crate::image::{self, ImageError};
 use crate::names::{self, InvalidName};
 use crate::net::{self, NetError, Netem, Subnet};
 use crate::node::{self, NodeError, NodePaths};
+use crate::qemu::{self, QemuError, VmPaths};
 use crate::seed::{self, SeedError, SeedInput, SeedSource};
-use crate::Role;
+use crate::{Provisioner, Role};
 
 /// Where labs live unless told otherwise.
 pub const DEFAULT_ROOT: &str = "/var/lib/kubedna-lab";
@@ -93,6 +94,14 @@ pub enum LabError {
     Seed(#[from] SeedError),
     #[error(transparent)]
     Cmd(#[from] CmdError),
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+    #[error("{what} is not available for VM node {node}: {instead}")]
+    NotForVm {
+        node: String,
+        what: &'static str,
+        instead: &'static str,
+    },
 }
 
 impl LabError {
@@ -111,6 +120,10 @@ impl LabError {
                 | LabError::BadValue { .. }
                 | LabError::Net(NetError::BadSubnet { .. } | NetError::Overlap { .. })
                 | LabError::Image(ImageError::Missing { .. })
+                | LabError::Qemu(
+                    QemuError::NoDisk { .. } | QemuError::Missing { .. } | QemuError::NoBuilder
+                )
+                | LabError::NotForVm { .. }
         )
     }
 }
@@ -156,6 +169,12 @@ pub struct LabState {
     /// How the agents find each other.
     #[serde(default)]
     pub discovery: Discovery,
+    /// How nodes boot: nspawn containers of `image_rootfs`, or qemu VMs of `image_disk`.
+    #[serde(default)]
+    pub provisioner: Provisioner,
+    /// The image's disk every VM's overlay is backed by (qemu provisioner only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_disk: Option<PathBuf>,
 }
 
 /// How a lab's agents find each other (docs/lab.md, "Discovery").
@@ -270,6 +289,16 @@ impl Lab {
 
     /// Like [`Lab::up`], with the agents finding each other by `discovery`.
     pub fn up_with(opts: &UpOptions, discovery: Discovery) -> Result<Lab, LabError> {
+        Self::up_provisioned(opts, discovery, Provisioner::Nspawn)
+    }
+
+    /// Like [`Lab::up_with`], booting the nodes with `provisioner`: for qemu, `opts.image` must
+    /// hold the image's disk (`disk.qcow2` of `kubedna-image build --outputs tar,disk`).
+    pub fn up_provisioned(
+        opts: &UpOptions,
+        discovery: Discovery,
+        provisioner: Provisioner,
+    ) -> Result<Lab, LabError> {
         require_root()?;
         names::validate_lab_name(&opts.name)?;
         if opts.control_planes + opts.workers == 0 {
@@ -283,12 +312,21 @@ impl Lab {
             });
         }
         net::check_no_overlap(&opts.subnet)?;
-        let rootfs = image::resolve(&opts.image, &opts.image_cache)?;
+        let (rootfs, disk) = match provisioner {
+            Provisioner::Nspawn => (image::resolve(&opts.image, &opts.image_cache)?, None),
+            Provisioner::Qemu => {
+                qemu::check_host()?;
+                if image::builder().is_none() {
+                    return Err(QemuError::NoBuilder.into());
+                }
+                (opts.image.clone(), Some(qemu::find_disk(&opts.image)?))
+            }
+        };
         std::fs::create_dir_all(&dir).map_err(|source| LabError::State {
             path: dir.clone(),
             source,
         })?;
-        let result = Self::up_inner(opts, dir, rootfs, discovery);
+        let result = Self::up_inner(opts, dir, rootfs, discovery, provisioner, disk);
         if result.is_err() {
             let _ = down(&opts.root, &opts.name);
         }
@@ -300,6 +338,8 @@ impl Lab {
         dir: PathBuf,
         rootfs: PathBuf,
         discovery: Discovery,
+        provisioner: Provisioner,
+        image_disk: Option<PathBuf>,
     ) -> Result<Lab, LabError> {
         let lock = lock(&dir)?;
         let mut lab = Lab {
@@ -315,6 +355,8 @@ impl Lab {
                 partitions: Vec::new(),
                 cluster_secret: Secret(random_hex(32)?),
                 discovery,
+                provisioner,
+                image_disk,
             },
             _lock: lock,
         };
@@ -397,6 +439,88 @@ impl Lab {
         NodePaths::new(&self.dir, node)
     }
 
+    /// Whether the lab's nodes are qemu VMs.
+    pub fn is_vm(&self) -> bool {
+        self.state.provisioner == Provisioner::Qemu
+    }
+
+    /// Host-side files of a VM node.
+    pub fn vm_paths(&self, node: &str) -> VmPaths {
+        VmPaths::new(&self.dir, node)
+    }
+
+    /// The lab's ssh key, with which the host reaches into VM nodes.
+    pub fn ssh_key(&self) -> PathBuf {
+        self.dir.join("ssh").join("id_ed25519")
+    }
+
+    fn cluster_desc(&self) -> seed::ClusterDesc {
+        seed::ClusterDesc {
+            name: self.state.name.clone(),
+            prefix: self.state.subnet.prefix(),
+            gateway: self.gateway(),
+            nodes: self
+                .state
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.role, n.address))
+                .collect(),
+            discovery: self.state.discovery,
+        }
+    }
+
+    /// A VM node: disk overlay, seed ISO, tap on the bridge, then qemu.
+    fn provision_vm(&mut self, name: &str, user_data: Option<&str>) -> Result<(), LabError> {
+        let record = self.node(name)?.clone();
+        let vp = self.vm_paths(name);
+        let base = self
+            .state
+            .image_disk
+            .clone()
+            .ok_or_else(|| QemuError::NoDisk {
+                dir: self.state.image_rootfs.clone(),
+            })?;
+        qemu::prepare_disk(&vp, &base)?;
+        let key = qemu::ensure_ssh_key(&self.dir)?;
+        let builder = image::builder().ok_or(QemuError::NoBuilder)?;
+        let nic = qemu::Nic {
+            mac: qemu::mac(&self.state.name, name),
+            address: record.address,
+            prefix: self.state.subnet.prefix(),
+            gateway: self.gateway(),
+        };
+        qemu::render_seed_iso(
+            &vp,
+            &qemu::VmSeed {
+                builder: &builder,
+                work: &self.dir.join("seed"),
+                desc: &self.cluster_desc(),
+                secret: &self.state.cluster_secret.0,
+                ssh_key: &key,
+                user_data,
+                nic: &nic,
+            },
+        )?;
+        let source = if user_data.is_some() {
+            SeedSource::Caller
+        } else {
+            SeedSource::KubednaImage
+        };
+        if let Some(r) = self.state.nodes.iter_mut().find(|n| n.name == name) {
+            r.seed = source;
+        }
+        let tap = self.veth(&record);
+        qemu::create_tap(&tap, &self.state.bridge)?;
+        self.save()?;
+        qemu::spawn(
+            &vp,
+            &self.machine(name),
+            &tap,
+            &qemu::mac(&self.state.name, name),
+        )?;
+        Ok(())
+    }
+
     fn machine(&self, node: &str) -> String {
         format!("kdl-{}-{node}", names::lab_id(&self.state.name))
     }
@@ -473,6 +597,9 @@ impl Lab {
 
     /// Overlay, identity, seed, namespace, link, then boot.
     fn provision(&mut self, name: &str, user_data: Option<&str>) -> Result<(), LabError> {
+        if self.is_vm() {
+            return self.provision_vm(name, user_data);
+        }
         let record = self.node(name)?.clone();
         let p = self.paths(name);
         node::mount_overlay(&self.state.image_rootfs, &p)?;
@@ -559,8 +686,31 @@ impl Lab {
         nodes: &[String],
         deadline: Instant,
     ) -> Result<Vec<(String, String)>, LabError> {
-        let paths: Vec<NodePaths> = nodes.iter().map(|n| self.paths(n)).collect();
         let timeout = deadline.saturating_duration_since(Instant::now());
+        if self.is_vm() {
+            let key = self.ssh_key();
+            let vms: Vec<(VmPaths, Ipv4Addr)> = nodes
+                .iter()
+                .map(|n| Ok((self.vm_paths(n), self.node(n)?.address)))
+                .collect::<Result<_, LabError>>()?;
+            return std::thread::scope(|s| {
+                let handles: Vec<_> = vms
+                    .iter()
+                    .map(|(vp, addr)| {
+                        let key = &key;
+                        s.spawn(move || -> Result<(String, String), LabError> {
+                            let state = qemu::wait_ready(vp, key, *addr, deadline, timeout)?;
+                            Ok((vp.name.clone(), state))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or(Err(LabError::Panicked)))
+                    .collect()
+            });
+        }
+        let paths: Vec<NodePaths> = nodes.iter().map(|n| self.paths(n)).collect();
         std::thread::scope(|s| {
             let handles: Vec<_> = paths
                 .iter()
@@ -588,12 +738,21 @@ impl Lab {
                 .iter()
                 .map(|n| {
                     let p = self.paths(&n.name);
+                    let vm = self
+                        .is_vm()
+                        .then(|| (self.vm_paths(&n.name), self.ssh_key()));
                     s.spawn(move || {
-                        let state = node::system_state(&p);
-                        let agent = if matches!(state.as_str(), "stopped" | "starting") {
-                            "-".to_string()
-                        } else {
-                            agent_state(&p)
+                        let (state, agent) = match &vm {
+                            Some((vp, key)) => qemu::node_state(vp, key, n.address),
+                            None => {
+                                let state = node::system_state(&p);
+                                let agent = if matches!(state.as_str(), "stopped" | "starting") {
+                                    "-".to_string()
+                                } else {
+                                    agent_state(&p)
+                                };
+                                (state, agent)
+                            }
                         };
                         NodeStatus {
                             name: n.name.clone(),
@@ -619,7 +778,11 @@ impl Lab {
         argv: &[&str],
         timeout: Option<Duration>,
     ) -> Result<Output, LabError> {
-        self.node(node)?;
+        let record = self.node(node)?;
+        if self.is_vm() {
+            self.require_running_vm(node)?;
+            return Ok(qemu::ssh(&self.ssh_key(), record.address, argv, timeout)?);
+        }
         Ok(node::exec(&self.paths(node), argv, timeout)?)
     }
 
@@ -635,6 +798,13 @@ impl Lab {
         interval: f64,
     ) -> Result<u32, LabError> {
         self.node(from)?;
+        if self.is_vm() {
+            return Err(LabError::NotForVm {
+                node: from.to_string(),
+                what: "ping from a node",
+                instead: "the image has no ping; ping the node's address from the host, which sits on the lab bridge",
+            });
+        }
         let ns = format!("--net={}", self.paths(from).netns.display());
         let (c, i, addr) = (count.to_string(), format!("{interval}"), to.to_string());
         let args = [
@@ -676,7 +846,15 @@ impl Lab {
         node: &str,
         argv: &[&str],
     ) -> Result<std::process::ExitStatus, LabError> {
-        self.node(node)?;
+        let record = self.node(node)?;
+        if self.is_vm() {
+            self.require_running_vm(node)?;
+            return Ok(qemu::ssh_interactive(
+                &self.ssh_key(),
+                record.address,
+                argv,
+            )?);
+        }
         Ok(node::exec_interactive(&self.paths(node), argv)?)
     }
 
@@ -712,6 +890,17 @@ impl Lab {
     pub fn start(&mut self, nodes: &[String], timeout: Duration) -> Result<(), LabError> {
         let names = self.select(nodes)?;
         for n in &names {
+            if self.is_vm() {
+                let vp = self.vm_paths(n);
+                if qemu::running(&vp) {
+                    continue;
+                }
+                let record = self.node(n)?.clone();
+                let tap = self.veth(&record);
+                qemu::create_tap(&tap, &self.state.bridge)?;
+                qemu::spawn(&vp, &self.machine(n), &tap, &qemu::mac(&self.state.name, n))?;
+                continue;
+            }
             let p = self.paths(n);
             if !node::node_pids(&p).is_empty() {
                 continue;
@@ -732,7 +921,13 @@ impl Lab {
                 .iter()
                 .map(|n| {
                     let p = self.paths(n);
-                    s.spawn(move || node::stop_node(&p, grace))
+                    let vp = self.is_vm().then(|| self.vm_paths(n));
+                    s.spawn(move || -> Result<(), LabError> {
+                        match vp {
+                            Some(vp) => Ok(qemu::powerdown(&vp, grace)?),
+                            None => Ok(node::stop_node(&p, grace)?),
+                        }
+                    })
                 })
                 .collect();
             for h in handles {
@@ -753,6 +948,9 @@ impl Lab {
     pub fn kill(&self, node: &str) -> Result<(), LabError> {
         let record = self.node(node)?;
         net::set_link(&self.veth(record), false)?;
+        if self.is_vm() {
+            return Ok(qemu::kill_vm(&self.vm_paths(node))?);
+        }
         Ok(node::kill_node(&self.paths(node))?)
     }
 
@@ -763,6 +961,13 @@ impl Lab {
     pub fn reinstall(&mut self, node: &str, timeout: Duration) -> Result<(), LabError> {
         let record = self.node(node)?.clone();
         self.kill(node)?;
+        if self.is_vm() {
+            // A wiped disk: the overlay and firmware variables go; the seed is rendered anew.
+            qemu::wipe_disk(&self.vm_paths(node))?;
+            self.provision(node, None)?;
+            self.wait_ready(&[node.to_string()], Instant::now() + timeout)?;
+            return Ok(());
+        }
         let p = self.paths(node);
         for m in node::mounts_under(&p.dir) {
             umount(&m)?;
@@ -779,6 +984,17 @@ impl Lab {
         self.provision(node, None)?;
         self.wait_ready(&[node.to_string()], Instant::now() + timeout)?;
         Ok(())
+    }
+
+    fn require_running_vm(&self, node: &str) -> Result<(), LabError> {
+        if qemu::running(&self.vm_paths(node)) {
+            Ok(())
+        } else {
+            Err(NodeError::NotRunning {
+                node: node.to_string(),
+            }
+            .into())
+        }
     }
 
     fn select(&self, nodes: &[String]) -> Result<Vec<String>, LabError> {
@@ -891,6 +1107,7 @@ impl Lab {
     pub fn remove_node(&mut self, name: &str) -> Result<(), LabError> {
         self.node(name)?;
         let p = self.paths(name);
+        qemu::kill_vm(&self.vm_paths(name))?;
         node::kill_node(&p)?;
         for m in node::mounts_under(&p.dir)
             .into_iter()
@@ -960,16 +1177,23 @@ impl Lab {
         let gw = self.gateway().to_string();
         for n in &self.state.nodes {
             let p = self.paths(&n.name);
-            match net::in_netns(
-                &p.netns,
-                &["ip", "-4", "-o", "route", "show", "table", "all"],
-            ) {
+            let argv = ["ip", "-4", "-o", "route", "show", "table", "all"];
+            // A VM's NIC is named by udev (e.g. enp0s2), a nspawn node's is eth0.
+            let dev = if self.is_vm() { "dev " } else { "dev eth0" };
+            let routes = if self.is_vm() {
+                self.exec(&n.name, &argv, Some(Duration::from_secs(30)))
+                    .map_err(|e| e.to_string())
+                    .and_then(|o| o.check().map(|o| o.stdout).map_err(|e| e.to_string()))
+            } else {
+                net::in_netns(&p.netns, &argv).map_err(|e| e.to_string())
+            };
+            match routes {
                 Ok(out) => {
                     for line in out.lines() {
                         let mut words = line.split_whitespace();
                         let first = words.next().unwrap_or("");
                         let ok = if first == "default" {
-                            line.contains(&format!("via {gw} ")) && line.contains("dev eth0")
+                            line.contains(&format!("via {gw} ")) && line.contains(dev)
                         } else if matches!(first, "local" | "broadcast") {
                             true
                         } else {
@@ -1127,6 +1351,8 @@ pub fn down(root: &Path, name: &str) -> Result<DownReport, LabError> {
         report.processes_killed += node::cgroup_pids(&cg).len();
         node::kill_cgroup_tree(&cg, deadline)?;
     }
+    // qemu of VM nodes (its command line names the node's disk under the lab directory).
+    report.processes_killed += qemu::kill_all_under(&dir, deadline).len();
     let dir_arg = format!("{}/", dir.display());
     for pid in node::pids_with_arg_prefix(&dir_arg) {
         if pid != std::process::id() as i32 {

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kubedna_lab::lab::{self, Lab, LabError, UpOptions};
 use kubedna_lab::net::Subnet;
-use kubedna_lab::{image, Role};
+use kubedna_lab::{image, Provisioner, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,14 +34,6 @@ struct Cli {
     root: PathBuf,
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Provisioner {
-    /// systemd-nspawn containers over an overlay of the image rootfs.
-    Nspawn,
-    /// The disk image under qemu (not implemented yet).
-    Qemu,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -67,9 +59,10 @@ enum Cmd {
         /// Lab subnet; must not overlap any host route.
         #[arg(long, default_value = "198.18.0.0/24")]
         subnet: Subnet,
-        /// Seconds nodes may take to become ready.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
+        /// Seconds nodes may take to become ready [default: 120; 600 with --provisioner qemu].
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// nspawn: containers over the image rootfs; qemu: VMs booting the image's disk (TCG).
         #[arg(long, value_enum, default_value = "nspawn")]
         provisioner: Provisioner,
     },
@@ -182,9 +175,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             provisioner,
         } => {
-            if let Provisioner::Qemu = provisioner {
-                anyhow::bail!("--provisioner qemu is not implemented yet; use the default nspawn");
-            }
             let started = Instant::now();
             let opts = UpOptions {
                 root,
@@ -194,9 +184,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 image,
                 image_cache,
                 subnet,
-                timeout: Duration::from_secs(timeout),
+                timeout: Duration::from_secs(timeout.unwrap_or(match provisioner {
+                    Provisioner::Nspawn => 120,
+                    Provisioner::Qemu => 600,
+                })),
             };
-            let lab = Lab::up(&opts)?;
+            let lab = Lab::up_provisioned(&opts, lab::Discovery::Seeds, provisioner)?;
             writeln!(
                 std::io::stdout(),
                 "lab {} up: {} nodes ready in {:.1}s on {} (bridge {})",

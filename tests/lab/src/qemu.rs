@@ -660,7 +660,9 @@ fn ssh_args(key: &Path, addr: Ipv4Addr, tty: bool, argv: &[&str]) -> Vec<String>
         "StrictHostKeyChecking=no",
         "UserKnownHostsFile=/dev/null",
         "LogLevel=ERROR",
-        "ConnectTimeout=5",
+        // Covers the banner exchange too: sshd in an emulated guest on a loaded host can take
+        // many seconds to answer.
+        "ConnectTimeout=30",
         "ServerAliveInterval=5",
         "ServerAliveCountMax=3",
     ] {
@@ -700,44 +702,62 @@ pub fn ssh_interactive(key: &Path, addr: Ipv4Addr, argv: &[&str]) -> Result<Exit
     })
 }
 
-/// What `systemctl is-system-running` says in the VM, "stopped" (no qemu) or "starting" (qemu
-/// runs, ssh does not answer yet).
-pub fn system_state(p: &VmPaths, key: &Path, addr: Ipv4Addr) -> String {
-    if !running(p) {
-        return "stopped".into();
-    }
-    match ssh(
-        key,
-        addr,
-        &["systemctl", "is-system-running"],
-        Some(Duration::from_secs(10)),
-    ) {
-        Ok(o) if o.status.code() != Some(255) && !o.stdout.trim().is_empty() => {
-            o.stdout.trim().to_string()
-        }
-        _ => "starting".into(),
+/// One ssh round trip that reads the VM's systemd state and its agent's: every ssh connection
+/// costs an emulated guest seconds, so status asks once.
+const PROBE: &str = r#"echo "system=$(systemctl is-system-running)"
+if systemctl cat kubedna-agent.service >/dev/null 2>&1; then
+  a=$(systemctl is-active kubedna-agent.service)
+  if [ "$a" = active ] && kubedna status >/dev/null 2>&1; then a=ready; fi
+  echo "agent=$a"
+  echo "enabled=$(systemctl is-enabled kubedna-agent.service)"
+else
+  echo agent=absent
+fi"#;
+
+/// What a [`PROBE`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// `systemctl is-system-running`.
+    pub system: String,
+    /// "absent" (no unit), systemd's active state, or "ready" (`kubedna status` answers).
+    pub agent: String,
+    /// `systemctl is-enabled kubedna-agent.service`.
+    pub enabled: String,
+}
+
+impl Probe {
+    fn parse(out: &str) -> Option<Probe> {
+        let get = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                .map(|v| v.trim().to_string())
+        };
+        Some(Probe {
+            system: get("system").filter(|s| !s.is_empty())?,
+            agent: get("agent")?,
+            enabled: get("enabled").unwrap_or_default(),
+        })
     }
 }
 
-/// The agent's state in the VM, as for nspawn nodes: "absent", systemd's active state, or
-/// "ready" when `kubedna status` answers.
-pub fn agent_state(key: &Path, addr: Ipv4Addr) -> String {
-    let t = Some(Duration::from_secs(10));
-    let run = |argv: &[&str]| ssh(key, addr, argv, t).ok();
-    match run(&["systemctl", "cat", "kubedna-agent.service"]) {
-        Some(o) if o.success() => {}
-        Some(o) if o.status.code() != Some(255) => return "absent".into(),
-        _ => return "unknown".into(),
+/// Reads the VM's state over ssh; `None` while ssh does not answer.
+pub fn probe(key: &Path, addr: Ipv4Addr, timeout: Duration) -> Option<Probe> {
+    let o = ssh(key, addr, &["sh", "-c", PROBE], Some(timeout)).ok()?;
+    if o.status.code() == Some(255) {
+        return None;
     }
-    let active = run(&["systemctl", "is-active", "kubedna-agent.service"])
-        .map(|o| o.stdout.trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    if active != "active" {
-        return active;
+    Probe::parse(&o.stdout)
+}
+
+/// The VM's system and agent state for `status`: ("stopped", "-") without qemu, ("starting",
+/// "-") while ssh does not answer.
+pub fn node_state(p: &VmPaths, key: &Path, addr: Ipv4Addr) -> (String, String) {
+    if !running(p) {
+        return ("stopped".into(), "-".into());
     }
-    match run(&["kubedna", "status"]) {
-        Some(o) if o.success() => "ready".into(),
-        _ => "active".into(),
+    match probe(key, addr, Duration::from_secs(60)) {
+        Some(pr) => (pr.system, pr.agent),
+        None => ("starting".into(), "-".into()),
     }
 }
 
@@ -789,35 +809,30 @@ pub fn wait_ready(
         }
         std::thread::sleep(SSH_POLL);
     };
-    let mut last = agent_state(key, addr);
-    if last == "absent" {
-        return Ok(state);
-    }
-    let enabled = ssh(
-        key,
-        addr,
-        &["systemctl", "is-enabled", "kubedna-agent.service"],
-        Some(Duration::from_secs(10)),
-    )
-    .map(|o| o.stdout.trim() == "enabled")
-    .unwrap_or(false);
-    if !enabled && last != "active" {
-        return Ok(state);
-    }
-    while last != "ready" {
+    let mut last = String::from("no answer over ssh");
+    loop {
         if !running(p) {
             return Err(not_running());
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Err(timed_out(
                 "kubedna-agent ready (`kubedna status` answering)",
                 last,
             ));
         }
+        if let Some(pr) = probe(key, addr, (deadline - now).min(Duration::from_secs(60))) {
+            // Ready; or no agent in the image; or a seed that does not enable it.
+            let done = pr.agent == "ready"
+                || pr.agent == "absent"
+                || (pr.enabled != "enabled" && pr.agent != "active");
+            if done {
+                return Ok(state);
+            }
+            last = format!("agent {}", pr.agent);
+        }
         std::thread::sleep(SSH_POLL);
-        last = agent_state(key, addr);
     }
-    Ok(state)
 }
 
 /// Proportional set size of the node's qemu, in KiB (the VM's memory as the host pays for it).
@@ -860,6 +875,22 @@ mod tests {
         assert!(nc.contains("addresses: [198.18.50.2/24]"), "{nc}");
         assert!(nc.contains("    gateway4: 198.18.50.1\n"), "{nc}");
         assert!(!nc.contains("routes:"), "{nc}");
+    }
+
+    #[test]
+    fn probe_output_parses() {
+        let p = Probe::parse("system=running\nagent=ready\nenabled=enabled\n");
+        assert_eq!(
+            p,
+            Some(Probe {
+                system: "running".into(),
+                agent: "ready".into(),
+                enabled: "enabled".into()
+            })
+        );
+        let p = Probe::parse("system=degraded\nagent=absent\n");
+        assert_eq!(p.map(|p| p.agent), Some("absent".into()));
+        assert_eq!(Probe::parse("garbage"), None);
     }
 
     #[test]
