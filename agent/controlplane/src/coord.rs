@@ -110,6 +110,45 @@ impl Coordinator {
         Ok(Coordinator::with_client(client, endpoints, cluster))
     }
 
+    /// [`Coordinator::connect_tls`] to the endpoints that answer a status call within 2 s each
+    /// (all of them if none does). The client spreads calls over its endpoints and a call sent
+    /// to one that refuses connections fails instead of moving on (etcd-client#39), so a
+    /// long-lived connection should hold only members that serve.
+    pub async fn connect_tls_serving(
+        endpoints: &[String],
+        cluster: &str,
+        files: &crate::pki::MemberFiles,
+    ) -> Result<Self, CoordError> {
+        let mut serving = Vec::new();
+        for e in endpoints {
+            let probe = async {
+                let mut c = Self::connect_tls(std::slice::from_ref(e), cluster, files)
+                    .await
+                    .ok()?;
+                c.client.status().await.ok()
+            };
+            if tokio::time::timeout(Duration::from_secs(2), probe)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                serving.push(e.clone());
+            }
+        }
+        let chosen = if serving.is_empty() {
+            endpoints
+        } else {
+            &serving[..]
+        };
+        Self::connect_tls(chosen, cluster, files).await
+    }
+
+    /// The endpoints this coordinator was connected with.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
     /// Connects with mutual TLS using a member's client certificate (see [`crate::pki`]).
     pub async fn connect_tls(
         endpoints: &[String],

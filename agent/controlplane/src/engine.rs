@@ -676,7 +676,10 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             };
             match r {
                 Ok(()) => lock(&self.shared.status).last_error = None,
-                Err(e) => self.failed(&e).await,
+                Err(e) => {
+                    self.failed(&e).await;
+                    self.reconnect_after_failure().await;
+                }
             }
         }
     }
@@ -843,6 +846,30 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 .unwrap_or_else(|| self.cfg().initial_cluster(set)),
             initial_cluster_state: p.etcd_state.unwrap_or(ClusterState::New),
             initial_cluster_token: set.initial_cluster_token(),
+        }
+    }
+
+    /// A connection to every member of E that serves now (this node's own first).
+    async fn connect_serving(&self) -> Option<Coordinator> {
+        let files = MemberFiles::in_dir(&rooted(&self.cfg().root, PKI_DIR));
+        Coordinator::connect_tls_serving(
+            &self.cfg().client_urls(self.set(), None),
+            &self.cfg().cluster,
+            &files,
+        )
+        .await
+        .ok()
+    }
+
+    /// After a failed duty round: rebuild the long-lived connection from the members that
+    /// serve now, so one member refusing connections cannot keep failing this node's calls.
+    async fn reconnect_after_failure(&self) {
+        if self.cfg().role != Role::ControlPlane || self.coordinator().is_none() {
+            return;
+        }
+        if let Some(c) = self.connect_serving().await {
+            tracing::info!(node = %self.cfg().node, endpoints = ?c.endpoints(), "etcd: reconnected to the members that serve");
+            *lock(&self.shared.coord) = Some(c);
         }
     }
 
@@ -1035,6 +1062,21 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         let mut early: Option<Coordinator> = None;
         if !p.etcd_started {
             let (decision, answers) = self.bootstrap_decision().await?;
+            let heard: Vec<String> = answers
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{}: {}",
+                        a.from,
+                        match (&a.started, &a.cluster_id) {
+                            (true, Some(id)) => format!("started, cluster {id}"),
+                            (true, None) => "started".to_string(),
+                            (false, _) => "not started".to_string(),
+                        }
+                    )
+                })
+                .collect();
+            tracing::info!(node = %self.cfg().node, ?decision, answers = ?heard, "etcd bootstrap decision");
             match decision {
                 Decision::StartNew => {
                     p.etcd_state = Some(ClusterState::New);
@@ -1111,12 +1153,9 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         }
         // Now a voter: the long-lived connection reaches every member, this node's own first,
         // so losing any one member (the etcd leader included) leaves the engine connected.
-        let coord = match self
-            .connect(&self.cfg().client_urls(self.set(), None), &files)
-            .await
-        {
-            Ok(all) => all,
-            Err(_) => coord,
+        let coord = match self.connect_serving().await {
+            Some(all) => all,
+            None => coord,
         };
         *lock(&self.shared.coord) = Some(coord.clone());
         if p.cluster_id.is_none() {
