@@ -63,8 +63,20 @@ fn prepare_host_over_dbus_is_idempotent_and_reports_failed_jobs() {
         "the image has no kubedna-agent; build it with kubedna-image (scripts/test does)"
     );
 
+    // The node's agent prepares the host itself at boot (the control-plane engine's first step).
+    // Stop it and remove what it wrote, so the first run below starts from an unprepared host.
+    let (ok, _, err) = sh(
+        &lab,
+        &node,
+        "systemctl stop kubedna-agent && rm -f /etc/containerd/config.toml /etc/modules-load.d/kubedna.conf /etc/sysctl.d/90-kubedna.conf",
+    );
+    assert!(ok, "could not stop the agent and reset the host: {err}");
     let (ok, out, err) = sh(&lab, &node, "kubedna-agent prepare-host");
     assert!(ok, "prepare-host failed:\n{out}\n{err}");
+    assert!(
+        !out.contains("files written: []"),
+        "the first run on an unprepared host wrote nothing:\n{out}"
+    );
     assert!(out.contains("containerd.service"), "{out}");
     let (_, state, _) = sh(
         &lab,
