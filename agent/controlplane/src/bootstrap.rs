@@ -150,6 +150,11 @@ pub fn decide(
         });
     }
     let have = by_member.len();
+    // A set of one has no other member to ask: the single control plane forms alone. (A wiped
+    // single control plane starts a new cluster: there is no other copy of the old one to keep.)
+    if set.len() == 1 {
+        return Ok(Decision::StartNew);
+    }
     let need = set.quorum();
     if have >= need {
         Ok(Decision::StartNew)
@@ -160,3 +165,15 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod single {
+    use super::*;
+
+    #[test]
+    fn a_single_control_plane_forms_alone_and_resumes_on_its_record() {
+        let set = MemberSet::new("c", &["cp-1".to_string()]).expect("valid");
+        assert_eq!(decide("cp-1", &set, false, &[]), Ok(Decision::StartNew));
+        assert_eq!(decide("cp-1", &set, true, &[]), Ok(Decision::Resume));
+    }
+}
