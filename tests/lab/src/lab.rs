@@ -632,18 +632,7 @@ impl Lab {
             ),
             None => match image::builder().filter(|_| image::has_agent(&self.state.image_rootfs)) {
                 Some(builder) => {
-                    let desc = seed::ClusterDesc {
-                        name: self.state.name.clone(),
-                        prefix: self.state.subnet.prefix(),
-                        gateway: self.gateway(),
-                        nodes: self
-                            .state
-                            .nodes
-                            .iter()
-                            .map(|n| (n.name.clone(), n.role, n.address))
-                            .collect(),
-                        discovery: self.state.discovery,
-                    };
+                    let desc = self.cluster_desc();
                     let rendered = seed::render_with_kubedna_image(
                         &builder,
                         &self.dir.join("seed"),
