@@ -17,12 +17,44 @@ pub struct EtcdMember {
     child: Option<Child>,
 }
 
+/// A loopback port for a member to listen on, chosen below the kernel's ephemeral range.
+///
+/// A port from `bind(0)` lies inside the ephemeral range, where the kernel also picks the source
+/// port of every outgoing connection: with many etcd members dialling each other, one of those
+/// connections can hold the port by the time the member binds it ("address already in use").
+/// Ports below the range are never handed out as source ports. Each port is given out once per
+/// test process and checked free before it is returned.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let mut given = GIVEN.lock().expect("port list lock");
+    let given = given.get_or_insert_with(HashSet::new);
+    let mut seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    for _ in 0..10_000 {
+        // xorshift: no extra dependency for a test helper.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = low + (seed % u64::from(high - low)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
 }
 
 impl EtcdMember {
