@@ -210,6 +210,38 @@ pub fn peers_table(r: &PeersResponse) -> String {
         &rows,
     );
     out.push_str(&format!("{}\n", peers_line(&r.summary)));
+    if let Some(c) = &r.packets {
+        let reasons: Vec<String> = [
+            ("unknown key", c.unknown_key),
+            ("bad tag", c.bad_tag),
+            ("foreign cluster", c.foreign_cluster),
+            ("replayed", c.replayed),
+            ("stale", c.stale),
+            ("malformed", c.malformed),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(why, n)| format!("{n} {why}"))
+        .collect();
+        let mut line = format!("Packets: {} accepted, {} dropped", c.accepted, c.dropped());
+        if !reasons.is_empty() {
+            line.push_str(&format!(" ({})", reasons.join(", ")));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if let Some(k) = &r.keys {
+        let mut line = format!(
+            "Keys: sealing with {}, accepting {}",
+            k.primary,
+            k.accepted.join(" ")
+        );
+        if let Some(t) = &k.rotating_to {
+            line.push_str(&format!("; rotating to {t}"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
     out
 }
 

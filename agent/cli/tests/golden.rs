@@ -145,6 +145,20 @@ fn peers() -> PeersResponse {
                 addresses: vec![],
             },
         ],
+        packets: Some(PacketCounters {
+            accepted: 18_204,
+            malformed: 0,
+            foreign_cluster: 3,
+            unknown_key: 41,
+            bad_tag: 1,
+            replayed: 0,
+            stale: 0,
+        }),
+        keys: Some(MeshKeys {
+            primary: "1f2e3d4c".into(),
+            accepted: vec!["1f2e3d4c".into(), "a0b1c2d3".into()],
+            rotating_to: Some("a0b1c2d3".into()),
+        }),
     }
 }
 

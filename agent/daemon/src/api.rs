@@ -21,8 +21,9 @@ use kubedna_config::Config;
 use kubedna_host::state::StateDir;
 use kubedna_proto::{
     paths, AgentStatus, ApiError, AuditRecordsResponse, AuditResult, Caller, CallerStatus,
-    LogLevelRequest, LogLevelResponse, NodeStatus, Outcome, Peer, PeerLiveness, PeersResponse,
-    PeersSummary, ReloadResponse, Role, StatusResponse, VersionResponse, API_VERSION,
+    LogLevelRequest, LogLevelResponse, MeshKeys, NodeStatus, Outcome, PacketCounters, Peer,
+    PeerLiveness, PeersResponse, PeersSummary, ReloadResponse, Role, StatusResponse,
+    VersionResponse, API_VERSION,
 };
 use serde::Serialize;
 
@@ -313,6 +314,8 @@ pub async fn peers(state: &AppState) -> PeersResponse {
                 down: 0,
             },
             peers: Vec::new(),
+            packets: None,
+            keys: None,
         };
     };
     let members = handle.members().await;
@@ -361,6 +364,20 @@ pub async fn peers(state: &AppState) -> PeersResponse {
             down: count(PeerLiveness::Down),
         },
         peers,
+        packets: handle.counters().await.ok().map(|c| PacketCounters {
+            accepted: c.accepted,
+            malformed: c.malformed,
+            foreign_cluster: c.foreign_cluster,
+            unknown_key: c.unknown_key,
+            bad_tag: c.bad_tag,
+            replayed: c.replayed,
+            stale: c.stale,
+        }),
+        keys: handle.keys().await.ok().map(|k| MeshKeys {
+            primary: k.primary.to_string(),
+            accepted: k.keys.iter().map(ToString::to_string).collect(),
+            rotating_to: k.rotation.map(|r| r.target.to_string()),
+        }),
     }
 }
 

@@ -255,6 +255,25 @@ fn a_node_left_with_the_old_secret_is_dropped_after_the_grace_period() {
     await_peers(&agents[2], "the straggler loses both", |p| {
         p.peers.iter().all(|x| x.liveness == PeerLiveness::Down)
     });
+    // What an admin sees: the straggler seals with a key the others no longer accept, and each
+    // side counts the other's packets as sealed with an unknown key.
+    let straggler = peers(&agents[2]);
+    let old_key = straggler.keys.as_ref().expect("keys").primary.clone();
+    for a in &agents[..2] {
+        await_peers(
+            a,
+            "the straggler's packets are counted as unknown key",
+            |p| p.packets.is_some_and(|c| c.unknown_key > 0),
+        );
+        let keys = peers(a).keys.expect("keys");
+        assert_eq!(keys.accepted, vec![keys.primary.clone()], "{keys:?}");
+        assert_ne!(keys.primary, old_key, "{keys:?}");
+    }
+    await_peers(
+        &agents[2],
+        "the straggler counts the others' packets",
+        |p| p.packets.is_some_and(|c| c.unknown_key > 0),
+    );
     let mut agents = agents;
     let (_, stderr) = agents[0].stop();
     assert!(stderr.contains("grace period over"), "{stderr}");

@@ -215,6 +215,53 @@ pub struct PeersResponse {
     pub summary: PeersSummary,
     /// Sorted by name, then address.
     pub peers: Vec<Peer>,
+    /// What happened to the datagrams this node received, since the agent started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<PacketCounters>,
+    /// The mesh key ring: public key ids only, never key material.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<MeshKeys>,
+}
+
+/// Mesh datagrams accepted and dropped (each drop reason counted), since the agent started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PacketCounters {
+    pub accepted: u64,
+    /// Not a mesh packet: truncated, or a wrong magic or version.
+    pub malformed: u64,
+    /// Sealed for another cluster.
+    pub foreign_cluster: u64,
+    /// Sealed with a key this node does not hold: a node still on an old secret, or a new one
+    /// this node has not been given yet.
+    pub unknown_key: u64,
+    /// Failed authentication: forged or corrupted.
+    pub bad_tag: u64,
+    pub replayed: u64,
+    /// Too old, or from the future, by the sender's clock.
+    pub stale: u64,
+}
+
+impl PacketCounters {
+    pub fn dropped(&self) -> u64 {
+        self.malformed
+            + self.foreign_cluster
+            + self.unknown_key
+            + self.bad_tag
+            + self.replayed
+            + self.stale
+    }
+}
+
+/// The mesh's key ring as ids (the first 4 bytes of a public key id, hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshKeys {
+    /// The key this node seals with.
+    pub primary: String,
+    /// Every key accepted, in install order.
+    pub accepted: Vec<String>,
+    /// The key a rotation in progress moves to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotating_to: Option<String>,
 }
 
 /// One peer. Metadata fields are absent until its metadata has reached this node.
