@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod secret;
 pub mod security;
 pub mod sim;
+pub mod stream;
 
 pub use identity::NodeId;
 pub use lifeguard::LifeguardConfig;

@@ -1,5 +1,6 @@
-//! A thin tokio driver for one [`Mesh`]: a UDP socket, the clock, a command channel, and the
-//! handle the rest of the daemon holds ([`MeshHandle`]).
+//! A thin tokio driver for one [`Mesh`]: a UDP socket (and, for packets too large for one
+//! datagram, the stream path of [`crate::stream`]), the clock, a command channel, and the handle
+//! the rest of the daemon holds ([`MeshHandle`]).
 //!
 //! Owns the I/O loop only: datagrams in, timeouts, datagrams out, events and member snapshots to
 //! the daemon, and the bookkeeping of application requests (ids, pending replies, handlers by
@@ -26,6 +27,7 @@ use crate::mesh::{
 use crate::meta::NodeState;
 use crate::secret::ClusterSecret;
 use crate::security::{KeyRing, KeyRingError, SecurityCounters};
+use crate::stream::{self, StreamCounters, StreamStats};
 
 /// What the daemon can ask of a running mesh.
 #[derive(Debug)]
@@ -193,9 +195,15 @@ pub struct MeshHandle {
     active: watch::Receiver<usize>,
     ring: watch::Receiver<KeyRing>,
     handlers: Handlers,
+    stream_stats: Arc<StreamStats>,
 }
 
 impl MeshHandle {
+    /// Counters of the stream path for packets too large for one datagram.
+    pub fn stream_counters(&self) -> StreamCounters {
+        self.stream_stats.snapshot()
+    }
+
     /// This node's mesh address (its identity in `kubedna peers`).
     pub fn local_addr(&self) -> SocketAddr {
         self.id.addr
@@ -372,8 +380,21 @@ pub fn spawn(mesh: Mesh, socket: UdpSocket) -> (MeshHandle, JoinHandle<io::Resul
     let (active_tx, active) = watch::channel(0);
     let (ring_tx, ring) = watch::channel(mesh.key_ring().clone());
     let handlers: Handlers = Arc::default();
+    let stream_stats = Arc::new(StreamStats::default());
+    let (frames_tx, frames) = mpsc::channel(64);
+    let listener = match socket.local_addr() {
+        Ok(addr) => match stream::listen(addr, frames_tx, stream_stats.clone()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "mesh: no TCP listener on the mesh address; large syncs from peers fall back to datagrams");
+                None
+            }
+        },
+        Err(_) => None,
+    };
     let handle = MeshHandle {
         id: mesh.id(),
+        stream_stats: stream_stats.clone(),
         commands: commands.clone(),
         events: events.clone(),
         active,
@@ -381,7 +402,10 @@ pub fn spawn(mesh: Mesh, socket: UdpSocket) -> (MeshHandle, JoinHandle<io::Resul
         handlers: handlers.clone(),
     };
     let driver = Driver {
-        socket,
+        socket: Arc::new(socket),
+        _listener: listener,
+        frames,
+        stream_stats,
         commands: commands.downgrade(),
         events,
         active: active_tx,
@@ -423,7 +447,12 @@ fn first_request_id() -> u64 {
 }
 
 struct Driver {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
+    /// Aborted with the driver.
+    _listener: Option<stream::Listener>,
+    /// Frames from the stream path: (sender's mesh address, sealed packet).
+    frames: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    stream_stats: Arc<StreamStats>,
     commands: mpsc::WeakSender<Command>,
     events: broadcast::Sender<Event>,
     active: watch::Sender<usize>,
@@ -447,7 +476,7 @@ impl Driver {
             let now = Instant::now();
             self.dispatch_app(&mut mesh, now);
             self.resend(&mut mesh, now);
-            flush(&mut mesh, &self.socket).await;
+            self.flush(&mut mesh).await;
             let mut left = false;
             while let Some(event) = mesh.poll_event() {
                 left |= event == Event::Left;
@@ -487,6 +516,9 @@ impl Driver {
                         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                         Err(e) => return Err(e),
                     }
+                }
+                Some((from, bytes)) = self.frames.recv() => {
+                    let _ = mesh.handle_packet(from, &bytes, Instant::now().into_std());
                 }
                 () = sleep_until(deadline) => {
                     mesh.handle_timeout(Instant::now().into_std());
@@ -695,11 +727,23 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn flush(mesh: &mut Mesh, socket: &UdpSocket) {
-    while let Some(t) = mesh.poll_transmit() {
-        // Reliable (anti-entropy) messages go as one datagram until the TCP path exists; a
-        // send error (unreachable peer, oversized datagram) is what failure detection is for.
-        let _ = socket.send_to(&t.bytes, t.to).await;
+impl Driver {
+    async fn flush(&mut self, mesh: &mut Mesh) {
+        let own_port = mesh.id().addr.port();
+        while let Some(t) = mesh.poll_transmit() {
+            if t.reliable && t.bytes.len() > stream::DATAGRAM_LIMIT {
+                stream::send(
+                    t.to,
+                    own_port,
+                    t.bytes,
+                    self.socket.clone(),
+                    self.stream_stats.clone(),
+                );
+                continue;
+            }
+            // A send error (unreachable peer) is what failure detection is for.
+            let _ = self.socket.send_to(&t.bytes, t.to).await;
+        }
     }
 }
 
@@ -717,21 +761,108 @@ mod tests {
         seeds: Vec<SocketAddr>,
         cluster: &str,
     ) -> (MeshHandle, JoinHandle<io::Result<Mesh>>) {
+        node_syncing_every(i, seeds, cluster, None).await
+    }
+
+    async fn node_syncing_every(
+        i: usize,
+        seeds: Vec<SocketAddr>,
+        cluster: &str,
+        push_pull: Option<Duration>,
+    ) -> (MeshHandle, JoinHandle<io::Result<Mesh>>) {
         let secret = ClusterSecret::new(SECRET.to_vec()).expect("long");
-        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        // The stream listener needs the same port on TCP. A port from `bind(0)` lies in the
+        // ephemeral range, where another test's outgoing connection may already hold it on TCP:
+        // take one that is free on both (production uses 7946, below that range).
+        let sock = loop {
+            let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            let addr = sock.local_addr().expect("addr");
+            if std::net::TcpListener::bind(addr).is_ok() {
+                break sock;
+            }
+        };
         let unset: SocketAddr = ([127, 0, 0, 1], 0).into();
         let mut cfg = MeshConfig::lan(cluster, unset, sim_meta(i));
         cfg.seeds = seeds;
+        if let Some(every) = push_pull {
+            cfg.push_pull_interval = every;
+        }
         let mesh = new_mesh(cfg, &sock, &secret, i as u64 + 1).expect("valid");
         spawn(mesh, sock)
     }
 
     async fn until_active(h: &MeshHandle, n: usize) {
         let mut active = h.active_members();
-        tokio::time::timeout(Duration::from_secs(10), active.wait_for(|a| *a >= n))
+        tokio::time::timeout(Duration::from_secs(30), active.wait_for(|a| *a >= n))
             .await
             .expect("joined in time")
             .expect("running");
+    }
+
+    #[tokio::test]
+    async fn syncs_too_large_for_a_datagram_go_over_the_stream_and_metadata_converges() {
+        // Seventy nodes syncing often: a sync carries the whole member list, about 22 bytes a
+        // member, so past about 60 members every sync is beyond one unfragmented datagram.
+        const N: usize = 70;
+        let every = Some(Duration::from_secs(1));
+        let (seed, _seed_task) = node_syncing_every(0, vec![], "stream", every).await;
+        let mut nodes = vec![];
+        for i in 1..N {
+            nodes.push(node_syncing_every(i, vec![seed.local_addr()], "stream", every).await);
+        }
+        let handles: Vec<&MeshHandle> = std::iter::once(&seed)
+            .chain(nodes.iter().map(|(h, _)| h))
+            .collect();
+        for h in &handles {
+            until_active(h, N - 1).await;
+        }
+        let converged = async {
+            loop {
+                let mut all = true;
+                for h in &handles {
+                    let members = h.members().await.expect("running");
+                    // A node falsely failed under load rejoins under a new generation; its
+                    // old entry stays down, so count the live ones.
+                    let live = members
+                        .iter()
+                        .filter(|m| m.liveness == crate::mesh::Liveness::Alive);
+                    all &= live.filter(|m| m.meta.is_some()).count() >= N - 1;
+                }
+                if all {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), converged)
+            .await
+            .expect("every node holds every other node's metadata");
+        let total = || {
+            handles.iter().fold(StreamCounters::default(), |mut t, h| {
+                let c = h.stream_counters();
+                t.frames_sent += c.frames_sent;
+                t.frames_received += c.frames_received;
+                t.fallbacks += c.fallbacks;
+                t.refused += c.refused;
+                t
+            })
+        };
+        // Each node syncs every few seconds (the interval stretches above 32 members).
+        let streamed = async {
+            while total().frames_received < N as u64 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let in_time = tokio::time::timeout(Duration::from_secs(30), streamed).await;
+        let total = total();
+        assert!(
+            in_time.is_ok(),
+            "syncs did not go over the stream: {total:?}"
+        );
+        assert_eq!((total.fallbacks, total.refused), (0, 0), "{total:?}");
+        for h in &handles {
+            assert_eq!(h.counters().await.expect("running").dropped(), 0);
+        }
     }
 
     #[tokio::test]
