@@ -28,6 +28,15 @@ pub enum NodeError {
     },
     #[error("node {node} is not running")]
     NotRunning { node: String },
+    #[error(
+        "node {node} stopped while booting ({status}); last console lines: {tail}; see {console}"
+    )]
+    Exited {
+        node: String,
+        status: String,
+        tail: String,
+        console: PathBuf,
+    },
     #[error("node {node} did not reach {what} within {timeout:?} (last: {last}); see its console log {console}")]
     Timeout {
         node: String,
@@ -318,10 +327,57 @@ pub fn spawn(p: &NodePaths, lab: &str, machine: &str, hostname: &str) -> Result<
             source,
         })?;
     let pid = child.id();
+    // `spawn` returns once `sh` runs; wait until it has become nspawn (or failed), so that nobody
+    // looks for the node's nspawn process in the moment of that exec, when its command line can
+    // read empty, and so that a start that fails at once says why.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(exited(p, status.to_string()));
+        }
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if exe.file_name().is_some_and(|n| n == "systemd-nspawn") || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     std::thread::spawn(move || {
         let _ = child.wait();
     });
     Ok(pid)
+}
+
+/// Text without terminal escape sequences (`ESC [ ... letter`), as systemd colours its console.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The error for a node whose nspawn exited: its status and the end of its console log.
+fn exited(p: &NodePaths, status: String) -> NodeError {
+    let console = std::fs::read_to_string(&p.console).unwrap_or_default();
+    let lines: Vec<&str> = console.lines().rev().take(8).collect();
+    let tail = strip_ansi(&lines.into_iter().rev().collect::<Vec<_>>().join(" | "));
+    NodeError::Exited {
+        node: p.name.clone(),
+        status,
+        tail: cmd::tail(&tail),
+        console: p.console.clone(),
+    }
 }
 
 /// Whether a process exists and is not a zombie.
@@ -527,9 +583,12 @@ pub fn wait_booted(
                 Err(e) => last = e.to_string(),
             }
         } else if nspawn_pids(p).is_empty() {
-            return Err(NodeError::NotRunning {
-                node: p.name.clone(),
-            });
+            // Looked at twice, apart: a process read in the middle of a fork or exec can show an
+            // empty command line for an instant.
+            std::thread::sleep(Duration::from_millis(100));
+            if leader(p).is_none() && nspawn_pids(p).is_empty() {
+                return Err(exited(p, "nspawn is gone".to_string()));
+            }
         }
         // Not reachable yet (no PID 1 or no manager socket): poll again shortly.
         std::thread::sleep(Duration::from_millis(25));
@@ -602,4 +661,16 @@ pub fn memory_pss_kib(p: &NodePaths) -> u64 {
                 .and_then(|v| v.parse::<u64>().ok())
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_colours_are_stripped_from_error_text() {
+        let line =
+            "[\u{1b}[0;32m  OK  \u{1b}[0m] Started \u{1b}[0;1;39mcontainerd.service\u{1b}[0m.";
+        assert_eq!(strip_ansi(line), "[  OK  ] Started containerd.service.");
+    }
 }

@@ -446,7 +446,23 @@ fn down_cleans_up_after_a_crashed_lab() {
     let name = "t-crash";
     let _guard = Down(name);
     // Two nodes; control-plane counts are odd (1, 3, 5, 7), so one of each role.
-    let lab = up(&opts(name, "198.18.5.0/24", 1, 1));
+    let mut lab = up(&opts(name, "198.18.5.0/24", 1, 1));
+    // A node that cannot boot any more (its init exits at once) fails `start` with the reason
+    // from its console, instead of a bare "not running".
+    lab.kill("worker-1")
+        .unwrap_or_else(|e| panic!("kill worker-1: {e}"));
+    let init = lab.paths("worker-1").root.join("usr/lib/systemd/systemd");
+    std::fs::write(&init, "#!/bin/sh\necho broken-init-for-test >&2\nexit 3\n")
+        .unwrap_or_else(|e| panic!("{}: {e}", init.display()));
+    let err = lab
+        .start(&["worker-1".to_string()], Duration::from_secs(60))
+        .expect_err("a node whose init exits must not start")
+        .to_string();
+    eprintln!("start of a broken node: {err}");
+    assert!(
+        err.contains("worker-1") && err.contains("broken-init-for-test"),
+        "{err}"
+    );
     // Crash: the nspawn processes die abruptly and the state file is lost.
     for n in ["cp-1", "worker-1"] {
         for pid in kubedna_lab::node::nspawn_pids(&lab.paths(n)) {
