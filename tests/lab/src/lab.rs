@@ -1050,6 +1050,13 @@ impl Lab {
 
     /// Sets delay (ms, each direction) on a node's link; 0 clears it.
     pub fn set_delay(&mut self, node: &str, ms: u32) -> Result<(), LabError> {
+        if ms > crate::delay::MAX_MS {
+            return Err(LabError::BadValue {
+                what: "delay",
+                value: ms.to_string(),
+                allowed: "milliseconds from 0 to 10000",
+            });
+        }
         self.update_netem(node, |n| n.delay_ms = ms)
     }
 
@@ -1058,7 +1065,20 @@ impl Lab {
         let mut netem = record.netem;
         f(&mut netem);
         if netem.delay_ms != record.netem.delay_ms {
-            net::set_delay(&self.veth(&record), &self.paths(node).netns, netem.delay_ms)?;
+            if self.is_vm() {
+                return Err(LabError::NotForVm {
+                    node: node.to_string(),
+                    what: "delay",
+                    instead: "use an nspawn lab (delay works inside a node's network namespace)",
+                });
+            }
+            let p = self.paths(node);
+            net::set_delay(
+                &self.veth(&record),
+                &p.netns,
+                netem.delay_ms,
+                &p.dir.join("delay.log"),
+            )?;
         }
         if let Some(r) = self.state.nodes.iter_mut().find(|n| n.name == node) {
             r.netem = netem;
@@ -1098,6 +1118,8 @@ impl Lab {
         let p = self.paths(name);
         qemu::kill_vm(&self.vm_paths(name))?;
         node::kill_node(&p)?;
+        // A delay helper holds a socket in the node's namespace (which would keep it alive).
+        crate::delay::kill_helpers(&p.netns).map_err(NetError::from)?;
         for m in node::mounts_under(&p.dir)
             .into_iter()
             .chain(node::mounts_under(&p.netns))

@@ -6,6 +6,7 @@
 //! over [`lab::Lab`]; tests drive the library the same way.
 
 pub mod cmd;
+pub mod delay;
 pub mod image;
 pub mod lab;
 pub mod names;

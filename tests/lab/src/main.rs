@@ -138,6 +138,14 @@ enum Cmd {
     List,
     /// Remove everything the lab made (works after a crash too).
     Down,
+    /// Internal: holds a node's queued packets for `delay` where the kernel has no netem.
+    #[command(hide = true)]
+    DelayHelper {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        ms: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -253,6 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Heal => Lab::open(&root, &name)?.heal()?,
         Cmd::Loss { node, pct } => Lab::open(&root, &name)?.set_loss(&node, pct)?,
         Cmd::Delay { node, ms } => Lab::open(&root, &name)?.set_delay(&node, ms)?,
+        Cmd::DelayHelper { netns, ms } => kubedna_lab::delay::run_helper(&netns, ms)?,
         Cmd::AddNode { role, timeout } => {
             let mut lab = Lab::open(&root, &name)?;
             let record = lab.add_node(role, BTreeMap::new(), None)?;

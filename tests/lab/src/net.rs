@@ -1,8 +1,8 @@
 //! The lab network on the host: the subnet and its overlap check against host routes, the bridge
 //! without uplink, per-node network namespaces and veths, the nftables tables that keep lab traffic
-//! off every other interface and implement partitions, and tc netem for loss and delay.
-//! It must never add a route, NAT or forwarding path out of the machine: the only rules it writes
-//! drop traffic.
+//! off every other interface and implement partitions and loss, and tc netem for delay (or,
+//! without netem, a netfilter queue: see [`crate::delay`]). It must never add a route, NAT or
+//! forwarding path out of the machine: the only rules it writes drop or delay traffic.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -30,6 +30,8 @@ pub enum NetError {
     },
     #[error("this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM), so `delay` cannot work here; `loss` does not need it")]
     NoNetem,
+    #[error(transparent)]
+    Delay(#[from] crate::delay::DelayError),
     #[error(transparent)]
     Cmd(#[from] CmdError),
 }
@@ -368,7 +370,7 @@ fn tempfile_in_run() -> Result<(std::path::PathBuf, std::fs::File), NetError> {
 pub struct Netem {
     /// Percentage of frames dropped in each direction, 0..=100 (nftables `numgen random`).
     pub loss_pct: f32,
-    /// Delay added in each direction, in milliseconds (tc netem).
+    /// Delay added in each direction, in milliseconds (tc netem, or the queue helper).
     pub delay_ms: u32,
 }
 
@@ -405,8 +407,18 @@ pub fn set_loss(table: &str, ports: &[(String, f32)]) -> Result<(), NetError> {
 
 /// Sets the delay of a node's link in both directions with tc netem: egress of the host-side veth
 /// (towards the node) and of `eth0` inside the node's namespace (from the node). 0 removes it.
-/// Needs a kernel with sch_netem (CONFIG_NET_SCH_NETEM).
-pub fn set_delay(host_end: &str, netns: &Path, delay_ms: u32) -> Result<(), NetError> {
+/// Without sch_netem (CONFIG_NET_SCH_NETEM) in the kernel, the delay goes through a netfilter
+/// queue in the node's namespace instead ([`crate::delay`]; its messages go to `log`).
+pub fn set_delay(host_end: &str, netns: &Path, delay_ms: u32, log: &Path) -> Result<(), NetError> {
+    match set_netem_delay(host_end, netns, delay_ms) {
+        Err(NetError::NoNetem) => Ok(crate::delay::set(netns, delay_ms, log)?),
+        // Clearing: also whatever the queue path left (a lab moved between kernels, say).
+        Ok(()) if delay_ms == 0 => Ok(crate::delay::set(netns, 0, log)?),
+        other => other,
+    }
+}
+
+fn set_netem_delay(host_end: &str, netns: &Path, delay_ms: u32) -> Result<(), NetError> {
     let delay = format!("{delay_ms}ms");
     let netns_flag = format!("--net={}", netns.display());
     for (dev, inside) in [(host_end, false), ("eth0", true)] {

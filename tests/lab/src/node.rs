@@ -441,6 +441,19 @@ pub fn pids_with_arg_prefix(needle: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Live processes with exactly `arg` among their arguments.
+pub fn pids_with_arg(arg: &str) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+                .unwrap_or(false)
+                && alive(pid)
+        })
+        .collect()
+}
+
 /// The node's PID 1 (systemd) as a host pid: the process in the node's network namespace that is
 /// PID 1 of its own PID namespace.
 pub fn leader(p: &NodePaths) -> Option<i32> {
