@@ -1,7 +1,8 @@
 //! The mesh on real lab nodes (issue 5): five nspawn nodes running the agent from the node image
 //! find each other through seeds, and again through multicast beacons with no seeds; a killed
 //! node is seen down by all the others (three times, for the median in docs/benchmarks.md); a
-//! partitioned node is marked failed and comes back after `heal`.
+//! partitioned node is marked failed and comes back after `heal`; a node 150 ms away each way
+//! (lab `delay`) shows that RTT everywhere and is never declared down.
 //!
 //! Needs root and a node image carrying this agent (`KUBEDNA_LAB_IMAGE`, as `scripts/test` sets
 //! it); without the agent in the image it fails rather than skips. Every wait polls `kubedna
@@ -248,4 +249,72 @@ fn multicast_without_seeds() {
         "MESH FIGURE m-mcast: all 5 see 4 alive peers {:.1} s after up returned",
         t.as_secs_f64()
     );
+
+    // A far node: 150 ms each way on worker-1's link (300 ms round trips, above the 200 ms
+    // direct-probe timeout). Every other node must show that RTT and must never declare
+    // worker-1 down while it is merely slow.
+    let mut lab = lab;
+    let others: Vec<&str> = NODES.iter().copied().filter(|n| *n != "worker-1").collect();
+    lab.set_delay("worker-1", 150)
+        .unwrap_or_else(|e| panic!("delay: {e}"));
+    let watch = Instant::now();
+    let mut seen_rtt: Vec<f64> = Vec::new();
+    let mut suspect_views = 0;
+    while watch.elapsed() < Duration::from_secs(15) || seen_rtt.len() < others.len() {
+        assert!(
+            watch.elapsed() < Duration::from_secs(60),
+            "RTT of the delayed worker-1 not shown by every node: {seen_rtt:?}"
+        );
+        seen_rtt.clear();
+        for node in &others {
+            let Some(w) = peer(&lab, node, "worker-1") else {
+                continue;
+            };
+            let liveness = w.get("liveness").and_then(Value::as_str).unwrap_or("");
+            assert_ne!(
+                liveness, "down",
+                "{node} declared the slow worker-1 down: {w}"
+            );
+            suspect_views += usize::from(liveness == "suspect");
+            if let Some(rtt) = w
+                .get("rtt_ms")
+                .and_then(Value::as_f64)
+                .filter(|r| *r >= 290.0)
+            {
+                seen_rtt.push(rtt);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "MESH FIGURE m-mcast: worker-1 at 150 ms each way for {:.0} s: never down, {suspect_views} \
+         suspect views, RTT shown {:.0} ms (median of the 4 others)",
+        watch.elapsed().as_secs_f64(),
+        median(seen_rtt)
+    );
+    lab.set_delay("worker-1", 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// `node`'s row for `name` in `kubedna peers -o json` (its alive entry if it has several).
+fn peer(lab: &Lab, node: &str, name: &str) -> Option<Value> {
+    let out = lab
+        .exec(
+            node,
+            &["kubedna", "peers", "-o", "json"],
+            Some(Duration::from_secs(10)),
+        )
+        .ok()?;
+    let v: Value = serde_json::from_str(&out.stdout).ok()?;
+    let rows: Vec<Value> = v
+        .get("peers")?
+        .as_array()?
+        .iter()
+        .filter(|p| p.get("name").and_then(Value::as_str) == Some(name))
+        .cloned()
+        .collect();
+    rows.iter()
+        .find(|p| p.get("liveness").and_then(Value::as_str) == Some("alive"))
+        .or(rows.first())
+        .cloned()
 }
