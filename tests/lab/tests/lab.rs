@@ -331,9 +331,10 @@ fn cluster_of_five_comes_up_and_faults_do_what_they_say() {
     );
     lab.set_delay("worker-1", 0)
         .unwrap_or_else(|e| panic!("{e}"));
-    let (_, max, received) = rtt(&lab, "cp-1", worker1);
+    // The fastest of five replies: a delay still in place would hold every one of them back.
+    let (min, _, received) = rtt(&lab, "cp-1", worker1);
     assert_eq!(received, 5);
-    assert!(max < 50.0, "rtt after clearing the delay: max {max} ms");
+    assert!(min < 50.0, "rtt after clearing the delay: min {min} ms");
     assert!(
         kubedna_lab::delay::helper_pids(&lab.paths("worker-1").netns).is_empty(),
         "the delay helper must be gone once the delay is cleared"
