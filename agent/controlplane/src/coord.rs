@@ -8,7 +8,9 @@
 //!   still equals the writer's term, so a deposed leader's writes are refused.
 //!
 //! A leader that stops renewing (crashed, paused, cut off) loses its lease after the TTL and etcd
-//! deletes the key; [`Coordinator::wait_vacant`] wakes on that delete through a watch.
+//! deletes the key; [`Coordinator::wait_vacant`] wakes on that delete through a watch. Sooner, a
+//! follower that saw the leader's node leave the mesh empties the seat with
+//! [`Coordinator::vacate`], a delete guarded by the same term compare (docs/control-plane.md).
 
 use std::time::Duration;
 
@@ -387,6 +389,28 @@ impl Coordinator {
             Err(_) => "nobody".into(),
         };
         Err(CoordError::Stale { term, current })
+    }
+
+    /// Empties the leader seat if, and only if, it is still held under `term`: a compare (the
+    /// key's create revision) and delete in one transaction, so a seat taken again since (a new
+    /// term) is never touched. The old holder's lease lives on without the key; its fenced
+    /// writes are refused from here on. Returns whether the seat was emptied.
+    pub async fn vacate(&self, term: i64) -> Result<bool, CoordError> {
+        let leader = self.key("leader");
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                leader.as_str(),
+                CompareOp::Equal,
+                term,
+            )])
+            .and_then([TxnOp::delete(leader.as_str(), None)]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(self.err("cannot empty the leader seat"))?;
+        Ok(resp.succeeded())
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CoordError> {

@@ -549,9 +549,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a follower has seen of the leader's node in the mesh during one term (see
+/// `Engine::leader_gone`).
+#[derive(Debug)]
+struct Absence {
+    node: String,
+    term: i64,
+    /// When this node last saw the leader's node among its alive peers (during this term).
+    seen_alive: Option<tokio::time::Instant>,
+}
+
 /// One node's formation. See the module documentation for how the daemon runs it.
 pub struct Engine<P, S, K, C> {
     shared: Arc<Shared>,
+    absence: Mutex<Option<Absence>>,
     peers: Arc<P>,
     sd: Arc<S>,
     kubeadm: Arc<K>,
@@ -626,6 +637,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 persisted: Mutex::new(persisted),
                 coord: Mutex::new(None),
             }),
+            absence: Mutex::new(None),
             peers: Arc::new(peers),
             sd: Arc::new(systemd),
             kubeadm: Arc::new(kubeadm),
@@ -1395,6 +1407,15 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     term,
                 });
                 loop {
+                    // The seat may have been emptied under us (a follower that saw this node
+                    // gone from the mesh): then this term is over, whatever the lease says.
+                    if let Ok(seat) = coord.leader().await {
+                        if seat.as_ref().map(|(_, t)| *t) != Some(term) {
+                            tracing::warn!(node = %self.cfg().node, term, "leader seat lost");
+                            lock(&self.shared.status).leader = None;
+                            return Ok(());
+                        }
+                    }
                     let duty = self.ensure_material(&coord, term).await;
                     if duty.is_ok() {
                         lock(&self.shared.status).last_error = None;
@@ -1423,6 +1444,19 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     .leader()
                     .await
                     .map_err(self.coord_err("cannot read the leader"))?;
+                if let Some((r, term)) = &leader {
+                    if self.leader_gone(&r.node, *term)
+                        && coord
+                            .vacate(*term)
+                            .await
+                            .map_err(self.coord_err("cannot empty the leader seat"))?
+                    {
+                        tracing::warn!(node = %self.cfg().node, leader = %r.node, term,
+                            "the leader's node is gone from the mesh: emptied its seat");
+                        lock(&self.shared.status).leader = None;
+                        return Ok(());
+                    }
+                }
                 lock(&self.shared.status).leader =
                     leader.map(|(r, term)| LeaderStatus { name: r.node, term });
                 self.refresh_members(&coord).await;
@@ -1433,6 +1467,41 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 Ok(())
             }
         }
+    }
+
+    /// Whether the leader's node (seat held under `term`) is gone as far as the mesh can tell:
+    /// seen alive during this term, absent from the alive peers now and not seen alive for a
+    /// third of the lease TTL, while this node sees a majority of the control-plane set (itself
+    /// included). The majority rule keeps a node cut off from the mesh from emptying seats;
+    /// having seen the leader alive keeps a node whose mesh has not converged yet (just started)
+    /// from it. "Not seen for" counts from the last sighting, so time this node spent on failed
+    /// etcd calls (the dead leader's etcd member, say) counts too.
+    fn leader_gone(&self, node: &str, term: i64) -> bool {
+        if node == self.cfg().node {
+            return false;
+        }
+        let alive = self.peers.alive();
+        let now = tokio::time::Instant::now();
+        let mut slot = lock(&self.absence);
+        let a = match slot.as_mut() {
+            Some(a) if a.node == node && a.term == term => a,
+            _ => slot.insert(Absence {
+                node: node.to_string(),
+                term,
+                seen_alive: None,
+            }),
+        };
+        if alive.iter().any(|p| p.name == node) {
+            a.seen_alive = Some(now);
+            return false;
+        }
+        let Some(seen) = a.seen_alive else {
+            return false;
+        };
+        let set = self.set();
+        let control_planes_seen = 1 + alive.iter().filter(|p| set.contains(&p.name)).count();
+        control_planes_seen >= set.quorum()
+            && now.duration_since(seen) >= self.cfg().timings.lease_ttl / 3
     }
 
     /// The leader's duty: join material present and not near expiry, written under its term.

@@ -638,6 +638,74 @@ async fn three_plus_two_form_fail_over_and_a_wiped_node_rejoins_without_init() {
         failovers[2].as_secs_f64(),
         failovers
     );
+
+    // A leader cut off from the mesh while its lease lives on (etcd still reachable): the
+    // majority side empties its seat after a third of the TTL and one of them leads; the cut-off
+    // node stops leading and its term is fenced. It never empties the new seat itself: it sees
+    // no majority, and it never saw the new leader alive.
+    let leader_now = |c: &Cluster| {
+        c.nodes
+            .keys()
+            .filter_map(|n| c.status(n).and_then(|s| s.leader))
+            .find(|l| c.status(&l.name).and_then(|s| s.leader).as_ref() == Some(l))
+    };
+    let cut_off = |c: &Cluster, who: &str| {
+        for o in c.nodes.keys().filter(|o| *o != who) {
+            lock(&c.net.cuts).insert((who.to_string(), o.clone()));
+        }
+    };
+    c.wait_member(Duration::from_secs(30)).await;
+    let old = leader_now(&c).expect("a node that leads");
+    let t0 = Instant::now();
+    cut_off(&c, &old.name);
+    let new = loop {
+        let seen = c
+            .nodes
+            .keys()
+            .filter(|n| **n != old.name)
+            .filter_map(|n| c.status(n).and_then(|s| s.leader))
+            .find(|l| l.term > old.term && l.name != old.name);
+        if let Some(l) = seen {
+            break l;
+        }
+        assert!(
+            t0.elapsed() < TTL * 2,
+            "nobody took over from a leader cut off from the mesh"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = t0.elapsed();
+    eprintln!(
+        "FIGURE leader cut off from the mesh (lease alive; TTL {TTL:?}): {} leads after {:.2} s",
+        new.name,
+        took.as_secs_f64()
+    );
+    // No bound beyond the loop's: the cut-off leader keeps renewing its lease, so without the
+    // mesh-assisted takeover nobody would ever take over.
+    loop {
+        let still = c.status(&old.name).and_then(|s| s.leader);
+        if still.as_ref().is_none_or(|l| l.name != old.name) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < TTL * 2,
+            "{} still believes it leads: {still:?}",
+            old.name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match coord
+        .fenced_put(old.term, "/kubedna/lab/probe", b"x".to_vec())
+        .await
+    {
+        Err(CoordError::Stale { term, .. }) => assert_eq!(term, old.term),
+        other => panic!("the cut-off leader's term was not fenced: {other:?}"),
+    }
+    // Kept cut off for a whole TTL: the seat stays with the majority side's leader.
+    tokio::time::sleep(TTL).await;
+    let (seat, term) = coord.leader().await.expect("leader").expect("a leader");
+    assert_eq!((seat.node.as_str(), term), (new.name.as_str(), new.term));
+    lock(&c.net.cuts).clear();
     c.wait_member(Duration::from_secs(30)).await;
 
     // Reinstall: a control plane that is not the init node loses its disk and rejoins; then the
