@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use kubedna_controlplane::coord::{CoordError, Coordinator};
 use kubedna_controlplane::engine::{
-    ClusterSecret, Engine, EngineConfig, EngineHandle, EtcdNetwork, KubeadmCommand, PeerError,
-    PeerInfo, Peers, Phase, Request, Response, Role, Status, SystemClock, Timings,
+    ClusterSecret, Engine, EngineConfig, EngineHandle, EtcdNetwork, KubeadmCommand, LeaderStatus,
+    PeerError, PeerInfo, Peers, Phase, Request, Response, Role, Status, SystemClock, Timings,
 };
 use kubedna_controlplane::etcd_unit::{self, MemberUrls};
 use kubedna_controlplane::pki::MemberFiles;
@@ -453,6 +453,36 @@ impl Cluster {
         self.nodes[name].handle.as_ref().map(|h| h.status())
     }
 
+    /// The node that leads, by its own status and the others' (term included).
+    fn leader(&self) -> Option<LeaderStatus> {
+        self.nodes
+            .keys()
+            .filter_map(|n| self.status(n).and_then(|s| s.leader))
+            .find(|l| self.status(&l.name).and_then(|s| s.leader).as_ref() == Some(l))
+    }
+
+    /// Waits until a node other than `old`'s shows a leader other than `old` with a higher term;
+    /// panics after `within`.
+    async fn new_leader_after(&self, old: &LeaderStatus, within: Duration) -> LeaderStatus {
+        let t0 = Instant::now();
+        loop {
+            let seen = self
+                .nodes
+                .keys()
+                .filter(|n| **n != old.name)
+                .filter_map(|n| self.status(n).and_then(|s| s.leader))
+                .find(|l| l.term > old.term && l.name != old.name);
+            if let Some(l) = seen {
+                return l;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "no new leader after {old:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn all_member(&self) -> bool {
         let statuses: Vec<Status> = self.nodes.keys().filter_map(|n| self.status(n)).collect();
         let leader = statuses.first().and_then(|s| s.leader.clone());
@@ -594,27 +624,10 @@ async fn three_plus_two_form_fail_over_and_a_wiped_node_rejoins_without_init() {
     let mut failovers = Vec::new();
     for _ in 0..5 {
         c.wait_member(Duration::from_secs(30)).await;
-        let old = c
-            .nodes
-            .keys()
-            .filter_map(|n| c.status(n).and_then(|s| s.leader))
-            .find(|l| c.status(&l.name).and_then(|s| s.leader).as_ref() == Some(l))
-            .expect("a node that leads");
+        let old = c.leader().expect("a node that leads");
         let t0 = Instant::now();
         c.kill(&old.name);
-        let new = loop {
-            let seen = c
-                .nodes
-                .keys()
-                .filter(|n| **n != old.name)
-                .filter_map(|n| c.status(n).and_then(|s| s.leader))
-                .find(|l| l.term > old.term);
-            if let Some(l) = seen {
-                break l;
-            }
-            assert!(t0.elapsed() < TTL * 2, "no new leader within 2×TTL");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let new = c.new_leader_after(&old, TTL * 2).await;
         let took = t0.elapsed();
         failovers.push(took);
         assert!(new.term > old.term, "{new:?} after {old:?}");
@@ -643,37 +656,16 @@ async fn three_plus_two_form_fail_over_and_a_wiped_node_rejoins_without_init() {
     // majority side empties its seat after a third of the TTL and one of them leads; the cut-off
     // node stops leading and its term is fenced. It never empties the new seat itself: it sees
     // no majority, and it never saw the new leader alive.
-    let leader_now = |c: &Cluster| {
-        c.nodes
-            .keys()
-            .filter_map(|n| c.status(n).and_then(|s| s.leader))
-            .find(|l| c.status(&l.name).and_then(|s| s.leader).as_ref() == Some(l))
-    };
     let cut_off = |c: &Cluster, who: &str| {
         for o in c.nodes.keys().filter(|o| *o != who) {
             lock(&c.net.cuts).insert((who.to_string(), o.clone()));
         }
     };
     c.wait_member(Duration::from_secs(30)).await;
-    let old = leader_now(&c).expect("a node that leads");
+    let old = c.leader().expect("a node that leads");
     let t0 = Instant::now();
     cut_off(&c, &old.name);
-    let new = loop {
-        let seen = c
-            .nodes
-            .keys()
-            .filter(|n| **n != old.name)
-            .filter_map(|n| c.status(n).and_then(|s| s.leader))
-            .find(|l| l.term > old.term && l.name != old.name);
-        if let Some(l) = seen {
-            break l;
-        }
-        assert!(
-            t0.elapsed() < TTL * 2,
-            "nobody took over from a leader cut off from the mesh"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let new = c.new_leader_after(&old, TTL * 2).await;
     let took = t0.elapsed();
     eprintln!(
         "FIGURE leader cut off from the mesh (lease alive; TTL {TTL:?}): {} leads after {:.2} s",

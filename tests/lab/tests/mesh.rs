@@ -67,8 +67,9 @@ fn up(o: &UpOptions, discovery: Discovery) -> Lab {
 /// One row of `kubedna peers -o json`: (name, liveness, state).
 type Row = (String, String, String);
 
-/// `node`'s peers, or None while its agent does not answer.
-fn peers(lab: &Lab, node: &str) -> Option<Vec<Row>> {
+/// The `peers` rows of `kubedna peers -o json` in `node`, or None while its agent does not
+/// answer.
+fn peer_rows(lab: &Lab, node: &str) -> Option<Vec<Value>> {
     let out = lab
         .exec(
             node,
@@ -80,10 +81,14 @@ fn peers(lab: &Lab, node: &str) -> Option<Vec<Row>> {
         return None;
     }
     let v: Value = serde_json::from_str(&out.stdout).ok()?;
+    v.get("peers")?.as_array().cloned()
+}
+
+/// `node`'s peers, or None while its agent does not answer.
+fn peers(lab: &Lab, node: &str) -> Option<Vec<Row>> {
     let s = |p: &Value, k: &str| p.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     Some(
-        v.get("peers")?
-            .as_array()?
+        peer_rows(lab, node)?
             .iter()
             .map(|p| (s(p, "name"), s(p, "liveness"), s(p, "state")))
             .collect(),
@@ -298,20 +303,9 @@ fn multicast_without_seeds() {
 
 /// `node`'s row for `name` in `kubedna peers -o json` (its alive entry if it has several).
 fn peer(lab: &Lab, node: &str, name: &str) -> Option<Value> {
-    let out = lab
-        .exec(
-            node,
-            &["kubedna", "peers", "-o", "json"],
-            Some(Duration::from_secs(10)),
-        )
-        .ok()?;
-    let v: Value = serde_json::from_str(&out.stdout).ok()?;
-    let rows: Vec<Value> = v
-        .get("peers")?
-        .as_array()?
-        .iter()
+    let rows: Vec<Value> = peer_rows(lab, node)?
+        .into_iter()
         .filter(|p| p.get("name").and_then(Value::as_str) == Some(name))
-        .cloned()
         .collect();
     rows.iter()
         .find(|p| p.get("liveness").and_then(Value::as_str) == Some("alive"))
