@@ -24,7 +24,14 @@ pub struct Manifest {
 pub struct Artifact {
     pub name: String,
     pub version: String,
+    /// Where the file is fetched from: an `https://` URL, or `mirror:FILE` for an artifact that
+    /// exists only in a local mirror (`--artifacts-dir`), such as the lab's Kubernetes binaries
+    /// built from source by `tests/kubernetes/build`.
     pub url: String,
+    /// Where the bytes came from when that is not the URL's publisher, for the image's bill of
+    /// materials (e.g. "built from k8s.io/kubernetes@v1.30.3 with go1.26.8").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     pub sha256: String,
     pub install: Install,
 }
@@ -103,6 +110,15 @@ pub enum ArtifactError {
         path: PathBuf,
         expected: String,
     },
+    #[error(
+        "artifact {name}: its manifest says it exists only in a local mirror (url mirror:{file}, \
+         expected SHA-256 {expected}): pass --artifacts-dir DIR with DIR/{file}"
+    )]
+    MirrorOnly {
+        name: String,
+        file: String,
+        expected: String,
+    },
     #[error("artifact cache: I/O on {path}")]
     Io {
         path: PathBuf,
@@ -140,8 +156,16 @@ impl Manifest {
 }
 
 impl Artifact {
+    /// The file name of an artifact that only a local mirror has (`url: mirror:FILE`).
+    pub fn mirror_only(&self) -> Option<&str> {
+        self.url.strip_prefix("mirror:")
+    }
+
     /// The file name in the URL, which is also its name in a local mirror.
     pub fn file_name(&self) -> String {
+        if let Some(file) = self.mirror_only() {
+            return file.to_string();
+        }
         self.url
             .rsplit('/')
             .next()
@@ -214,6 +238,13 @@ impl Cache {
                 })?;
                 let (digest, n) = copy_hashing(&mut f, tmp.as_file_mut(), &from)?;
                 (from.display().to_string(), digest, n, None)
+            }
+            Source::Network if a.mirror_only().is_some() => {
+                return Err(ArtifactError::MirrorOnly {
+                    name: a.name.clone(),
+                    file: a.file_name(),
+                    expected: a.sha256.clone(),
+                });
             }
             Source::Network => {
                 progress(&format!("artifact {}: downloading {}", a.name, a.url));
@@ -354,6 +385,7 @@ mod tests {
             name: "kubelet".into(),
             version: "v1.30.3".into(),
             url: "http://127.0.0.1:9/kubelet".into(),
+            origin: None,
             sha256: sha.into(),
             install: Install::Binary {
                 path: "/usr/bin/kubelet".into(),
@@ -403,5 +435,38 @@ mod tests {
             .obtain(&artifact(&good), &Source::Network, &|_| {})
             .expect_err("tampered");
         assert!(err.to_string().contains("SHA-256 mismatch"), "{err}");
+    }
+
+    #[test]
+    fn mirror_only_artifacts_come_from_the_mirror_and_name_their_file() {
+        let mirror = tempfile::tempdir().expect("tmp");
+        let cache_dir = tempfile::tempdir().expect("tmp");
+        let cache = Cache::new(cache_dir.path().to_path_buf());
+        let good = hex::encode(Sha256::digest(b"built"));
+        let mut a = artifact(&good);
+        a.url = "mirror:kubelet".into();
+        a.origin = Some("built from k8s.io/kubernetes@v1.30.3".into());
+        assert_eq!(a.file_name(), "kubelet");
+
+        let err = cache
+            .obtain(&a, &Source::Network, &|_| {})
+            .expect_err("no network source for a mirror-only artifact");
+        assert!(err.to_string().contains("--artifacts-dir"), "{err}");
+
+        let src = Source::Mirror(mirror.path().to_path_buf());
+        let err = cache.obtain(&a, &src, &|_| {}).expect_err("not in mirror");
+        assert!(err.to_string().contains("kubelet"), "{err}");
+
+        std::fs::write(mirror.path().join("kubelet"), b"built but changed").expect("write");
+        let err = cache.obtain(&a, &src, &|_| {}).expect_err("mismatch");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("SHA-256 mismatch") && msg.contains("kubelet"),
+            "{msg}"
+        );
+        assert!(!cache.path_of(&good).exists(), "nothing cached on mismatch");
+
+        std::fs::write(mirror.path().join("kubelet"), b"built").expect("write");
+        cache.obtain(&a, &src, &|_| {}).expect("verified copy");
     }
 }

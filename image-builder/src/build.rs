@@ -40,6 +40,9 @@ pub struct BuildOptions {
     /// /usr/bin/kubeadm and /usr/bin/kubelet over any real ones and recorded in image.json.
     /// Production images never set this.
     pub test_doubles: Option<PathBuf>,
+    /// Container image archives (`kubedna-image images` output) to bake into
+    /// `/usr/share/kubedna/images` for nodes that never pull; verified against their index.
+    pub image_archives: Option<PathBuf>,
     pub cache_dir: PathBuf,
     pub work_dir: PathBuf,
     pub apt_dir: PathBuf,
@@ -65,6 +68,8 @@ pub enum BuildError {
     Cmd(#[from] CmdError),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error(transparent)]
+    Images(#[from] crate::oci::OciError),
     #[error(
         "agent binary {path} not found: build it first (`cargo build --release -p kubedna-daemon \
          -p kubedna-cli`) or pass --agent-bin DIR holding kubedna-agent and kubedna"
@@ -108,6 +113,9 @@ pub struct ImageRecord {
     /// `--test-doubles`; such an image must never reach production.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_doubles: Option<BTreeMap<String, String>>,
+    /// Container image archives baked into /usr/share/kubedna/images (air gap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_images: Option<Vec<crate::oci::ImageRecord>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -115,6 +123,9 @@ pub struct ArtifactRecord {
     pub name: String,
     pub version: String,
     pub url: String,
+    /// Set when the bytes were not published at `url` (a lab build from source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     pub sha256: String,
 }
 
@@ -194,6 +205,18 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
 
     // Every artifact is verified before anything is assembled: a bad one stops the build here.
     let manifest = Manifest::load(&opts.artifacts_manifest)?;
+    let images = match &opts.image_archives {
+        Some(dir) => {
+            let index = crate::oci::verify_dir(dir)?;
+            progress.step(&format!(
+                "container image archives in {}: {} verified",
+                dir.display(),
+                index.images.len()
+            ));
+            Some((dir.clone(), index))
+        }
+        None => None,
+    };
     let kube = if opts.without_kubernetes {
         progress.step("building without Kubernetes artifacts (--without-kubernetes)");
         None
@@ -275,6 +298,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
                 name: a.name.clone(),
                 version: a.version.clone(),
                 url: a.url.clone(),
+                origin: a.origin.clone(),
                 sha256: a.sha256.clone(),
             });
         }
@@ -293,6 +317,15 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
         }
         double_records = Some(recs);
     }
+    let mut image_records = None;
+    if let Some((dir, index)) = &images {
+        let dest = layer.join("usr/share/kubedna/images");
+        for rec in &index.images {
+            install_file(&dir.join(&rec.file), &dest.join(&rec.file), 0o644)?;
+        }
+        install_file(&dir.join("images.json"), &dest.join("images.json"), 0o644)?;
+        image_records = Some(index.images.clone());
+    }
     let record = ImageRecord {
         kubedna_image_version: env!("CARGO_PKG_VERSION").to_string(),
         base: spec.name.clone(),
@@ -303,6 +336,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
         kubernetes: kube_records,
         units,
         test_doubles: double_records,
+        container_images: image_records,
     };
     write_json(&layer.join("etc/kubedna/image.json"), &record)?;
     let record_path = rootfs.join("etc/kubedna/image.json");

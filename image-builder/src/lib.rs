@@ -11,4 +11,5 @@ pub mod base;
 pub mod build;
 pub mod cmd;
 pub mod disk;
+pub mod oci;
 pub mod seed;

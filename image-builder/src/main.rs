@@ -24,9 +24,33 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build the image: rootfs.tar, disk.raw, disk.qcow2, pxe/, manifest.json in --out.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Render one node's NoCloud seed from a cluster description.
     Seed(SeedArgs),
+    /// Write the container image archives kubeadm needs (kube-apiserver, kube-controller-manager,
+    /// kube-scheduler, kube-proxy, pause) from a directory of binaries, plus images.json, for
+    /// nodes that never pull (`build --image-archives`).
+    Images(ImagesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ImagesArgs {
+    /// Directory holding kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy and
+    /// pause (as tests/kubernetes/build lays out its bin/).
+    #[arg(long)]
+    bin_dir: PathBuf,
+    /// Kubernetes version the binaries are, used in the image tags.
+    #[arg(long, default_value = "v1.30.3")]
+    kubernetes_version: String,
+    /// Output directory for the archives and images.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the binaries came from, recorded in images.json.
+    #[arg(long)]
+    origin: Option<String>,
+    /// Timestamp for every file in the archives (default: $SOURCE_DATE_EPOCH, else 0).
+    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
+    source_date_epoch: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +87,11 @@ struct BuildArgs {
     /// manifest.json). Never for production images.
     #[arg(long, value_name = "DIR")]
     test_doubles: Option<PathBuf>,
+    /// Bake the container image archives in DIR (written by `kubedna-image images`, listed in
+    /// DIR/images.json and verified against it) into /usr/share/kubedna/images, which the agent
+    /// imports into containerd before kubeadm runs.
+    #[arg(long, value_name = "DIR")]
+    image_archives: Option<PathBuf>,
     /// Cache of base tarballs and artifacts.
     #[arg(long, default_value = "/var/tmp/kubedna-image-cache")]
     cache_dir: PathBuf,
@@ -103,8 +132,9 @@ struct SeedArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Build(a) => run_build(a),
+        Command::Build(a) => run_build(*a),
         Command::Seed(a) => run_seed(a),
+        Command::Images(a) => run_images(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,6 +205,7 @@ fn run_build(a: BuildArgs) -> Result<(), Failure> {
         artifacts_dir: a.artifacts_dir,
         without_kubernetes: a.without_kubernetes,
         test_doubles: a.test_doubles,
+        image_archives: a.image_archives,
         cache_dir: a.cache_dir,
         work_dir: a.work_dir,
         apt_dir: PathBuf::from("/etc/apt"),
@@ -194,6 +225,24 @@ fn run_build(a: BuildArgs) -> Result<(), Failure> {
         };
         (code, anyhow::Error::new(e))
     })?;
+    Ok(())
+}
+
+fn run_images(a: ImagesArgs) -> Result<(), Failure> {
+    use kubedna_image::oci;
+    let specs = oci::kubernetes_images(&a.bin_dir, &a.kubernetes_version);
+    let index =
+        oci::write_all(&specs, &a.out, a.source_date_epoch, a.origin.as_deref()).map_err(|e| {
+            let code = if matches!(e, oci::OciError::Input { .. }) {
+                2
+            } else {
+                1
+            };
+            (code, anyhow::Error::new(e))
+        })?;
+    for i in &index.images {
+        println!("{}  {}  {}", i.sha256, i.file, i.repo_tags.join(","));
+    }
     Ok(())
 }
 
