@@ -53,8 +53,14 @@ pub struct MeshConfig {
     pub gossip_interval: Duration,
     /// See `gossip_interval`.
     pub gossip_fanout: usize,
-    /// Suspicion timeout when Lifeguard is off (plain SWIM).
+    /// Suspicion timeout when Lifeguard is off (plain SWIM); never below `pause_tolerance`.
     pub suspect_timeout: Duration,
+    /// The longest pause of a live node (a frozen process or VM: live migration, snapshot,
+    /// memory pressure) that must not get it declared down: no suspicion ends sooner than this
+    /// after it started, and after the suspect was last heard from, however many members confirm
+    /// it. A crash is seen down this long plus about a second after it (see docs/mesh.md).
+    /// Default [`DEFAULT_PAUSE_TOLERANCE`].
+    pub pause_tolerance: Duration,
     /// Lifeguard; `None` runs plain SWIM (the baseline of our figures).
     pub lifeguard: Option<LifeguardConfig>,
     /// Base push/pull anti-entropy interval; stretched for clusters above 32 members.
@@ -94,6 +100,7 @@ impl MeshConfig {
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
             suspect_timeout: Duration::from_secs(2),
+            pause_tolerance: DEFAULT_PAUSE_TOLERANCE,
             lifeguard: Some(LifeguardConfig::default()),
             push_pull_interval: Duration::from_secs(30),
             reannounce_min: Duration::from_secs(1),
@@ -107,6 +114,14 @@ impl MeshConfig {
         }
     }
 }
+
+/// Default of [`MeshConfig::pause_tolerance`]: 5 s covers the freezes cloud VMs are documented
+/// to have (live migration "typically no more than 5 seconds" on Azure, sub-second to a few
+/// seconds elsewhere) and what memberlist's defaults survive at small N. Why: docs/mesh.md.
+pub const DEFAULT_PAUSE_TOLERANCE: Duration = Duration::from_secs(5);
+
+/// Longest accepted [`MeshConfig::pause_tolerance`]: a crash is seen only after it.
+pub const MAX_PAUSE_TOLERANCE: Duration = Duration::from_secs(60);
 
 /// Why the mesh refused to start.
 #[derive(Debug, thiserror::Error)]
@@ -532,6 +547,11 @@ impl Mesh {
                 "probe_rtt must be above zero and below probe_period",
             ));
         }
+        if cfg.pause_tolerance.is_zero() || cfg.pause_tolerance > MAX_PAUSE_TOLERANCE {
+            return Err(MeshError::Config(
+                "pause_tolerance must be above zero and at most 60 s",
+            ));
+        }
         if cfg.max_packet_size <= OVERHEAD + 64 {
             return Err(MeshError::Config(
                 "max_packet_size too small for the envelope",
@@ -553,14 +573,20 @@ impl Mesh {
             addr: cfg.addr,
             generation: cfg.generation,
         };
-        let max_tx =
-            (f64::from(cfg.expected_size.saturating_add(1)).log10() * 4.0).clamp(3.0, 255.0);
+        // memberlist's retransmit limit, 4 · ⌈log10(N + 1)⌉: with fewer, a crash's `Down` missed
+        // one member in about one crash of ten at 50 nodes, which then waited for its own
+        // probe of the dead node (up to N probe periods).
+        let max_tx = (f64::from(cfg.expected_size.saturating_add(1))
+            .log10()
+            .ceil()
+            * 4.0)
+            .clamp(3.0, 255.0);
         let foca_cfg = foca::Config {
             probe_period: cfg.probe_period,
             probe_rtt: cfg.probe_rtt,
             num_indirect_probes: indirect,
             max_transmissions: NonZeroU8::new(max_tx as u8).unwrap_or(NonZeroU8::MIN),
-            suspect_to_down_after: cfg.suspect_timeout,
+            suspect_to_down_after: cfg.suspect_timeout.max(cfg.pause_tolerance),
             remove_down_after: Some(Duration::from_secs(3600)),
             max_packet_size: NonZeroUsize::new(cfg.max_packet_size - OVERHEAD - 1)
                 .ok_or(MeshError::Config("max_packet_size too small"))?,
@@ -988,12 +1014,12 @@ impl Mesh {
     /// its silence has likely raised, and defers its probe and suspicion timers by one probe RTT
     /// so that what arrived during the stall is read first.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let stalled = self.cfg.lifeguard.is_some()
-            && self
-                .poll_timeout()
-                .is_some_and(|due| now.saturating_duration_since(due) > self.cfg.probe_period / 2);
+        let late = self
+            .poll_timeout()
+            .map_or(Duration::ZERO, |due| now.saturating_duration_since(due));
+        let stalled = self.cfg.lifeguard.is_some() && late > self.cfg.probe_period / 2;
         if stalled {
-            self.on_stall(now);
+            self.on_stall(late, now);
         }
         while let Some(Reverse((at, seq))) = self.timers.peek().copied() {
             if at > now {
@@ -1020,10 +1046,16 @@ impl Mesh {
         }
     }
 
-    fn on_stall(&mut self, now: Instant) {
+    /// We were frozen for at least `late`. Our own suspicions do not count that time: while
+    /// frozen we could not spread them, so their suspects could not hear of them and refute,
+    /// and a resumed node must not declare a live peer down on a stale timer.
+    fn on_stall(&mut self, late: Duration, now: Instant) {
         self.stalls += 1;
         self.health.refuted();
         self.judge_after = Some(now + self.cfg.probe_rtt);
+        for s in self.suspicions.values_mut() {
+            s.started += late;
+        }
         if !self.connected || self.left {
             return;
         }
@@ -1386,11 +1418,12 @@ impl Mesh {
                     .get(&member_id)
                     .is_none_or(|s| s.incarnation != incarnation);
                 if fresh {
+                    let started = self.silent_since(member_id.addr, now);
                     self.suspicions.insert(
                         member_id,
                         Suspicion {
                             incarnation,
-                            started: now,
+                            started,
                             foca_timer: timer,
                         },
                     );
@@ -1399,6 +1432,20 @@ impl Mesh {
             }
             _ => self.schedule(now + after, TimerKind::Foca(timer)),
         }
+    }
+
+    /// Since when `addr` is known to be silent. When our own direct probe of it just failed,
+    /// that is one probe RTT after the ping left: a node that answers within the RTT was frozen
+    /// (or gone) by then. foca notices only at the end of the probe period, which would add its
+    /// wait for indirect acks to every crash's detection. Otherwise (a suspicion we heard of),
+    /// `now`.
+    fn silent_since(&self, addr: SocketAddr, now: Instant) -> Instant {
+        let window = self.health.scale(self.cfg.probe_period) + self.cfg.probe_rtt;
+        self.pings
+            .iter()
+            .rev()
+            .find(|(a, _, sent)| *a == addr && now.saturating_duration_since(*sent) <= window)
+            .map_or(now, |(_, _, sent)| (*sent + self.cfg.probe_rtt).min(now))
     }
 
     /// Fires the suspicion if its confirmation-shrunk timeout has passed, else re-arms it.
@@ -1419,9 +1466,13 @@ impl Mesh {
             &lg,
             self.cluster_size(),
             self.cfg.probe_period,
+            self.cfg.pause_tolerance,
             confirmations as u32,
         );
-        let mut deadline = s.started + timeout;
+        // A packet from the suspect after our suspicion began shows it was not frozen yet: its
+        // silence, which a pause must not outlast, started later.
+        let heard = self.peers.get(&id.addr).and_then(|p| p.last_heard);
+        let mut deadline = s.started.max(heard.unwrap_or(s.started)) + timeout;
         if let Some(after) = self.judge_after.filter(|after| *after > now) {
             deadline = deadline.max(after);
         }
