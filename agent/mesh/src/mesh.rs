@@ -2,8 +2,9 @@
 //!
 //! Owns a foca instance and everything we add around it: the secure envelope on every packet, the
 //! timer wheel (with Lifeguard's scaling and confirmation-driven suspicion), metadata broadcasts,
-//! push/pull anti-entropy, re-announcing to seeds when every peer is gone, graceful leave, and the
-//! per-peer view (last heard, RTT). It is driven by `handle_packet`, `handle_timeout` and the
+//! push/pull anti-entropy, re-announcing to seeds when every peer is gone, graceful leave, the
+//! per-peer view (last heard, RTT), and carrying application requests whose bookkeeping
+//! ([`crate::requests`]) it drives with the same clock. It is driven by `handle_packet`, `handle_timeout` and the
 //! `poll_*` methods with a caller-supplied `now`; it must never read a clock, open a socket, sleep
 //! or spawn.
 
@@ -27,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::identity::NodeId;
 use crate::lifeguard::{self, LifeguardConfig, LocalHealth};
 use crate::meta::{MetaRecord, NodeMeta, NodeState};
+pub use crate::requests::{AppBody, AppFrame, Incoming, Reply, RequestError, MAX_APP_PAYLOAD};
+use crate::requests::{Arrival, Requests};
 use crate::secret::ClusterSecret;
 use crate::security::{
     KeyId, KeyRing, KeyRingError, PacketSecurity, Reject, SecurityCounters, OVERHEAD,
@@ -251,33 +254,6 @@ const KIND_SYNC_REQ: u8 = 1;
 const KIND_SYNC_RESP: u8 = 2;
 const KIND_SYNC_METAS: u8 = 3;
 const KIND_APP: u8 = 4;
-
-/// Largest application payload carried by one [`AppFrame`]: the frame must fit one datagram.
-pub const MAX_APP_PAYLOAD: usize = 1200;
-
-/// One application request or response carried over the mesh's authenticated, encrypted
-/// transport (see [`Mesh::send_app`]). The mesh only delivers it; the runtime matches responses
-/// to requests by `id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppFrame {
-    /// Chosen by the requester; a response carries the request's id.
-    pub id: u64,
-    /// What the request is about (the daemon's request kinds).
-    pub kind: u8,
-    /// Request, or response and its outcome.
-    pub body: AppBody,
-}
-
-/// The payload of an [`AppFrame`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AppBody {
-    /// A request with its payload.
-    Request(Vec<u8>),
-    /// The handler's answer.
-    Response(Vec<u8>),
-    /// The handler refused or failed; a message for the requester's error (never a secret).
-    Error(String),
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SyncState {
@@ -516,7 +492,7 @@ pub struct Mesh {
     leaving: bool,
     left: bool,
     traffic: TrafficStats,
-    app_inbox: VecDeque<(SocketAddr, AppFrame)>,
+    requests: Requests,
     rotation: Option<Rotation>,
 }
 
@@ -564,6 +540,10 @@ impl Mesh {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut boot = [0u8; 16];
         rng.fill(&mut boot);
+        // Request ids must not repeat across lives of a node at one address (peers answer a
+        // repeated id from their cache); the boot id is random per start. Room is left below
+        // u64::MAX, ids count up.
+        let first_request_id = u64::from_le_bytes(boot[8..].try_into().unwrap_or_default()) >> 1;
         let security = PacketSecurity::new(
             KeyRing::new(&cfg.cluster_name, secret),
             boot,
@@ -662,7 +642,7 @@ impl Mesh {
             leaving: false,
             left: false,
             traffic: TrafficStats::default(),
-            app_inbox: VecDeque::new(),
+            requests: Requests::new(first_request_id),
             rotation: None,
         };
         mesh.publish_meta(now);
@@ -739,28 +719,66 @@ impl Mesh {
         &self.cfg.seeds
     }
 
-    /// Seals `frame` for `to` and queues it as one datagram. Refused (returns false) when the
-    /// payload exceeds [`MAX_APP_PAYLOAD`] or the node has left.
-    pub fn send_app(&mut self, to: SocketAddr, frame: &AppFrame, now: Instant) -> bool {
-        let len = match &frame.body {
-            AppBody::Request(p) | AppBody::Response(p) => p.len(),
-            AppBody::Error(m) => m.len(),
-        };
-        if len > MAX_APP_PAYLOAD || self.left {
-            return false;
+    /// Sends `payload` to the peer at `to` (its mesh address) as a request of `kind` and
+    /// returns its id; the outcome comes from [`Mesh::poll_reply`] with that id: the answer,
+    /// the peer's refusal, or a timeout after `timeout`. Until answered the request is resent
+    /// (same id) every `timeout / 4` (at least 50 ms); the peer answers a resend from its
+    /// cache, so its handler runs once.
+    pub fn request(
+        &mut self,
+        to: SocketAddr,
+        kind: u8,
+        payload: Vec<u8>,
+        timeout: Duration,
+        now: Instant,
+    ) -> Result<u64, RequestError> {
+        if self.left {
+            return Err(RequestError::Stopped);
         }
-        match postcard::to_allocvec(frame) {
-            Ok(bytes) => {
-                self.send_body(to, KIND_APP, &bytes, false, now);
-                true
-            }
-            Err(_) => false,
-        }
+        let (id, frame) = self.requests.start(to, kind, payload, timeout, now)?;
+        self.send_app(to, &frame, now);
+        Ok(id)
     }
 
-    /// The next application frame received (authenticated), with its sender's address.
-    pub fn poll_app(&mut self) -> Option<(SocketAddr, AppFrame)> {
-        self.app_inbox.pop_front()
+    /// Stops resending request `id` (its caller gave up); no reply will come for it.
+    pub fn cancel_request(&mut self, id: u64) {
+        self.requests.cancel(id);
+    }
+
+    /// The next outcome of one of our requests.
+    pub fn poll_reply(&mut self) -> Option<Reply> {
+        self.requests.poll_reply()
+    }
+
+    /// The next request from a peer for a handler (each request once, however often resent).
+    /// Answer it with [`Mesh::respond`]; until then resends are ignored.
+    pub fn poll_request(&mut self) -> Option<Incoming> {
+        self.requests.poll_incoming()
+    }
+
+    /// Answers request `id` of `to`: `Ok(payload)` (at most [`MAX_APP_PAYLOAD`] bytes, else an
+    /// error is sent) or `Err(message)` for the requester's error (never a secret). The answer
+    /// is kept for resends of the request.
+    pub fn respond(
+        &mut self,
+        to: SocketAddr,
+        id: u64,
+        kind: u8,
+        result: Result<Vec<u8>, String>,
+        now: Instant,
+    ) {
+        let frame = self.requests.respond(to, id, kind, result);
+        self.send_app(to, &frame, now);
+    }
+
+    /// Seals `frame` for `to` and queues it as one datagram (not after we left).
+    fn send_app(&mut self, to: SocketAddr, frame: &AppFrame, now: Instant) {
+        if frame.body.len() > MAX_APP_PAYLOAD || self.left {
+            return;
+        }
+        if let Ok(bytes) = postcard::to_allocvec(frame) {
+            self.send_body(to, KIND_APP, &bytes, false, now);
+        }
     }
 
     /// Changes our lifecycle state and gossips it.
@@ -1004,7 +1022,11 @@ impl Mesh {
 
     /// When [`Mesh::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (timer, self.requests.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs every timer due at `now`.
@@ -1020,6 +1042,9 @@ impl Mesh {
         let stalled = self.cfg.lifeguard.is_some() && late > self.cfg.probe_period / 2;
         if stalled {
             self.on_stall(late, now);
+        }
+        for (to, frame) in self.requests.on_timeout(now) {
+            self.send_app(to, &frame, now);
         }
         while let Some(Reverse((at, seq))) = self.timers.peek().copied() {
             if at > now {
@@ -1106,10 +1131,9 @@ impl Mesh {
                 }
             }
             KIND_APP => {
-                // Bounded: the runtime drains the inbox after every packet.
                 if let Ok(frame) = postcard::from_bytes::<AppFrame>(payload) {
-                    if self.app_inbox.len() < 1024 {
-                        self.app_inbox.push_back((from, frame));
+                    if let Arrival::Answer(answer) = self.requests.arrived(from, frame) {
+                        self.send_app(from, &answer, now);
                     }
                 }
             }

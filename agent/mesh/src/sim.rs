@@ -19,6 +19,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::mesh::{Event, Mesh, MeshConfig};
 use crate::meta::{NodeMeta, NodeState, Role};
+use crate::requests::{Reply, RequestError};
 use crate::secret::ClusterSecret;
 
 /// Wall clock the simulated nodes believe in at virtual time zero (any fixed value works).
@@ -128,6 +129,10 @@ struct SimNode {
     inbox_bytes: usize,
     /// Loss on this node's link, both ways, on top of [`SimConfig::loss`].
     link_loss: f64,
+    /// Answers requests with their payload (else refuses them, as a node without a handler).
+    echo: bool,
+    /// Requests its handler ran.
+    handled: u64,
     wake_at: Option<Duration>,
     crashed_at: Option<Duration>,
 }
@@ -146,6 +151,7 @@ pub struct Sim {
     seq: u64,
     cut: HashSet<(usize, usize)>,
     records: Vec<Record>,
+    replies: Vec<(Duration, usize, Reply)>,
     /// Datagrams dropped by loss or cut links.
     pub dropped: u64,
     /// Datagrams dropped because a paused node's receive buffer was full.
@@ -191,6 +197,7 @@ impl Sim {
             seq: 0,
             cut: HashSet::new(),
             records: Vec::new(),
+            replies: Vec::new(),
             dropped: 0,
             buffer_overflows: 0,
         }
@@ -230,6 +237,8 @@ impl Sim {
             inbox: Vec::new(),
             inbox_bytes: 0,
             link_loss: 0.0,
+            echo: false,
+            handled: 0,
             wake_at: None,
             crashed_at: None,
         });
@@ -350,6 +359,37 @@ impl Sim {
     /// link on that node; `tc netem loss` in the lab), on top of the loss everywhere.
     pub fn set_link_loss(&mut self, i: usize, loss: f64) {
         self.nodes[i].link_loss = loss;
+    }
+
+    /// Node `i` serves requests of every kind by answering with the payload, as a daemon's
+    /// handler would (the call is counted in [`Sim::handled`]).
+    pub fn serve_echo(&mut self, i: usize) {
+        self.nodes[i].echo = true;
+    }
+
+    /// How many requests node `i`'s handler ran.
+    pub fn handled(&self, i: usize) -> u64 {
+        self.nodes[i].handled
+    }
+
+    /// Node `i` sends a request to node `to`; its outcome shows in [`Sim::replies`].
+    pub fn request(
+        &mut self,
+        i: usize,
+        to: usize,
+        kind: u8,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<u64, RequestError> {
+        let to = self.nodes[to].addr;
+        let mut out = Err(RequestError::Stopped);
+        self.with_mesh(i, |m, now| out = m.request(to, kind, payload, timeout, now));
+        out
+    }
+
+    /// Outcomes of requests: (virtual time, requesting node, reply).
+    pub fn replies(&self) -> &[(Duration, usize, Reply)] {
+        &self.replies
     }
 
     /// Every event recorded so far.
@@ -532,9 +572,23 @@ impl Sim {
 
     /// Sends what node `i` produced and re-arms its wake-up.
     fn pump(&mut self, i: usize) {
-        let Some(mesh) = self.nodes[i].mesh.as_mut() else {
+        let now = self.instant(self.now);
+        let node = &mut self.nodes[i];
+        let Some(mesh) = node.mesh.as_mut() else {
             return;
         };
+        while let Some(req) = mesh.poll_request() {
+            let result = if node.echo {
+                node.handled += 1;
+                Ok(req.payload)
+            } else {
+                Err(format!("no handler for request kind {}", req.kind))
+            };
+            mesh.respond(req.from, req.id, req.kind, result, now);
+        }
+        while let Some(reply) = mesh.poll_reply() {
+            self.replies.push((self.now, i, reply));
+        }
         let mut out = Vec::new();
         while let Some(t) = mesh.poll_transmit() {
             out.push(t);
