@@ -132,3 +132,23 @@ fn a_crash_is_seen_by_all_within_the_tolerance_plus_the_overhead() {
         assert!(times[4] <= TOLERANCE + OVERHEAD_WORST, "{what}");
     }
 }
+
+#[test]
+fn the_tolerance_defaults_to_5_s_and_is_bounded() {
+    use kubedna_mesh::sim::{sim_addr, sim_meta};
+    use kubedna_mesh::{ClusterSecret, Mesh, MeshConfig};
+    let cfg = MeshConfig::lan("c", sim_addr(0), sim_meta(0));
+    assert_eq!(cfg.pause_tolerance, TOLERANCE);
+    let secret =
+        ClusterSecret::new(b"a-cluster-secret-of-at-least-32-bytes".to_vec()).expect("long");
+    let now = std::time::Instant::now();
+    for (tolerance, ok) in [(0, false), (1, true), (60, true), (61, false)] {
+        let mut c = cfg.clone();
+        c.pause_tolerance = Duration::from_secs(tolerance);
+        assert_eq!(
+            Mesh::new(c, &secret, 1, now, 0).is_ok(),
+            ok,
+            "{tolerance} s"
+        );
+    }
+}
