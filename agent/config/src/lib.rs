@@ -101,6 +101,7 @@ impl Config {
         );
         check("node", a.node != b.node);
         check("discovery", a.discovery != b.discovery);
+        check("mesh", a.mesh != b.mesh);
         check("provider", a.provider != b.provider);
         check("rbac", a.rbac != b.rbac || self.rbac != new.rbac);
         check("admin", a.admin != b.admin);
@@ -130,6 +131,9 @@ impl Config {
         }
         if a.node.role != b.node.role {
             out.push("node.role");
+        }
+        if a.mesh != b.mesh {
+            out.push("mesh.pauseToleranceSeconds");
         }
         if a.admin != b.admin || self.socket_gid != new.socket_gid {
             out.push("admin");

@@ -25,6 +25,8 @@ pub struct AgentConfig {
     #[serde(default)]
     pub discovery: DiscoverySpec,
     #[serde(default)]
+    pub mesh: MeshSpec,
+    #[serde(default)]
     pub provider: ProviderSpec,
     #[serde(default)]
     pub rbac: RbacSpec,
@@ -154,6 +156,34 @@ fn default_multicast_group() -> Ipv4Addr {
 
 fn default_multicast_port() -> u16 {
     7947
+}
+
+/// Failure detection of the mesh (docs/mesh.md, "Pauses and crashes").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshSpec {
+    /// The longest freeze of a live node (VM live migration, snapshot, host memory pressure,
+    /// SIGSTOP) that must not get it declared down: 1 to 60 seconds; default 5. A crashed
+    /// node is seen down about this long plus one second after it died, so raise it only for
+    /// hosts known to freeze longer (for example Azure's memory-preserving maintenance, up to
+    /// about 30 s). Every node of a cluster should use the same value. Needs a restart.
+    #[serde(default = "default_pause_tolerance")]
+    pub pause_tolerance_seconds: u32,
+}
+
+/// Default of `mesh.pauseToleranceSeconds` (why 5: docs/mesh.md, "Pauses and crashes").
+pub const DEFAULT_PAUSE_TOLERANCE_SECONDS: u32 = 5;
+
+fn default_pause_tolerance() -> u32 {
+    DEFAULT_PAUSE_TOLERANCE_SECONDS
+}
+
+impl Default for MeshSpec {
+    fn default() -> Self {
+        MeshSpec {
+            pause_tolerance_seconds: DEFAULT_PAUSE_TOLERANCE_SECONDS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -489,6 +519,16 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
         return Err(invalid(
             "discovery.multicast.port",
             "0 is not a port: use 1-65535".into(),
+        ));
+    }
+
+    if !(1..=60).contains(&spec.mesh.pause_tolerance_seconds) {
+        return Err(invalid(
+            "mesh.pauseToleranceSeconds",
+            format!(
+                "{} is out of range: use 1 to 60 seconds (default {DEFAULT_PAUSE_TOLERANCE_SECONDS}; a crash is seen down only after it)",
+                spec.mesh.pause_tolerance_seconds
+            ),
         ));
     }
 

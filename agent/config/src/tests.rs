@@ -362,3 +362,33 @@ fn a_new_secret_is_a_reloadable_change_with_a_grace_period() {
         .expect_err("zero grace");
     assert_eq!(zero.field(), Some("cluster.secretGraceSeconds"));
 }
+
+#[test]
+fn the_pause_tolerance_defaults_to_5_s_is_validated_and_needs_a_restart() {
+    let fx = Fixture::new();
+    let a = fx.parse(&minimal()).expect("a");
+    assert_eq!(
+        a.spec.mesh.pause_tolerance_seconds,
+        crate::spec::DEFAULT_PAUSE_TOLERANCE_SECONDS
+    );
+    let b = fx
+        .parse(&(minimal() + "mesh:\n  pauseToleranceSeconds: 12\n"))
+        .expect("b");
+    assert_eq!(b.spec.mesh.pause_tolerance_seconds, 12);
+    assert_eq!(a.changed_sections(&b), vec!["mesh"]);
+    assert_eq!(
+        a.restart_only_changes(&b),
+        vec!["mesh.pauseToleranceSeconds"]
+    );
+    for bad in ["0", "61"] {
+        let e = fx
+            .parse(&(minimal() + &format!("mesh:\n  pauseToleranceSeconds: {bad}\n")))
+            .expect_err(bad);
+        assert_eq!(e.field(), Some("mesh.pauseToleranceSeconds"), "{bad}");
+        assert!(e.to_string().contains("1 to 60 seconds"), "{e}");
+    }
+    let unknown = fx
+        .parse(&(minimal() + "mesh:\n  pauseTolerance: 5\n"))
+        .expect_err("unknown field");
+    assert!(unknown.to_string().contains("pauseTolerance"), "{unknown}");
+}

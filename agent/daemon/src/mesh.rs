@@ -340,6 +340,7 @@ async fn run_start(
     };
     let meta = node_meta(&config, addr.ip(), Path::new(IMAGE_RECORD));
     let mut cfg = MeshConfig::lan(&config.spec.cluster.name, addr, meta);
+    cfg.pause_tolerance = Duration::from_secs(config.spec.mesh.pause_tolerance_seconds.into());
     apply_saved(&mut cfg, saved.as_ref());
     if let Some(s) = &saved {
         tracing::info!(

@@ -20,8 +20,13 @@ fn agent(name: &str, port: u16, seed_port: u16) -> Agent {
     agent_with_grace(name, port, seed_port, None)
 }
 
+/// With `grace`, also a 1 s pause tolerance: a node cut off by its key hears no confirmation of
+/// its suspicions, which then run to their maximum, 6 x the tolerance (30 s by default).
 fn agent_with_grace(name: &str, port: u16, seed_port: u16, grace: Option<u64>) -> Agent {
-    let extra = format!("discovery:\n  port: {port}\n  seeds: [\"127.0.0.1:{seed_port}\"]\n");
+    let mut extra = format!("discovery:\n  port: {port}\n  seeds: [\"127.0.0.1:{seed_port}\"]\n");
+    if grace.is_some() {
+        extra.push_str("mesh:\n  pauseToleranceSeconds: 1\n");
+    }
     let mut a = Agent::prepare(&extra, "");
     let mut text = std::fs::read_to_string(&a.config)
         .expect("config")

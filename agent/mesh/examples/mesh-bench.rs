@@ -76,8 +76,12 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 /// detect a crash confirmed by several members equally fast.
 fn plain(c: &mut MeshConfig) {
     let lg = c.lifeguard.take().unwrap_or_default();
-    c.suspect_timeout =
-        kubedna_mesh::lifeguard::min_suspicion(&lg, c.expected_size as usize, c.probe_period);
+    c.suspect_timeout = kubedna_mesh::lifeguard::min_suspicion(
+        &lg,
+        c.expected_size as usize,
+        c.probe_period,
+        c.pause_tolerance,
+    );
 }
 
 /// Crash detection by every member, 100 nodes.

@@ -1,7 +1,8 @@
 //! The mesh: authenticated gossip membership and failure detection for KubeDNA nodes.
 //!
 //! Owns the protocol core ([`Mesh`], sans-IO: SWIM from foca plus Lifeguard, anti-entropy,
-//! re-announce and metadata), the packet security layer ([`security`]: AEAD, HKDF key ring,
+//! re-announce, metadata and
+//! application requests, [`requests`]), the packet security layer ([`security`]: AEAD, HKDF key ring,
 //! replay protection), a deterministic simulator ([`sim`]) that drives many cores in virtual
 //! time, a thin tokio driver ([`runtime`]) with the handle the daemon holds, and the discovery
 //! sources that find first peers ([`discovery`]: seeds, multicast beacons, provider). It must never do I/O in the core,
@@ -13,6 +14,7 @@ pub mod identity;
 pub mod lifeguard;
 pub mod mesh;
 pub mod meta;
+pub mod requests;
 pub mod runtime;
 pub mod secret;
 pub mod security;
@@ -22,10 +24,11 @@ pub mod stream;
 pub use identity::NodeId;
 pub use lifeguard::LifeguardConfig;
 pub use mesh::{
-    AppBody, AppFrame, DownReason, Event, KeyStatus, Liveness, MemberInfo, Mesh, MeshConfig,
-    MeshError, RotationStatus, TrafficStats, Transmit, MAX_APP_PAYLOAD,
+    DownReason, Event, KeyStatus, Liveness, MemberInfo, Mesh, MeshConfig, MeshError,
+    RotationStatus, TrafficStats, Transmit,
 };
 pub use meta::{MetaRecord, NodeMeta, NodeState, Role};
+pub use requests::{AppBody, AppFrame, Incoming, Reply, RequestError, MAX_APP_PAYLOAD};
 pub use secret::{ClusterSecret, SecretError};
 pub use security::{KeyId, KeyRing, KeyRingError, Reject, SecurityCounters};
 

@@ -71,10 +71,22 @@ impl LocalHealth {
     }
 }
 
-/// The minimum suspicion timeout for a cluster of `n` members.
-pub fn min_suspicion(cfg: &LifeguardConfig, n: usize, probe_period: Duration) -> Duration {
+/// The minimum suspicion timeout for a cluster of `n` members: Lifeguard's
+/// `suspicion_mult · max(1, log10 N) · probe period`, but never below `pause_tolerance`.
+///
+/// No number of confirmations may shorten a suspicion below the longest pause a live node is
+/// allowed: while it is frozen, every member's probe of it fails, so confirmations are certain
+/// and prove nothing about a crash; only the suspect's silence lasting longer than a pause can.
+pub fn min_suspicion(
+    cfg: &LifeguardConfig,
+    n: usize,
+    probe_period: Duration,
+    pause_tolerance: Duration,
+) -> Duration {
     let log_n = (n.max(1) as f64).log10().max(1.0);
-    probe_period.mul_f64(cfg.suspicion_mult * log_n)
+    probe_period
+        .mul_f64(cfg.suspicion_mult * log_n)
+        .max(pause_tolerance)
 }
 
 /// The suspicion timeout after `confirmations` independent confirmations (memberlist's formula):
@@ -83,9 +95,10 @@ pub fn suspicion_timeout(
     cfg: &LifeguardConfig,
     n: usize,
     probe_period: Duration,
+    pause_tolerance: Duration,
     confirmations: u32,
 ) -> Duration {
-    let min = min_suspicion(cfg, n, probe_period);
+    let min = min_suspicion(cfg, n, probe_period, pause_tolerance);
     let max = min.mul_f64(cfg.suspicion_max_mult);
     // Fewer than K+2 members cannot produce K independent confirmations.
     let k = cfg.expected_confirmations.min(n.saturating_sub(2) as u32);
@@ -120,11 +133,15 @@ mod tests {
         );
     }
 
+    const NO_PAUSES: Duration = Duration::ZERO;
+
     #[test]
     fn suspicion_shrinks_with_confirmations() {
         let cfg = LifeguardConfig::default();
         let p = Duration::from_secs(1);
-        let t: Vec<_> = (0..5).map(|c| suspicion_timeout(&cfg, 100, p, c)).collect();
+        let t: Vec<_> = (0..5)
+            .map(|c| suspicion_timeout(&cfg, 100, p, NO_PAUSES, c))
+            .collect();
         assert_eq!(t[0], Duration::from_secs(24));
         assert!(t[0] > t[1] && t[1] > t[2] && t[2] > t[3]);
         assert_eq!(t[3], Duration::from_secs(4));
@@ -135,6 +152,39 @@ mod tests {
     fn tiny_clusters_use_the_minimum() {
         let cfg = LifeguardConfig::default();
         let p = Duration::from_secs(1);
-        assert_eq!(suspicion_timeout(&cfg, 2, p, 0), Duration::from_secs(2));
+        assert_eq!(
+            suspicion_timeout(&cfg, 2, p, NO_PAUSES, 0),
+            Duration::from_secs(2)
+        );
+    }
+
+    /// (members, confirmations, tolerance ms) -> timeout ms, probe period 500 ms.
+    #[test]
+    fn no_confirmation_shortens_a_suspicion_below_the_pause_tolerance() {
+        let cfg = LifeguardConfig::default();
+        let p = Duration::from_millis(500);
+        let table: [(usize, u32, u64, u64); 10] = [
+            // Lab size: Lifeguard's own minimum is 1 s, which a 2 s pause outlasted.
+            (5, 3, 0, 1_000),
+            (5, 0, 0, 6_000),
+            (5, 3, 5_000, 5_000),
+            (5, 0, 5_000, 30_000),
+            (5, 9, 5_000, 5_000),
+            // 1,000 members: log10 N = 3, Lifeguard's minimum is 3 s.
+            (1000, 3, 0, 3_000),
+            (1000, 3, 5_000, 5_000),
+            (1000, 3, 2_000, 3_000),
+            // Two members expect no confirmation: the minimum at once.
+            (2, 0, 5_000, 5_000),
+            (2, 0, 1_000, 1_000),
+        ];
+        for (n, c, tolerance, want) in table {
+            let got = suspicion_timeout(&cfg, n, p, Duration::from_millis(tolerance), c);
+            assert_eq!(
+                got,
+                Duration::from_millis(want),
+                "n={n} confirmations={c} tolerance={tolerance} ms"
+            );
+        }
     }
 }

@@ -3,13 +3,13 @@
 //! the rest of the daemon holds ([`MeshHandle`]).
 //!
 //! Owns the I/O loop only: datagrams in, timeouts, datagrams out, events and member snapshots to
-//! the daemon, and the bookkeeping of application requests (ids, pending replies, handlers by
-//! kind, duplicate requests answered from a small cache). All protocol decisions stay in
-//! [`Mesh`]. It must not grow protocol logic, and must never log packet contents or keys.
+//! the daemon, and the delivery of application requests to the handlers registered by kind
+//! and of replies to the callers waiting (ids, resends, deadlines and the duplicate cache are
+//! the core's, in [`crate::requests`]). All protocol decisions stay in [`Mesh`]. It must not grow protocol logic, and must never log packet contents or keys.
 //! Discovery sources ([`crate::discovery`]) feed it through [`MeshHandle::announce`] and
 //! [`MeshHandle::set_seeds`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -21,10 +21,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::identity::NodeId;
-use crate::mesh::{
-    AppBody, AppFrame, Event, KeyStatus, MemberInfo, Mesh, MeshConfig, MeshError, MAX_APP_PAYLOAD,
-};
+use crate::mesh::{Event, KeyStatus, MemberInfo, Mesh, MeshConfig, MeshError, MAX_APP_PAYLOAD};
 use crate::meta::NodeState;
+pub use crate::requests::RequestError;
 use crate::secret::ClusterSecret;
 use crate::security::{KeyRing, KeyRingError, SecurityCounters};
 use crate::stream::{self, StreamCounters, StreamStats};
@@ -65,8 +64,8 @@ pub enum Command {
         kind: u8,
         /// At most [`MAX_APP_PAYLOAD`] bytes.
         payload: Vec<u8>,
-        /// Resend the request this often until answered (datagrams get lost).
-        resend_every: Duration,
+        /// How long to wait for the answer (the core resends every quarter of it).
+        timeout: Duration,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<Vec<u8>, RequestError>>,
     },
@@ -81,46 +80,6 @@ pub enum Command {
         /// The handler's answer.
         result: Result<Vec<u8>, String>,
     },
-}
-
-/// Why an application request over the mesh failed.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum RequestError {
-    /// No answer in time: the peer is down, unreachable, or not in this cluster.
-    #[error("no answer from {peer} to request kind {kind} within {timeout:?}: check that the peer is alive in `kubedna peers` and try again")]
-    Timeout {
-        /// The peer asked.
-        peer: SocketAddr,
-        /// Request kind.
-        kind: u8,
-        /// How long we waited.
-        timeout: Duration,
-    },
-    /// The peer's handler answered with an error.
-    #[error("{peer} refused request kind {kind}: {message}")]
-    Refused {
-        /// The peer asked.
-        peer: SocketAddr,
-        /// Request kind.
-        kind: u8,
-        /// The peer's reason.
-        message: String,
-    },
-    /// The payload does not fit one datagram.
-    #[error("request payload of {len} bytes exceeds the mesh limit of {MAX_APP_PAYLOAD} bytes")]
-    TooLarge {
-        /// Payload length.
-        len: usize,
-    },
-    /// A handler for this kind is already registered on this node.
-    #[error("request kind {kind} already has a handler on this node")]
-    AlreadyServed {
-        /// Request kind.
-        kind: u8,
-    },
-    /// The mesh is not running (not started yet, or stopped).
-    #[error("the mesh is not running on this node")]
-    Stopped,
 }
 
 /// The mesh stopped (after a leave, or the daemon is shutting down).
@@ -313,21 +272,14 @@ impl MeshHandle {
             to: peer,
             kind,
             payload,
-            resend_every: (timeout / 4).max(Duration::from_millis(50)),
+            timeout,
             reply: tx,
         };
         self.send(command)
             .await
             .map_err(|_| RequestError::Stopped)?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(RequestError::Stopped),
-            Err(_) => Err(RequestError::Timeout {
-                peer,
-                kind,
-                timeout,
-            }),
-        }
+        // The core answers by the deadline (a timeout is one of its replies).
+        rx.await.unwrap_or(Err(RequestError::Stopped))
     }
 
     /// Registers this node's handler for requests of `kind`: they arrive on the returned
@@ -411,39 +363,11 @@ pub fn spawn(mesh: Mesh, socket: UdpSocket) -> (MeshHandle, JoinHandle<io::Resul
         active: active_tx,
         ring: ring_tx,
         handlers,
-        pending: HashMap::new(),
-        next_id: first_request_id(),
-        served: VecDeque::new(),
+        waiting: HashMap::new(),
     };
     drop(commands);
     let task = tokio::spawn(driver.run(mesh, rx));
     (handle, task)
-}
-
-struct PendingRequest {
-    to: SocketAddr,
-    frame: AppFrame,
-    resend_every: Duration,
-    next_send: Instant,
-    reply: oneshot::Sender<Result<Vec<u8>, RequestError>>,
-}
-
-/// Requests answered or in progress, so a resent request is not handled twice.
-const SERVED_CACHE: usize = 256;
-
-/// A random first request ID. Peers answer a repeated `(address, id)` from their cache, so IDs
-/// must not repeat across restarts of a node at the same address: a rebooted or reinstalled node
-/// counting from 1 again would be answered with what its previous life was told.
-fn first_request_id() -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        b = nanos.to_le_bytes();
-    }
-    // Leave room below u64::MAX; ids count up from here.
-    u64::from_le_bytes(b) >> 1
 }
 
 struct Driver {
@@ -458,10 +382,8 @@ struct Driver {
     active: watch::Sender<usize>,
     ring: watch::Sender<KeyRing>,
     handlers: Handlers,
-    pending: HashMap<u64, PendingRequest>,
-    next_id: u64,
-    /// (requester, id) → the answer, or `None` while the handler works on it.
-    served: VecDeque<((SocketAddr, u64), Option<AppBody>)>,
+    /// Our requests in the core, by id, and who waits for each answer.
+    waiting: HashMap<u64, oneshot::Sender<Result<Vec<u8>, RequestError>>>,
 }
 
 impl Driver {
@@ -474,8 +396,7 @@ impl Driver {
         mesh.join(Instant::now().into_std());
         loop {
             let now = Instant::now();
-            self.dispatch_app(&mut mesh, now);
-            self.resend(&mut mesh, now);
+            self.deliver(&mut mesh, now);
             self.flush(&mut mesh).await;
             let mut left = false;
             while let Some(event) = mesh.poll_event() {
@@ -497,13 +418,7 @@ impl Driver {
             if left {
                 return Ok(mesh);
             }
-            let deadline = [
-                mesh.poll_timeout().map(Instant::from_std),
-                self.pending.values().map(|p| p.next_send).min(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline = mesh.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 received = self.socket.recv_from(&mut buf) => {
                     match received {
@@ -565,156 +480,77 @@ impl Driver {
                 to,
                 kind,
                 payload,
-                resend_every,
+                timeout,
                 reply,
-            } => {
-                self.pending.retain(|_, p| !p.reply.is_closed());
-                let id = self.next_id;
-                self.next_id = self.next_id.wrapping_add(1);
-                let frame = AppFrame {
-                    id,
-                    kind,
-                    body: AppBody::Request(payload),
-                };
-                if !mesh.send_app(to, &frame, std_now) {
-                    let _ = reply.send(Err(RequestError::Stopped));
-                    return;
+            } => match mesh.request(to, kind, payload, timeout, std_now) {
+                Ok(id) => {
+                    self.waiting.insert(id, reply);
                 }
-                self.pending.insert(
-                    id,
-                    PendingRequest {
-                        to,
-                        frame,
-                        resend_every,
-                        next_send: now + resend_every,
-                        reply,
-                    },
-                );
-            }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Command::Respond {
                 to,
                 id,
                 kind,
                 result,
-            } => {
-                let body = match result {
-                    Ok(p) if p.len() <= MAX_APP_PAYLOAD => AppBody::Response(p),
-                    Ok(p) => AppBody::Error(format!(
-                        "the answer of {} bytes exceeds the mesh limit of {MAX_APP_PAYLOAD}",
-                        p.len()
-                    )),
-                    Err(m) => AppBody::Error(m),
-                };
-                if let Some(entry) = self.served.iter_mut().find(|(k, _)| *k == (to, id)) {
-                    entry.1 = Some(body.clone());
-                }
-                mesh.send_app(to, &AppFrame { id, kind, body }, std_now);
-            }
+            } => mesh.respond(to, id, kind, result, std_now),
         }
     }
 
-    fn resend(&mut self, mesh: &mut Mesh, now: Instant) {
-        for p in self.pending.values_mut() {
-            if p.next_send <= now {
-                p.next_send = now + p.resend_every;
-                mesh.send_app(p.to, &p.frame, now.into_std());
+    /// Replies to their callers, requests to their handlers; requests whose caller gave up
+    /// are cancelled in the core.
+    fn deliver(&mut self, mesh: &mut Mesh, now: Instant) {
+        while let Some(reply) = mesh.poll_reply() {
+            if let Some(tx) = self.waiting.remove(&reply.id) {
+                let _ = tx.send(reply.result);
             }
         }
-        self.pending.retain(|_, p| !p.reply.is_closed());
-    }
-
-    fn dispatch_app(&mut self, mesh: &mut Mesh, now: Instant) {
-        while let Some((from, frame)) = mesh.poll_app() {
-            match frame.body {
-                AppBody::Request(payload) => {
-                    if let Some((_, cached)) =
-                        self.served.iter().find(|(k, _)| *k == (from, frame.id))
-                    {
-                        // A resend: answer from the cache, or wait for the handler.
-                        if let Some(body) = cached.clone() {
-                            let answer = AppFrame {
-                                id: frame.id,
-                                kind: frame.kind,
-                                body,
-                            };
-                            mesh.send_app(from, &answer, now.into_std());
-                        }
-                        continue;
-                    }
-                    if self.served.len() >= SERVED_CACHE {
-                        self.served.pop_front();
-                    }
-                    self.served.push_back(((from, frame.id), None));
-                    let handler = self
-                        .handlers
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&frame.kind)
-                        .cloned();
-                    let no_handler =
-                        || format!("no handler for request kind {} on this node", frame.kind);
-                    let refusal = match handler {
-                        None => Some(no_handler()),
-                        Some(tx) => {
-                            let request = IncomingRequest {
-                                from,
-                                kind: frame.kind,
-                                payload,
-                                id: frame.id,
-                                commands: self.commands.clone(),
-                                answered: false,
-                            };
-                            match tx.try_send(request) {
-                                Ok(()) => None,
-                                Err(mpsc::error::TrySendError::Full(mut r)) => {
-                                    r.answered = true;
-                                    Some(format!(
-                                        "busy: too many requests of kind {} waiting; retry later",
-                                        frame.kind
-                                    ))
-                                }
-                                Err(mpsc::error::TrySendError::Closed(mut r)) => {
-                                    r.answered = true;
-                                    Some(no_handler())
-                                }
-                            }
-                        }
-                    };
-                    if let Some(message) = refusal {
-                        let body = AppBody::Error(message);
-                        if let Some(entry) = self.served.back_mut() {
-                            entry.1 = Some(body.clone());
-                        }
-                        let answer = AppFrame {
-                            id: frame.id,
-                            kind: frame.kind,
-                            body,
-                        };
-                        mesh.send_app(from, &answer, now.into_std());
-                    }
-                }
-                AppBody::Response(payload) => self.answer(from, frame.id, Ok(payload)),
-                AppBody::Error(message) => {
-                    let kind = frame.kind;
-                    self.answer(
+        self.waiting.retain(|id, tx| {
+            let waited_for = !tx.is_closed();
+            if !waited_for {
+                mesh.cancel_request(*id);
+            }
+            waited_for
+        });
+        while let Some(req) = mesh.poll_request() {
+            let handler = self
+                .handlers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&req.kind)
+                .cloned();
+            let no_handler = || format!("no handler for request kind {} on this node", req.kind);
+            let (from, id, kind) = (req.from, req.id, req.kind);
+            let refusal = match handler {
+                None => Some(no_handler()),
+                Some(tx) => {
+                    let request = IncomingRequest {
                         from,
-                        frame.id,
-                        Err(RequestError::Refused {
-                            peer: from,
-                            kind,
-                            message,
-                        }),
-                    );
+                        kind,
+                        payload: req.payload.clone(),
+                        id,
+                        commands: self.commands.clone(),
+                        answered: false,
+                    };
+                    match tx.try_send(request) {
+                        Ok(()) => None,
+                        Err(mpsc::error::TrySendError::Full(mut r)) => {
+                            r.answered = true;
+                            Some(format!(
+                                "busy: too many requests of kind {kind} waiting; retry later"
+                            ))
+                        }
+                        Err(mpsc::error::TrySendError::Closed(mut r)) => {
+                            r.answered = true;
+                            Some(no_handler())
+                        }
+                    }
                 }
-            }
-        }
-    }
-
-    fn answer(&mut self, from: SocketAddr, id: u64, result: Result<Vec<u8>, RequestError>) {
-        // Only the peer we asked may answer.
-        if self.pending.get(&id).is_some_and(|p| p.to == from) {
-            if let Some(p) = self.pending.remove(&id) {
-                let _ = p.reply.send(result);
+            };
+            if let Some(message) = refusal {
+                mesh.respond(from, id, kind, Err(message), now.into_std());
             }
         }
     }

@@ -1,7 +1,11 @@
 //! A deterministic in-process network of mesh cores, in virtual time.
 //!
 //! Owns the virtual clock, the event queue, a seeded RNG and an in-memory transport on which tests
-//! lose packets, cut and heal links, pause and crash nodes. It drives [`Mesh`] exactly as a runtime
+//! lose packets (everywhere, or on one node's link), cut and heal links, pause and crash nodes.
+//! A pause is a process freeze as SIGSTOP/SIGCONT or a VM's live migration makes it: the node's
+//! timers do not fire, its socket buffer queues inbound datagrams up to the kernel's default
+//! `rmem` (later ones are dropped), and on resume its clock has jumped and the backlog is read in
+//! one burst. It drives [`Mesh`] exactly as a runtime
 //! would (packets, timeouts, polls) and records the events each node emits, so tests and the bench
 //! measure detection, convergence and load. It must never touch a real clock or socket: a run is a
 //! pure function of its seed and script.
@@ -15,10 +19,19 @@ use rand::{RngExt, SeedableRng};
 
 use crate::mesh::{Event, Mesh, MeshConfig};
 use crate::meta::{NodeMeta, NodeState, Role};
+use crate::requests::{Reply, RequestError};
 use crate::secret::ClusterSecret;
 
 /// Wall clock the simulated nodes believe in at virtual time zero (any fixed value works).
 const WALL_START_MS: u64 = 1_800_000_000_000;
+
+/// A paused node's socket receive buffer: Linux's default `net.core.rmem_default`.
+pub const RMEM_DEFAULT: usize = 212_992;
+
+/// What one queued datagram costs against [`RMEM_DEFAULT`] beyond its bytes: the kernel charges
+/// an skb's `truesize` (buffer and metadata), about 768 bytes more than a small datagram on
+/// virtio-net and veth.
+const SKB_OVERHEAD: usize = 768;
 
 /// Network behaviour of a simulation.
 #[derive(Debug, Clone)]
@@ -112,6 +125,14 @@ struct SimNode {
     mesh: Option<Mesh>,
     paused: bool,
     inbox: Vec<(SocketAddr, Vec<u8>)>,
+    /// Bytes charged against the receive buffer while paused.
+    inbox_bytes: usize,
+    /// Loss on this node's link, both ways, on top of [`SimConfig::loss`].
+    link_loss: f64,
+    /// Answers requests with their payload (else refuses them, as a node without a handler).
+    echo: bool,
+    /// Requests its handler ran.
+    handled: u64,
     wake_at: Option<Duration>,
     crashed_at: Option<Duration>,
 }
@@ -130,8 +151,11 @@ pub struct Sim {
     seq: u64,
     cut: HashSet<(usize, usize)>,
     records: Vec<Record>,
+    replies: Vec<(Duration, usize, Reply)>,
     /// Datagrams dropped by loss or cut links.
     pub dropped: u64,
+    /// Datagrams dropped because a paused node's receive buffer was full.
+    pub buffer_overflows: u64,
 }
 
 /// The simulated address of node `i` (in the lab's 198.18.0.0/15 test range).
@@ -173,7 +197,9 @@ impl Sim {
             seq: 0,
             cut: HashSet::new(),
             records: Vec::new(),
+            replies: Vec::new(),
             dropped: 0,
+            buffer_overflows: 0,
         }
     }
 
@@ -209,6 +235,10 @@ impl Sim {
             mesh: Some(mesh),
             paused: false,
             inbox: Vec::new(),
+            inbox_bytes: 0,
+            link_loss: 0.0,
+            echo: false,
+            handled: 0,
             wake_at: None,
             crashed_at: None,
         });
@@ -274,7 +304,12 @@ impl Sim {
         self.nodes[i].crashed_at
     }
 
-    /// Node `i` freezes for `d` (a GC pause, a stalled VM): packets queue up, timers wait.
+    /// Node `i`'s process freezes for `d` (SIGSTOP then SIGCONT; a VM's live migration, a
+    /// snapshot, host memory pressure). Its timers do not fire; datagrams sent to it queue in its
+    /// socket buffer until [`RMEM_DEFAULT`] is used up and are dropped after that; on resume its
+    /// clock has jumped by `d`, the timers that expired meanwhile run first (the harsh order, in
+    /// which a resumed node could accuse peers whose acks sit in its buffer), then the backlog
+    /// is read in one burst.
     pub fn pause(&mut self, i: usize, d: Duration) {
         if self.nodes[i].paused || self.nodes[i].mesh.is_none() {
             return;
@@ -318,6 +353,43 @@ impl Sim {
     /// Changes the datagram loss probability.
     pub fn set_loss(&mut self, loss: f64) {
         self.cfg.loss = loss;
+    }
+
+    /// Loses datagrams to and from node `i` with probability `loss` (a bad NIC or a congested
+    /// link on that node; `tc netem loss` in the lab), on top of the loss everywhere.
+    pub fn set_link_loss(&mut self, i: usize, loss: f64) {
+        self.nodes[i].link_loss = loss;
+    }
+
+    /// Node `i` serves requests of every kind by answering with the payload, as a daemon's
+    /// handler would (the call is counted in [`Sim::handled`]).
+    pub fn serve_echo(&mut self, i: usize) {
+        self.nodes[i].echo = true;
+    }
+
+    /// How many requests node `i`'s handler ran.
+    pub fn handled(&self, i: usize) -> u64 {
+        self.nodes[i].handled
+    }
+
+    /// Node `i` sends a request to node `to`; its outcome shows in [`Sim::replies`].
+    pub fn request(
+        &mut self,
+        i: usize,
+        to: usize,
+        kind: u8,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<u64, RequestError> {
+        let to = self.nodes[to].addr;
+        let mut out = Err(RequestError::Stopped);
+        self.with_mesh(i, |m, now| out = m.request(to, kind, payload, timeout, now));
+        out
+    }
+
+    /// Outcomes of requests: (virtual time, requesting node, reply).
+    pub fn replies(&self) -> &[(Duration, usize, Reply)] {
+        &self.replies
     }
 
     /// Every event recorded so far.
@@ -452,7 +524,13 @@ impl Sim {
             SimEvent::Deliver { to, from, bytes } => {
                 let node = &mut self.nodes[to];
                 if node.paused {
-                    node.inbox.push((from, bytes));
+                    let cost = bytes.len() + SKB_OVERHEAD;
+                    if node.inbox_bytes + cost > RMEM_DEFAULT {
+                        self.buffer_overflows += 1;
+                    } else {
+                        node.inbox_bytes += cost;
+                        node.inbox.push((from, bytes));
+                    }
                     return;
                 }
                 if let Some(mesh) = node.mesh.as_mut() {
@@ -476,11 +554,12 @@ impl Sim {
                 let node = &mut self.nodes[i];
                 node.paused = false;
                 node.wake_at = None;
+                node.inbox_bytes = 0;
                 let inbox = std::mem::take(&mut node.inbox);
                 if let Some(mesh) = node.mesh.as_mut() {
                     // Timers that expired during the stall run before the queued packets are
                     // read: the harsh order, in which a resumed node accuses peers whose acks
-                    // are still in its socket buffer.
+                    // are still in its socket buffer. `now` has jumped by the pause.
                     mesh.handle_timeout(now);
                     for (from, bytes) in inbox {
                         let _ = mesh.handle_packet(from, &bytes, now);
@@ -493,9 +572,23 @@ impl Sim {
 
     /// Sends what node `i` produced and re-arms its wake-up.
     fn pump(&mut self, i: usize) {
-        let Some(mesh) = self.nodes[i].mesh.as_mut() else {
+        let now = self.instant(self.now);
+        let node = &mut self.nodes[i];
+        let Some(mesh) = node.mesh.as_mut() else {
             return;
         };
+        while let Some(req) = mesh.poll_request() {
+            let result = if node.echo {
+                node.handled += 1;
+                Ok(req.payload)
+            } else {
+                Err(format!("no handler for request kind {}", req.kind))
+            };
+            mesh.respond(req.from, req.id, req.kind, result, now);
+        }
+        while let Some(reply) = mesh.poll_reply() {
+            self.replies.push((self.now, i, reply));
+        }
         let mut out = Vec::new();
         while let Some(t) = mesh.poll_transmit() {
             out.push(t);
@@ -527,7 +620,13 @@ impl Sim {
                 self.dropped += 1;
                 continue;
             };
-            let lost = !t.reliable && self.cfg.loss > 0.0 && self.rng.random_bool(self.cfg.loss);
+            let (a, b) = (self.nodes[i].link_loss, self.nodes[to].link_loss);
+            let loss = if a == 0.0 && b == 0.0 {
+                self.cfg.loss
+            } else {
+                1.0 - (1.0 - self.cfg.loss) * (1.0 - a) * (1.0 - b)
+            };
+            let lost = !t.reliable && loss > 0.0 && self.rng.random_bool(loss.min(1.0));
             if lost || self.cut.contains(&(i.min(to), i.max(to))) {
                 self.dropped += 1;
                 continue;

@@ -110,6 +110,9 @@ fn a_partitioned_node_is_marked_failed_and_comes_back_after_heal() {
         0,
         "partitioned node marked down everywhere"
     );
+    // The cut-off node hears no confirmation of its suspicions, so each runs to Lifeguard's
+    // maximum (6 x the 5 s pause tolerance), started as its slowed probes reach each peer.
+    sim.run_for(secs(60));
     assert!(sim
         .records()
         .iter()
