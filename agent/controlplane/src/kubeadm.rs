@@ -22,7 +22,14 @@ pub struct InitConfiguration {
     #[serde(rename = "localAPIEndpoint")]
     pub local_api_endpoint: ApiEndpoint,
     pub certificate_key: String,
+    /// kubeadm's CoreDNS and kube-proxy addons are left to the component catalogue: their
+    /// images are not baked into the node image (see docs/kubernetes.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skip_phases: Vec<String>,
 }
+
+/// Init phases kubeadm skips: the addons the catalogue owns.
+pub const SKIP_INIT_PHASES: [&str; 2] = ["addon/coredns", "addon/kube-proxy"];
 
 #[derive(Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -47,6 +54,9 @@ impl std::fmt::Debug for BootstrapToken {
 pub struct NodeRegistration {
     pub name: String,
     pub cri_socket: String,
+    /// `Never`: nodes never pull; the images kubeadm needs are baked into the node image and
+    /// imported into containerd before kubeadm runs (air gap).
+    pub image_pull_policy: &'static str,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub kubelet_extra_args: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -203,6 +213,7 @@ fn registration(name: &str) -> NodeRegistration {
     NodeRegistration {
         name: name.into(),
         cri_socket: CRI_SOCKET.into(),
+        image_pull_policy: "Never",
         kubelet_extra_args: BTreeMap::new(),
         ignore_preflight_errors: Vec::new(),
     }
@@ -233,6 +244,7 @@ pub fn render_init(p: &ClusterParams, token: &str, certificate_key: &str) -> Str
             bind_port: 6443,
         },
         certificate_key: certificate_key.into(),
+        skip_phases: SKIP_INIT_PHASES.map(String::from).to_vec(),
     };
     let cluster = ClusterConfiguration {
         api_version: KUBEADM_API,

@@ -44,6 +44,22 @@ pub enum AgentCommand {
     /// Prepare this host for Kubernetes over systemd's D-Bus API (modules, sysctls, swap off,
     /// containerd config, units enabled), print what changed, and exit. Idempotent.
     PrepareHost,
+    /// Import the container images baked into the node image (/usr/share/kubedna/images) into
+    /// containerd's k8s.io namespace, after checking each archive's SHA-256; run by
+    /// kubedna-images.service. Idempotent.
+    /// Bring this node's pod network in line with the cluster: the CNI config for its pod CIDR
+    /// and routes to every other node's pods (see kubedna_host::podnet). Run by the agent.
+    PodNetwork {
+        /// This node's name, as in its Node object.
+        #[arg(long)]
+        node: String,
+    },
+    ImportImages {
+        #[arg(long, default_value = kubedna_host::images::IMAGES_DIR)]
+        dir: PathBuf,
+        #[arg(long, default_value = "/usr/bin/ctr")]
+        ctr: PathBuf,
+    },
 }
 
 /// Why the agent did not start or stopped with an error.
@@ -65,6 +81,10 @@ pub enum StartError {
     Signals(#[source] std::io::Error),
     #[error("cannot prepare the host")]
     Prepare(#[from] kubedna_host::prepare::PrepareError),
+    #[error("cannot set up the pod network")]
+    PodNet(#[from] kubedna_host::podnet::PodNetError),
+    #[error("cannot import the container images")]
+    Images(#[from] kubedna_host::images::ImagesError),
     #[error("cannot talk to systemd")]
     Systemd(#[from] kubedna_host::systemd::SystemdError),
 }
@@ -81,6 +101,20 @@ impl StartError {
 
 /// What `main` runs.
 pub fn main(opts: Options) -> Result<(), StartError> {
+    if let Some(AgentCommand::PodNetwork { node }) = &opts.command {
+        let a = kubedna_host::podnet::apply(node, std::path::Path::new("/"))?;
+        println!(
+            "nodes: {}; cni config written: {}; route changes: {:?}",
+            a.nodes, a.cni_config_written, a.route_changes
+        );
+        return Ok(());
+    }
+    if let Some(AgentCommand::ImportImages { dir, ctr }) = &opts.command {
+        let report = kubedna_host::images::import(dir, ctr)?;
+        println!("imported: {}", report.imported.join(", "));
+        println!("already present: {}", report.already_present.join(", "));
+        return Ok(());
+    }
     if let Some(AgentCommand::PrepareHost) = opts.command {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

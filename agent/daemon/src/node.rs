@@ -146,6 +146,7 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
             .parent()
             .map_or_else(|| PathBuf::from("/run/kubedna"), Path::to_path_buf),
     };
+    let podnet = (systemd.clone(), kubeadm.out_dir.clone());
     let engine = match Engine::new(
         cfg,
         peers,
@@ -173,6 +174,12 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
         shutdown.clone(),
     ));
     serve(&handle, view, engine_handle);
+    tokio::spawn(keep_pod_network(
+        podnet.0,
+        config.node_name.clone(),
+        podnet.1,
+        shutdown.clone(),
+    ));
     tracing::info!(node = %config.node_name, "control plane: engine running");
     engine.run(shutdown).await;
     tracing::info!("control plane: engine stopped");
@@ -410,6 +417,62 @@ fn serve(mesh: &MeshHandle, view: PeerView, engine: EngineHandle) {
         }
     });
 }
+
+/// Once this node has joined (kubelet.conf exists), keeps its pod network in line with the
+/// cluster every [`POD_NETWORK_INTERVAL`]: `kubedna-agent pod-network` as a transient oneshot
+/// unit, outside the agent's sandbox (it writes the CNI config and routes).
+async fn keep_pod_network(
+    systemd: DbusSystemd,
+    node: String,
+    out_dir: PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut n: u64 = 0;
+    let mut last_error = String::new();
+    loop {
+        if Path::new(kubedna_host::podnet::KUBECONFIG).exists() {
+            n += 1;
+            let unit = format!("kubedna-pod-network-{}-{n}.service", std::process::id());
+            let argv = [
+                "/usr/bin/kubedna-agent".to_string(),
+                "pod-network".into(),
+                "--node".into(),
+                node.clone(),
+            ];
+            let out = out_dir.join("pod-network.out");
+            match systemd
+                .run_oneshot(
+                    &unit,
+                    "KubeDNA: pod network (CNI config, routes)",
+                    &argv,
+                    &out,
+                )
+                .await
+            {
+                Ok(o) => {
+                    if o.contains("written: true") || !o.contains("changes: []") {
+                        tracing::info!(output = %o.trim(), "pod network updated");
+                    }
+                    last_error.clear();
+                }
+                Err(e) => {
+                    let e = kubedna_host::error_chain(&e);
+                    if e != last_error {
+                        tracing::warn!(error = %e, "pod network: update failed; retrying");
+                        last_error = e;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POD_NETWORK_INTERVAL) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// How often the pod network is brought in line (a new node's pods are reachable within this).
+const POD_NETWORK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// [`Kubeadm`] as transient oneshot units `kubedna-kubeadm-<n>.service`, stdout captured in the
 /// agent's runtime directory.

@@ -5,7 +5,9 @@
 
 pub mod atomic;
 pub mod creds;
+pub mod images;
 pub mod notify;
+pub mod podnet;
 pub mod prepare;
 pub mod state;
 pub mod systemd;

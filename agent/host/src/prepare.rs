@@ -2,7 +2,8 @@
 //! br_netfilter) and sysctls (ip_forward, bridge-nf-call) written as files that systemd's own
 //! `systemd-modules-load` and `systemd-sysctl` apply; swap off (active swap units stopped,
 //! `swap.target` masked); the containerd config (systemd cgroup driver, pause 3.9) rendered and
-//! containerd restarted only when it changed; containerd and kubelet enabled. Every systemd job is
+//! containerd restarted only when it changed; the node image's container images imported
+//! (`kubedna-images.service`, when the image carries any); containerd and kubelet enabled. Every systemd job is
 //! awaited on its result through [`Systemd`]; a second run with nothing to change restarts nothing.
 
 use std::path::{Path, PathBuf};
@@ -45,10 +46,29 @@ pub struct Report {
 }
 
 /// containerd's config (version 2; the same keys on containerd 1.6 and 1.7).
-pub fn containerd_config(pause_image: &str) -> String {
+/// `restrict_oom_score_adj` is set on hosts whose processes cannot lower an OOM score (no
+/// `CAP_SYS_RESOURCE` in PID 1's bounding set, as in some containers and sandboxes): there the
+/// kubelet's -998 for pod sandboxes makes runc fail every pod, and containerd clamps it instead.
+pub fn containerd_config(pause_image: &str, restrict_oom_score_adj: bool) -> String {
+    let restrict = if restrict_oom_score_adj {
+        "  # This host cannot lower OOM scores (no CAP_SYS_RESOURCE): see kubedna-agent's docs.\n  restrict_oom_score_adj = true\n"
+    } else {
+        ""
+    };
     format!(
-        "# Written by kubedna-agent; changes are overwritten.\nversion = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{pause_image}\"\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n"
+        "# Written by kubedna-agent; changes are overwritten.\nversion = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n{restrict}  sandbox_image = \"{pause_image}\"\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n"
     )
+}
+
+/// Whether the capability bounding set in a `/proc/PID/status` text holds `CAP_SYS_RESOURCE`
+/// (bit 24), which lowering an OOM score below 0 needs. Unreadable means yes (the usual host).
+pub fn can_lower_oom_score(status: &str) -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 fn write_if_changed(
@@ -118,7 +138,8 @@ pub async fn prepare<S: Systemd>(sd: &S, root: &Path) -> Result<Report, PrepareE
     }
     report.masked = sd.mask(&["swap.target"]).await.map_err(sys("swap off"))?;
 
-    let containerd = containerd_config(PAUSE_IMAGE);
+    let pid1 = std::fs::read_to_string(root.join("proc/1/status")).unwrap_or_default();
+    let containerd = containerd_config(PAUSE_IMAGE, !can_lower_oom_score(&pid1));
     if write_if_changed(
         root,
         "/etc/containerd/config.toml",
@@ -136,6 +157,18 @@ pub async fn prepare<S: Systemd>(sd: &S, root: &Path) -> Result<Report, PrepareE
             .map_err(sys("containerd"))?;
     }
 
+    // Baked container images (air gap) are imported before kubelet or kubeadm can want them.
+    if root
+        .join(crate::images::IMAGES_DIR.trim_start_matches('/'))
+        .join("images.json")
+        .is_file()
+    {
+        sd.start(crate::images::UNIT)
+            .await
+            .map_err(sys("container images"))?;
+        report.restarted.push(crate::images::UNIT.into());
+    }
+
     report.enabled = sd
         .enable(&["containerd.service", "kubelet.service"])
         .await
@@ -148,6 +181,21 @@ pub async fn prepare<S: Systemd>(sd: &S, root: &Path) -> Result<Report, PrepareE
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn oom_score_restriction_follows_cap_sys_resource() {
+        for (status, can) in [
+            ("Name:\tsystemd\nCapBnd:\t000001ffffffffff\n", true),
+            ("CapBnd:\t000001fffeffffff\n", false),
+            ("CapBnd:\t0000000001000000\n", true),
+            ("CapBnd:\tzz\n", true),
+            ("", true),
+        ] {
+            assert_eq!(super::can_lower_oom_score(status), can, "{status:?}");
+        }
+        assert!(super::containerd_config("p:1", true).contains("restrict_oom_score_adj = true"));
+        assert!(!super::containerd_config("p:1", false).contains("restrict_oom_score_adj"));
+    }
+
     use std::collections::BTreeSet;
     use std::sync::Mutex;
 

@@ -152,6 +152,8 @@ impl DbusSystemd {
             ("ExecStart", Value::from(exec)),
             ("StandardOutputFile", Value::from(out.as_str())),
             ("StandardError", Value::from("journal")),
+            // A failed run is unloaded too (its journal stays), so repeated runs never pile up.
+            ("CollectMode", Value::from("inactive-or-failed")),
         ];
         let _ = std::fs::remove_file(stdout_file);
         self.job_with("run", unit, || {

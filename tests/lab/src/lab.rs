@@ -46,6 +46,8 @@ pub enum LabError {
         node: String,
         known: String,
     },
+    #[error("lab {lab}: no running control-plane node has /etc/kubernetes/admin.conf yet (kubeadm init has not finished); see `kubedna-lab --name {lab} kubedna cp-1 status`")]
+    NoApi { lab: String },
     #[error("a lab needs at least one node")]
     NoNodes,
     #[error("subnet {subnet} has no room for node number {index} (at most {max} nodes)")]

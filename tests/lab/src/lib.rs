@@ -8,6 +8,7 @@
 pub mod cmd;
 pub mod delay;
 pub mod image;
+pub mod kube;
 pub mod lab;
 pub mod names;
 pub mod net;

@@ -92,6 +92,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the real kubectl of a control-plane node against the lab's cluster (admin.conf).
+    Kubectl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Shut nodes down cleanly (all without arguments).
     Stop {
         nodes: Vec<String>,
@@ -234,6 +239,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut argv = vec!["kubedna"];
             argv.extend(args.iter().map(String::as_str));
             return Ok(exit_of(lab.exec_interactive(&node, &argv)?));
+        }
+        Cmd::Kubectl { args } => {
+            let lab = Lab::open(&root, &name)?;
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            return Ok(exit_of(lab.kubectl_interactive(&argv)?));
         }
         Cmd::Stop { nodes, grace } => {
             Lab::open(&root, &name)?.stop(&nodes, Duration::from_secs(grace))?;

@@ -167,9 +167,47 @@ pub fn create_netns(p: &NodePaths) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// Writes hostname and (once) a fresh machine id into the node's overlay.
+/// The unit that makes a node's cgroup controllers writable inside it: nspawn mounts the v1
+/// controllers read-only, but the node lives in a cgroup namespace rooted at its own directory
+/// (see [`cgroup_hierarchies`]), so a writable bind of them reaches only its own subtree. It
+/// also makes `/` a shared mount, as kubelet's volume mounts expect (kind's entrypoint does both).
+const CGROUPS_UNIT: &str = "\
+# Written by kubedna-lab: lab nodes only.
+[Unit]
+Description=kubedna-lab: writable cgroup controllers and shared mounts for containers
+DefaultDependencies=no
+Before=sysinit.target containerd.service kubelet.service
+ConditionVirtualization=container
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'for c in /sys/fs/cgroup/*/; do mount -o remount,bind,rw \"$c\"; done; mount --make-rshared /'
+
+[Install]
+WantedBy=sysinit.target
+";
+
+/// Writes hostname and (once) a fresh machine id into the node's overlay, an empty
+/// `/etc/resolv.conf` where the image has none (the lab has no DNS; the kubelet refuses to start
+/// pods without the file), and the lab's cgroup unit.
 pub fn write_identity(p: &NodePaths, hostname: &str) -> Result<String, NodeError> {
     let etc = p.root.join("etc");
+    let resolv = etc.join("resolv.conf");
+    if resolv.symlink_metadata().is_err() {
+        std::fs::write(&resolv, "# kubedna-lab: no DNS server in the lab\n")
+            .map_err(io_err(&resolv))?;
+    }
+    let unit_dir = etc.join("systemd/system");
+    let wants = unit_dir.join("sysinit.target.wants");
+    std::fs::create_dir_all(&wants).map_err(io_err(&wants))?;
+    let unit = unit_dir.join("kubedna-lab-cgroups.service");
+    std::fs::write(&unit, CGROUPS_UNIT).map_err(io_err(&unit))?;
+    let link = wants.join("kubedna-lab-cgroups.service");
+    if link.symlink_metadata().is_err() {
+        std::os::unix::fs::symlink("../kubedna-lab-cgroups.service", &link)
+            .map_err(io_err(&link))?;
+    }
     let hn = etc.join("hostname");
     std::fs::write(&hn, format!("{hostname}\n")).map_err(io_err(&hn))?;
     let mid = etc.join("machine-id");
@@ -187,18 +225,50 @@ pub fn write_identity(p: &NodePaths, hostname: &str) -> Result<String, NodeError
     Ok(id)
 }
 
-/// The cgroup hierarchies nodes get their own directory in: the unified one (and, on a hybrid
-/// host, the named `systemd` one, which a container's systemd uses to track its units).
+/// The cgroup hierarchies nodes get their own directory in: the unified one and, on a hybrid
+/// host, the named `systemd` one (which a container's systemd uses to track its units) and every
+/// v1 controller (cpu, memory, pids, ...), so that the kubelet and runc in a node create their
+/// cgroups under the node's own directory, never beside another node's.
 fn cgroup_hierarchies() -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     if root.join("cgroup.procs").exists() {
         return vec![root.to_path_buf()];
     }
-    ["unified", "systemd"]
-        .iter()
-        .map(|h| root.join(h))
-        .filter(|h| h.join("cgroup.procs").exists())
-        .collect()
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|h| h.join("cgroup.procs").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// Creates a cgroup directory; in a v1 cpuset hierarchy a new cgroup has no CPUs or memory
+/// nodes until they are copied from its parent, and no task can join it before.
+fn create_cgroup(dir: &Path) -> Result<(), NodeError> {
+    let mut missing = Vec::new();
+    let mut d = dir.to_path_buf();
+    while !d.exists() {
+        missing.push(d.clone());
+        if !d.pop() {
+            break;
+        }
+    }
+    for d in missing.into_iter().rev() {
+        std::fs::create_dir(&d).map_err(io_err(&d))?;
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let parent = d.parent().map(|p| p.join(f));
+            if let Some(parent) = parent.filter(|p| p.exists()) {
+                let v = std::fs::read_to_string(&parent).map_err(io_err(&parent))?;
+                let own = d.join(f);
+                std::fs::write(&own, v.trim()).map_err(io_err(&own))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The lab's cgroup directories, one per hierarchy: `HIERARCHY/kubedna-lab/LAB`.
@@ -285,7 +355,7 @@ pub fn spawn(p: &NodePaths, lab: &str, machine: &str, hostname: &str) -> Result<
             // Left by an earlier boot of this node (killed): start from a clean tree.
             remove_cgroup_tree(&node_cg)?;
         }
-        std::fs::create_dir_all(&node_cg).map_err(io_err(&node_cg))?;
+        create_cgroup(&node_cg)?;
         cgroups.push(node_cg.to_string_lossy().into_owned());
     }
     let console = File::options()
@@ -308,6 +378,13 @@ pub fn spawn(p: &NodePaths, lab: &str, machine: &str, hostname: &str) -> Result<
         "--link-journal=no".to_string(),
         "--resolv-conf=off".to_string(),
         "--timezone=off".to_string(),
+        // What a node needs to run containers itself (containerd, runc, a real kubelet; the
+        // settings kube-spawn and kind's node entrypoint use): every capability the host has,
+        // the kernel log for the kubelet's OOM watcher. Seccomp is off (SYSTEMD_SECCOMP=0
+        // below): runc needs system calls nspawn's filter refuses (keyctl, ...). The node's
+        // cgroup controllers are made writable inside it by `kubedna-lab-cgroups.service`.
+        "--capability=all".to_string(),
+        "--bind=/dev/kmsg".to_string(),
     ];
     // The shell joins the cgroups, then becomes nspawn: no window where nspawn runs elsewhere.
     let mut child = Command::new("sh")
@@ -315,6 +392,7 @@ pub fn spawn(p: &NodePaths, lab: &str, machine: &str, hostname: &str) -> Result<
         .arg(r#"for cg in $KUBEDNA_LAB_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 125; done; exec systemd-nspawn "$@""#)
         .arg("sh")
         .env("KUBEDNA_LAB_CGROUPS", cgroups.join(" "))
+        .env("SYSTEMD_SECCOMP", "0")
         .args(&args)
         .stdin(Stdio::null())
         .stdout(console)
