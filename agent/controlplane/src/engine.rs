@@ -319,6 +319,7 @@ impl EngineConfig {
 /// Paths kubeadm is told about (production paths; the host root prefixes them on disk).
 const PKI_DIR: &str = "/etc/kubedna/pki/etcd";
 const INIT_CONFIG: &str = "/etc/kubedna/kubeadm-init.yaml";
+const UPLOAD_CERTS_CONFIG: &str = "/etc/kubedna/kubeadm-upload-certs.yaml";
 const JOIN_CONFIG: &str = "/etc/kubedna/kubeadm-join.yaml";
 const STATE_FILE: &str = "controlplane.json";
 
@@ -1278,25 +1279,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         }
         p.init_ran = true;
         self.persist(p)?;
-        let host = cfg
-            .control_plane_endpoint
-            .rsplit_once(':')
-            .map_or(cfg.control_plane_endpoint.as_str(), |(h, _)| h);
-        let mut sans = vec![cfg.advertise_address.clone(), host.to_string()];
-        sans.dedup();
-        let params = ClusterParams {
-            cluster_name: cfg.cluster.clone(),
-            node_name: cfg.node.clone(),
-            advertise_address: cfg.advertise_address.clone(),
-            control_plane_endpoint: cfg.control_plane_endpoint.clone(),
-            etcd_endpoints: cfg.client_urls(self.set(), None),
-            etcd_ca: format!("{PKI_DIR}/ca.crt"),
-            etcd_cert: format!("{PKI_DIR}/client.crt"),
-            etcd_key: format!("{PKI_DIR}/client.key"),
-            pod_subnet: cfg.pod_subnet.clone(),
-            service_subnet: cfg.service_subnet.clone(),
-            cert_sans: sans,
-        };
+        let params = self.cluster_params();
         let token = joinmat::new_token();
         let key = joinmat::new_certificate_key();
         let text = Zeroizing::new(kcfg::render_init(&params, &token, &key));
@@ -1504,6 +1487,30 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             && now.duration_since(seen) >= self.cfg().timings.lease_ttl / 3
     }
 
+    /// What `kubeadm init` (and `init phase upload-certs`) is told about the cluster.
+    fn cluster_params(&self) -> ClusterParams {
+        let cfg = self.cfg();
+        let host = cfg
+            .control_plane_endpoint
+            .rsplit_once(':')
+            .map_or(cfg.control_plane_endpoint.as_str(), |(h, _)| h);
+        let mut sans = vec![cfg.advertise_address.clone(), host.to_string()];
+        sans.dedup();
+        ClusterParams {
+            cluster_name: cfg.cluster.clone(),
+            node_name: cfg.node.clone(),
+            advertise_address: cfg.advertise_address.clone(),
+            control_plane_endpoint: cfg.control_plane_endpoint.clone(),
+            etcd_endpoints: cfg.client_urls(self.set(), None),
+            etcd_ca: format!("{PKI_DIR}/ca.crt"),
+            etcd_cert: format!("{PKI_DIR}/client.crt"),
+            etcd_key: format!("{PKI_DIR}/client.key"),
+            pod_subnet: cfg.pod_subnet.clone(),
+            service_subnet: cfg.service_subnet.clone(),
+            cert_sans: sans,
+        }
+    }
+
     /// The leader's duty: join material present and not near expiry, written under its term.
     async fn ensure_material(&self, coord: &Coordinator, term: i64) -> Result<(), EngineError> {
         let cfg = self.cfg();
@@ -1536,17 +1543,28 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             .map_err(self.kubeadm_err())?;
         let ca_cert_hash =
             ca_hash_in(&out).ok_or_else(|| EngineError::NoCaHash { node: self.node() })?;
-        self.kubeadm
+        // With a config file: without one kubeadm assumes a local etcd and uploads no external
+        // etcd certificates, and every control-plane join then fails in download-certs. The
+        // key goes in the file (kubeadm refuses --config with --certificate-key).
+        let text = Zeroizing::new(kcfg::render_init(
+            &self.cluster_params(),
+            &token,
+            &certificate_key,
+        ));
+        self.write_secret_file(UPLOAD_CERTS_CONFIG, &text)?;
+        let r = self
+            .kubeadm
             .run(&[
                 "init".into(),
                 "phase".into(),
                 "upload-certs".into(),
                 "--upload-certs".into(),
-                "--certificate-key".into(),
-                certificate_key.clone(),
+                "--config".into(),
+                UPLOAD_CERTS_CONFIG.into(),
             ])
-            .await
-            .map_err(self.kubeadm_err())?;
+            .await;
+        let _ = std::fs::remove_file(rooted(&cfg.root, UPLOAD_CERTS_CONFIG));
+        r.map_err(self.kubeadm_err())?;
         let m = JoinMaterial {
             token,
             ca_cert_hash,

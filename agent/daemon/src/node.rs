@@ -214,9 +214,11 @@ async fn keep_view(
     let mut last_hosts = String::new();
     let mut last_state = None;
     let mut known: BTreeMap<String, IpAddr> = BTreeMap::new();
+    let mut serving: std::collections::BTreeSet<String> = Default::default();
     loop {
         if let Ok(members) = mesh.members().await {
             let mut next = BTreeMap::new();
+            serving.clear();
             for m in members {
                 let Some(meta) = m.meta else { continue };
                 if m.id.addr == local.1 {
@@ -231,6 +233,9 @@ async fn keep_view(
                     kubedna_mesh::Role::ControlPlane => Role::ControlPlane,
                     kubedna_mesh::Role::Worker => Role::Worker,
                 };
+                if role == Role::ControlPlane && meta.state == NodeState::Member {
+                    serving.insert(meta.name.clone());
+                }
                 let info = PeerInfo {
                     name: meta.name.clone(),
                     role,
@@ -241,7 +246,8 @@ async fn keep_view(
             *view.lock() = next;
         }
         let status = engine.status();
-        let hosts = hosts_entries(&cluster, &local, &known, &view, &status);
+        let own_api = status.role == Role::ControlPlane && Path::new(LOCAL_API_MANIFEST).exists();
+        let hosts = hosts_entries(&cluster, &local, &known, &view, &status, own_api, &serving);
         if hosts != last_hosts {
             match update_hosts(Path::new(HOSTS_FILE), &hosts) {
                 Ok(()) => last_hosts = hosts,
@@ -274,12 +280,22 @@ pub fn gossip_state(status: &Status) -> NodeState {
 
 /// Lines for the managed block: this node, every peer ever seen (down ones too), and the API
 /// name (the leader, else the first live control plane by name).
+/// Present once kubeadm (init, or a control-plane join) runs an API server on this node.
+const LOCAL_API_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
+
+/// The managed `/etc/hosts` block. The API name points at this node itself when it runs an API
+/// server (`own_api`: the init node while `kubeadm init` waits for it, a joined control plane
+/// always, so a control plane never depends on another's API), else at the leader, else at a
+/// live control plane the mesh says is a member (its API serves; workers know no leader), else
+/// at the first live control plane.
 fn hosts_entries(
     cluster: &str,
     local: &(String, SocketAddr),
     known: &BTreeMap<String, IpAddr>,
     view: &PeerView,
     status: &Status,
+    own_api: bool,
+    serving: &std::collections::BTreeSet<String>,
 ) -> String {
     let mut alive: BTreeMap<String, (IpAddr, Role)> = view
         .lock()
@@ -287,10 +303,10 @@ fn hosts_entries(
         .map(|(p, a)| (p.name.clone(), (a.ip(), p.role)))
         .collect();
     alive.insert(local.0.clone(), (local.1.ip(), status.role));
-    let api = status
-        .leader
-        .as_ref()
-        .and_then(|l| alive.get(&l.name))
+    let own = own_api.then(|| alive.get(&local.0)).flatten();
+    let api = own
+        .or_else(|| status.leader.as_ref().and_then(|l| alive.get(&l.name)))
+        .or_else(|| serving.iter().find_map(|n| alive.get(n)))
         .or_else(|| alive.values().find(|(_, r)| *r == Role::ControlPlane))
         .map(|(ip, _)| *ip);
     let mut names = known.clone();

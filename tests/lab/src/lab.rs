@@ -963,7 +963,7 @@ impl Lab {
         for m in node::mounts_under(&p.dir) {
             umount(&m)?;
         }
-        for d in [&p.upper, &p.work] {
+        for d in [&p.upper, &p.work, &p.containerd] {
             if d.exists() {
                 std::fs::remove_dir_all(d).map_err(|source| LabError::State {
                     path: d.to_path_buf(),

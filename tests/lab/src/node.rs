@@ -66,6 +66,10 @@ pub struct NodePaths {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub root: PathBuf,
+    /// The node's `/var/lib/containerd`, bound in from the host's file system: containerd's
+    /// overlayfs snapshotter cannot put an overlay upper layer on the node's overlay root.
+    /// Part of the node's disk: a reinstall wipes it with the upper layer.
+    pub containerd: PathBuf,
     pub console: PathBuf,
     pub netns: PathBuf,
 }
@@ -78,6 +82,7 @@ impl NodePaths {
             upper: dir.join("upper"),
             work: dir.join("work"),
             root: dir.join("root"),
+            containerd: dir.join("containerd"),
             console: dir.join("console.log"),
             netns: lab_dir.join("netns").join(node),
             dir,
@@ -127,7 +132,7 @@ pub fn ensure_private_mount(dir: &Path) -> Result<(), NodeError> {
 
 /// Creates the node's directories and mounts its overlay (idempotent).
 pub fn mount_overlay(lower: &Path, p: &NodePaths) -> Result<(), NodeError> {
-    for d in [&p.upper, &p.work, &p.root] {
+    for d in [&p.upper, &p.work, &p.root, &p.containerd] {
         std::fs::create_dir_all(d).map_err(io_err(d))?;
     }
     if is_mount_point(&p.root) {
@@ -385,6 +390,7 @@ pub fn spawn(p: &NodePaths, lab: &str, machine: &str, hostname: &str) -> Result<
         // cgroup controllers are made writable inside it by `kubedna-lab-cgroups.service`.
         "--capability=all".to_string(),
         "--bind=/dev/kmsg".to_string(),
+        format!("--bind={}:/var/lib/containerd", p.containerd.display()),
     ];
     // The shell joins the cgroups, then becomes nspawn: no window where nspawn runs elsewhere.
     let mut child = Command::new("sh")
@@ -393,6 +399,9 @@ pub fn spawn(p: &NodePaths, lab: &str, machine: &str, hostname: &str) -> Result<
         .arg("sh")
         .env("KUBEDNA_LAB_CGROUPS", cgroups.join(" "))
         .env("SYSTEMD_SECCOMP", "0")
+        // The node has a network namespace of its own, so its /proc/sys/net is its own: make it
+        // writable (nspawn mounts /proc/sys read-only), so the agent's sysctls (ip_forward) apply.
+        .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
         .args(&args)
         .stdin(Stdio::null())
         .stdout(console)
@@ -532,19 +541,30 @@ pub fn pids_with_arg(arg: &str) -> Vec<i32> {
         .collect()
 }
 
+/// How many PID namespaces deep a process is (the entries of `NSpid:` in its status).
+fn pid_ns_depth(status: &str) -> Option<usize> {
+    status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .map(|l| l.split_whitespace().count() - 1)
+}
+
 /// The node's PID 1 (systemd) as a host pid: the process in the node's network namespace that is
-/// PID 1 of its own PID namespace.
+/// PID 1 of a PID namespace exactly one below the lab's own. Containers a node runs with the
+/// host network (static pods) are PID 1 of namespaces one level deeper, and are not the node.
 pub fn leader(p: &NodePaths) -> Option<i32> {
     let ino = netns_inode(&p.netns)?;
+    let own = pid_ns_depth(&std::fs::read_to_string("/proc/self/status").ok()?)?;
     pids_in_netns(ino).into_iter().find(|pid| {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
-            .and_then(|s| {
-                s.lines().find(|l| l.starts_with("NSpid:")).map(|l| {
-                    l.split_whitespace().last() == Some("1") && l.split_whitespace().count() > 2
-                })
+            .is_some_and(|s| {
+                pid_ns_depth(&s) == Some(own + 1)
+                    && s.lines()
+                        .find(|l| l.starts_with("NSpid:"))
+                        .and_then(|l| l.split_whitespace().last())
+                        == Some("1")
             })
-            .unwrap_or(false)
     })
 }
 
