@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use crate::bootstrap::{decide, Decision, MemberSet, MemberSetError, StartedAnswer};
+use crate::bootstrap::{
+    decide, fallback, Decision, Fallback, MemberSet, MemberSetError, StartedAnswer,
+};
 use crate::coord::{CoordError, Coordinator, InitDecision, Leadership};
 use crate::etcd_unit::{ClusterState, EtcdSpec, EtcdUnitError, MemberUrls};
 use crate::joinmat::{self, JoinError, JoinMaterial};
@@ -108,91 +110,9 @@ pub trait Peers: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Response, PeerError>> + Send;
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum KubeadmError {
-    #[error("cannot run `{command}`: is kubeadm installed at that path?")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{command}` failed with exit code {code:?}; its last output:\n{stderr}\nsee kubeadm's messages above, fix the cause, and the agent retries")]
-    Failed {
-        command: String,
-        code: Option<i32>,
-        stderr: String,
-    },
-}
-
-/// Runs kubeadm; returns its standard output.
-pub trait Kubeadm: Send + Sync + 'static {
-    fn run(&self, args: &[String]) -> impl Future<Output = Result<String, KubeadmError>> + Send;
-}
-
-/// The real kubeadm (production), or any binary with its interface (tests: the double).
-#[derive(Debug, Clone)]
-pub struct KubeadmCommand {
-    pub binary: PathBuf,
-    pub env: Vec<(String, String)>,
-}
-
-impl KubeadmCommand {
-    pub fn system() -> Self {
-        KubeadmCommand {
-            binary: "/usr/bin/kubeadm".into(),
-            env: Vec::new(),
-        }
-    }
-}
-
-/// The command line with tokens and keys replaced, for errors and logs.
-pub fn redact_args(args: &[String]) -> String {
-    args.iter()
-        .map(|a| {
-            let secret = a.len() == 64 && a.bytes().all(|b| b.is_ascii_hexdigit())
-                || matches!(a.split_once('.'), Some((x, y)) if x.len() == 6 && y.len() == 16);
-            if secret {
-                "[redacted]"
-            } else {
-                a.as_str()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-impl Kubeadm for KubeadmCommand {
-    async fn run(&self, args: &[String]) -> Result<String, KubeadmError> {
-        let command = format!("{} {}", self.binary.display(), redact_args(args));
-        let out = tokio::process::Command::new(&self.binary)
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|source| KubeadmError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        Err(KubeadmError::Failed {
-            command,
-            code: out.status.code(),
-            stderr: redact_args(
-                &tail
-                    .join("\n")
-                    .split(' ')
-                    .map(String::from)
-                    .collect::<Vec<_>>(),
-            ),
-        })
-    }
-}
+pub use crate::kubeadm_run::{
+    redact_args, Kubeadm, KubeadmCommand, KubeadmError, KubeadmOp, OpRecords,
+};
 
 /// Wall-clock time for join material expiry.
 pub trait Clock: Send + Sync + 'static {
@@ -387,10 +307,19 @@ struct Persisted {
     /// Recorded before this node runs `kubeadm init`.
     init_ran: bool,
     /// Recorded once `kubeadm init` exited 0: from then on a retry only records `init-done` in
-    /// etcd, it never resets and re-runs init (a second init would make a new cluster CA).
+    /// etcd, it never resets and re-runs init (a second init would make a new cluster CA). A
+    /// cache of the evidence (the init marker and admin.conf), which a crash may leave unset.
     #[serde(default)]
     init_succeeded: bool,
     kubeadm_done: bool,
+    /// This node's init claim, persisted before the init transaction, so a retry after a lost
+    /// reply recognises its own claim.
+    #[serde(default)]
+    init_nonce: Option<String>,
+    /// The lease of the join lock this node holds, persisted when taken, so a restarted agent
+    /// takes the lock back before it expires instead of freeing it mid-join.
+    #[serde(default)]
+    join_lease: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -456,6 +385,16 @@ pub enum EngineError {
     InitInterrupted { node: String },
     #[error("node {node}: etcd is not serving yet and a started member reports a formed cluster; waiting for a quorum of control planes to come back")]
     NoQuorum { node: String },
+    #[error("node {node}: an earlier `kubeadm {op}` on this node did not succeed (no marker {marker}), and etcd already holds Kubernetes data under /registry/, so the agent will not `kubeadm reset` this node: a reset does not clean etcd and a second `kubeadm {op}` could split the cluster's certificates. Look at the node (journalctl -u 'kubedna-kubeadm-*'); if kubeadm did finish, create the marker file; otherwise reset the node by hand, knowing what it holds. Then restart the agent")]
+    ResetRefused {
+        node: String,
+        op: &'static str,
+        marker: PathBuf,
+    },
+    #[error(
+        "node {node}: the join lock was lost before `{step}`; taking it again before going on"
+    )]
+    JoinLockLost { node: String, step: &'static str },
     #[error("node {node}: the learner {id:x} was not promoted within {secs} s; etcd promotes only a learner in sync with the leader: check this node's etcd journal (journalctl -u kubedna-etcd)")]
     NotPromoted { node: String, id: u64, secs: u64 },
     #[error("node {node}: join material from {from} does not open")]
@@ -518,11 +457,19 @@ impl EngineHandle {
                     return Response::NotReady("not a control plane".into());
                 };
                 let p = lock(&s.persisted).clone();
+                // Formed but not recorded yet: the running etcd's own status says so (etcd
+                // serves clients only once its cluster formed), so this answer never looks
+                // like one from a member that never formed.
+                let cluster_id = match p.cluster_id {
+                    Some(id) => Some(id),
+                    None if p.etcd_started => local_cluster_id(&s.cfg, set).await,
+                    None => None,
+                };
                 Response::Started(StartedAnswer {
                     from: s.cfg.node.clone(),
                     members_digest: set.digest(),
                     started: p.etcd_started,
-                    cluster_id: p.cluster_id,
+                    cluster_id,
                 })
             }
             Request::Leader => Response::Leader(lock(&s.status).leader.clone()),
@@ -543,6 +490,25 @@ impl EngineHandle {
             }
         }
     }
+}
+
+/// The cluster ID in this node's own etcd member's status, if it answers within a second.
+/// etcd 3.4 serves clients only once its member has joined a formed cluster, so an answer
+/// proves the cluster formed; the status call is answered locally, without a quorum.
+async fn local_cluster_id(cfg: &EngineConfig, set: &MemberSet) -> Option<String> {
+    let files = MemberFiles::in_dir(&rooted(&cfg.root, PKI_DIR));
+    let own = cfg.urls(set, &cfg.node).1.client;
+    let probe = async {
+        let c = Coordinator::connect_tls(&[own], &cfg.cluster, &files)
+            .await
+            .ok()?;
+        let status = c.client().maintenance_client().status().await.ok()?;
+        status.header().map(|h| format!("{:x}", h.cluster_id()))
+    };
+    tokio::time::timeout(Duration::from_secs(1), probe)
+        .await
+        .ok()
+        .flatten()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -942,13 +908,33 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             .flatten()
     }
 
-    async fn acquire_join_lock(&self, coord: &Coordinator) -> Result<Leadership, EngineError> {
+    /// Takes the join lock: back from before a restart if this node's persisted lease still
+    /// holds it (so a join in progress keeps its lock across an agent restart), else anew,
+    /// persisting its lease.
+    async fn acquire_join_lock(
+        &self,
+        coord: &Coordinator,
+        p: &mut Persisted,
+    ) -> Result<Leadership, EngineError> {
+        let ttl = self.cfg().timings.lease_ttl;
+        if let Some(lease) = p.join_lease {
+            if let Some(l) = coord
+                .resume("join", &self.cfg().node, lease, ttl)
+                .await
+                .map_err(self.coord_err("cannot take the join lock back"))?
+            {
+                tracing::info!(node = %self.cfg().node, "took back the join lock held before a restart");
+                return Ok(l);
+            }
+        }
         loop {
             if let Some(l) = coord
-                .acquire("join", &self.cfg().node, self.cfg().timings.lease_ttl)
+                .acquire("join", &self.cfg().node, ttl)
                 .await
                 .map_err(self.coord_err("cannot take the join lock"))?
             {
+                p.join_lease = Some(l.lease);
+                self.persist(p)?;
                 return Ok(l);
             }
             lock(&self.shared.status).waiting_for =
@@ -987,7 +973,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         files: &MemberFiles,
         p: &mut Persisted,
     ) -> Result<Leadership, EngineError> {
-        let join_lock = self.acquire_join_lock(coord).await?;
+        let join_lock = self.acquire_join_lock(coord, p).await?;
         let (_, adv) = self.cfg().urls(self.set(), &self.cfg().node);
         let mut members = members;
         if let Some(stale) = members
@@ -1126,7 +1112,9 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                             // initial cluster and token, as a simultaneous boot would have
                             // (etcd 3.4 refuses `existing` until a cluster version is decided).
                             // Otherwise wait for the formed cluster's quorum to come back.
-                            if answers.iter().any(|a| a.started && a.cluster_id.is_some()) {
+                            if fallback(&self.node(), self.set(), &answers)
+                                == Fallback::WaitForQuorum
+                            {
                                 return Err(EngineError::NoQuorum { node: self.node() });
                             }
                             p.etcd_state = Some(ClusterState::New);
@@ -1151,6 +1139,15 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             node: self.node(),
             source: Box::new(source),
         })?;
+        // The start job is done once etcd serves, i.e. once its cluster formed: record the
+        // cluster ID now, so this node answers "formed" from its record from here on.
+        if p.cluster_id.is_none() {
+            if let Some(id) = local_cluster_id(self.cfg(), self.set()).await {
+                p.cluster_id = Some(id);
+                self.persist(&p)?;
+                lock(&self.shared.status).cluster_id = p.cluster_id.clone();
+            }
+        }
         let coord = match early {
             Some(c) => c,
             None => {
@@ -1159,6 +1156,12 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             }
         };
         if let Some(id) = p.learner_id {
+            if join_lock.as_ref().is_some_and(Leadership::is_lost) {
+                return Err(EngineError::JoinLockLost {
+                    node: self.node(),
+                    step: "promoting the learner",
+                });
+            }
             self.promote(&coord, id).await?;
             p.learner_id = None;
             self.persist(&p)?;
@@ -1194,8 +1197,15 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         self.refresh_members(&coord).await;
 
         if !p.kubeadm_done {
+            if p.init_nonce.is_none() {
+                let mut nonce = [0u8; 16];
+                getrandom::fill(&mut nonce).expect("the kernel's random source is available");
+                p.init_nonce = Some(hex::encode(nonce));
+                self.persist(&p)?;
+            }
+            let nonce = p.init_nonce.clone().unwrap_or_default();
             let decision = coord
-                .init_once(&self.cfg().node)
+                .init_once(&self.cfg().node, &nonce)
                 .await
                 .map_err(self.coord_err("the init transaction failed"))?;
             lock(&self.shared.status).init_recorded = true;
@@ -1207,6 +1217,9 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                         .get(&coord.key("init-done"))
                         .await
                         .map_err(self.coord_err("cannot read the init record"))?;
+                    // Not this state's claim (its nonce differs): a claim an agent before nonces
+                    // made on this disk (it recorded `init_ran`), or one made before this
+                    // node's state directory was wiped.
                     match (done.is_some(), p.init_ran) {
                         (false, false) => return Err(EngineError::InitInterrupted { node: me }),
                         (false, true) => self.init(&coord, &mut p).await?,
@@ -1217,18 +1230,20 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                         (true, false) => {
                             let material = self.material_from_etcd(&coord).await?;
                             if join_lock.is_none() {
-                                join_lock = Some(self.acquire_join_lock(&coord).await?);
+                                join_lock = Some(self.acquire_join_lock(&coord, &mut p).await?);
                             }
-                            self.join(Some(&material)).await?;
+                            self.join(&material, Some(&coord), join_lock.as_ref())
+                                .await?;
                         }
                     }
                 }
                 InitDecision::Taken { .. } => {
                     let material = self.material_from_etcd(&coord).await?;
                     if join_lock.is_none() {
-                        join_lock = Some(self.acquire_join_lock(&coord).await?);
+                        join_lock = Some(self.acquire_join_lock(&coord, &mut p).await?);
                     }
-                    self.join(Some(&material)).await?;
+                    self.join(&material, Some(&coord), join_lock.as_ref())
+                        .await?;
                 }
             }
             p.kubeadm_done = true;
@@ -1239,6 +1254,9 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         if let Some(l) = join_lock {
             let _ = coord.resign(l).await;
         }
+        if p.join_lease.take().is_some() {
+            self.persist(&p)?;
+        }
         self.start_kubelet().await?;
         Ok(())
     }
@@ -1247,7 +1265,26 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         self.set_phase(Phase::Initialising, None);
         let cfg = self.cfg();
         if !p.init_succeeded {
-            self.run_init(p).await?;
+            // `kubeadm init` runs to its end outside the agent: a restarted agent waits for the
+            // one an earlier agent started, then judges it by its evidence.
+            let records = self.kubeadm.records();
+            records
+                .settle(KubeadmOp::Init)
+                .await
+                .map_err(self.kubeadm_err())?;
+            if !self.init_evidence() {
+                if p.init_ran {
+                    // Interrupted before it began, or failed: kubeadm refuses to init over
+                    // what it left, and only a node etcd holds no Kubernetes data for may be
+                    // reset.
+                    self.reset_if_safe(Some(coord), KubeadmOp::Init).await?;
+                }
+                p.init_ran = true;
+                self.persist(p)?;
+                self.run_init().await?;
+            }
+            p.init_succeeded = true;
+            self.persist(p)?;
         }
         let rec = serde_json::json!({ "node": cfg.node }).to_string();
         coord
@@ -1268,16 +1305,54 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         Ok(())
     }
 
-    /// `kubeadm init` on this disk, exactly once to success: `init_succeeded` is durable before
-    /// anything else (recording `init-done` in etcd) can fail.
-    async fn run_init(&self, p: &mut Persisted) -> Result<(), EngineError> {
-        let cfg = self.cfg();
-        if p.init_ran {
-            // An earlier attempt on this disk was interrupted: kubeadm refuses to init over it.
-            let _ = self.kubeadm.run(&["reset".into(), "--force".into()]).await;
+    /// Whether `kubeadm init` succeeded on this disk, by evidence a crash cannot lose: the
+    /// marker the init unit wrote when kubeadm exited 0, and the admin.conf kubeadm wrote.
+    fn init_evidence(&self) -> bool {
+        self.kubeadm.records().succeeded(KubeadmOp::Init)
+            && rooted(&self.cfg().root, "/etc/kubernetes/admin.conf").exists()
+    }
+
+    /// `kubeadm reset --force` after an interrupted or failed `op`, but never once etcd holds
+    /// any `/registry/` key (Kubernetes has written data: a reset does not clean etcd, and a
+    /// second init would make a new CA over it): then this node stops with what to do, in its
+    /// status and its log. A reset an earlier agent started is awaited first.
+    async fn reset_if_safe(
+        &self,
+        coord: Option<&Coordinator>,
+        op: KubeadmOp,
+    ) -> Result<(), EngineError> {
+        if let Some(coord) = coord {
+            let data = coord
+                .any_key_under("/registry/")
+                .await
+                .map_err(self.coord_err("cannot check etcd for Kubernetes data"))?;
+            if data {
+                let e = EngineError::ResetRefused {
+                    node: self.node(),
+                    op: op.name(),
+                    marker: self.kubeadm.records().marker_path(op),
+                };
+                tracing::error!(node = %self.cfg().node, error = %kubedna_host::error_chain(&e), "will not reset this node");
+                return Err(e);
+            }
         }
-        p.init_ran = true;
-        self.persist(p)?;
+        let records = self.kubeadm.records();
+        records
+            .settle(KubeadmOp::Reset)
+            .await
+            .map_err(self.kubeadm_err())?;
+        tracing::warn!(node = %self.cfg().node, op = op.name(), "resetting what an unfinished kubeadm run left");
+        let _ = self
+            .kubeadm
+            .run(KubeadmOp::Reset, &["reset".into(), "--force".into()])
+            .await;
+        Ok(())
+    }
+
+    /// `kubeadm init` on this disk: the caller has recorded `init_ran` and found no evidence
+    /// of an earlier success.
+    async fn run_init(&self) -> Result<(), EngineError> {
+        let cfg = self.cfg();
         let host = cfg
             .control_plane_endpoint
             .rsplit_once(':')
@@ -1298,14 +1373,16 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             cert_sans: sans,
         };
         let token = joinmat::new_token();
-        let key = joinmat::new_certificate_key();
+        let key = joinmat::certificate_key(&cfg.secret.0, &cfg.cluster);
         let text = Zeroizing::new(kcfg::render_init(&params, &token, &key));
         self.write_secret_file(INIT_CONFIG, &text)?;
-        let r = self.kubeadm.run(&kcfg::init_args(INIT_CONFIG)).await;
+        let r = self
+            .kubeadm
+            .run(KubeadmOp::Init, &kcfg::init_args(INIT_CONFIG))
+            .await;
         let _ = std::fs::remove_file(rooted(&cfg.root, INIT_CONFIG));
         r.map_err(self.kubeadm_err())?;
-        p.init_succeeded = true;
-        self.persist(p)
+        Ok(())
     }
 
     fn write_secret_file(&self, path: &str, text: &str) -> Result<(), EngineError> {
@@ -1344,14 +1421,37 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         }
     }
 
-    /// `kubeadm join`, as a control plane when this node is one.
-    async fn join(&self, material: Option<&JoinMaterial>) -> Result<(), EngineError> {
+    /// `kubeadm join`, as a control plane when this node is one (then under `join_lock`, and
+    /// with `coord` to check etcd before any reset).
+    async fn join(
+        &self,
+        m: &JoinMaterial,
+        coord: Option<&Coordinator>,
+        join_lock: Option<&Leadership>,
+    ) -> Result<(), EngineError> {
         self.set_phase(Phase::Joining, None);
         let cfg = self.cfg();
-        let Some(m) = material else { return Ok(()) };
-        if rooted(&cfg.root, "/etc/kubernetes/kubelet.conf").exists() {
-            // A join that ran but was not recorded: kubeadm refuses to join over it.
-            let _ = self.kubeadm.run(&["reset".into(), "--force".into()]).await;
+        let records = self.kubeadm.records();
+        // A join an earlier agent started runs to its end outside the agent: wait for it,
+        // never race it, then judge it by its marker.
+        records
+            .settle(KubeadmOp::Join)
+            .await
+            .map_err(self.kubeadm_err())?;
+        let kubelet_conf = rooted(&cfg.root, "/etc/kubernetes/kubelet.conf");
+        if records.succeeded(KubeadmOp::Join) && kubelet_conf.exists() {
+            tracing::info!(node = %cfg.node, "an earlier kubeadm join on this node succeeded");
+            return Ok(());
+        }
+        if kubelet_conf.exists() {
+            // A join that ran and did not succeed: kubeadm refuses to join over it.
+            self.reset_if_safe(coord, KubeadmOp::Join).await?;
+        }
+        if join_lock.is_some_and(Leadership::is_lost) {
+            return Err(EngineError::JoinLockLost {
+                node: self.node(),
+                step: "kubeadm join",
+            });
         }
         let params = JoinParams {
             node_name: cfg.node.clone(),
@@ -1363,7 +1463,10 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         };
         let text = Zeroizing::new(kcfg::render_join(&params));
         self.write_secret_file(JOIN_CONFIG, &text)?;
-        let r = self.kubeadm.run(&kcfg::join_args(JOIN_CONFIG)).await;
+        let r = self
+            .kubeadm
+            .run(KubeadmOp::Join, &kcfg::join_args(JOIN_CONFIG))
+            .await;
         let _ = std::fs::remove_file(rooted(&cfg.root, JOIN_CONFIG));
         r.map_err(self.kubeadm_err())?;
         tracing::info!(node = %cfg.node, "kubeadm join done");
@@ -1416,7 +1519,18 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                             return Ok(());
                         }
                     }
-                    let duty = self.ensure_material(&coord, term).await;
+                    // The duty ends the moment the seat is gone (lease expired, seat emptied or
+                    // taken): dropping it stops its kubeadm call, so nothing of this term
+                    // completes after a new term exists.
+                    let duty = tokio::select! {
+                        biased;
+                        () = leadership.lost() => {
+                            tracing::warn!(node = %self.cfg().node, term, "leadership lost during a duty; stopped it");
+                            lock(&self.shared.status).leader = None;
+                            return Ok(());
+                        }
+                        r = self.ensure_material(&coord, term) => r,
+                    };
                     if duty.is_ok() {
                         lock(&self.shared.status).last_error = None;
                     }
@@ -1521,36 +1635,44 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             }
         }
         let token = joinmat::new_token();
-        let certificate_key = joinmat::new_certificate_key();
+        // Derived, not random: an upload by any leader, a deposed one resuming late included,
+        // is equivalent to the current leader's.
+        let certificate_key = joinmat::certificate_key(&cfg.secret.0, &cfg.cluster);
         let out = self
             .kubeadm
-            .run(&[
-                "token".into(),
-                "create".into(),
-                token.clone(),
-                "--ttl".into(),
-                "24h0m0s".into(),
-                "--print-join-command".into(),
-            ])
+            .run(
+                KubeadmOp::TokenCreate,
+                &[
+                    "token".into(),
+                    "create".into(),
+                    token.clone(),
+                    "--ttl".into(),
+                    "24h0m0s".into(),
+                    "--print-join-command".into(),
+                ],
+            )
             .await
             .map_err(self.kubeadm_err())?;
         let ca_cert_hash =
             ca_hash_in(&out).ok_or_else(|| EngineError::NoCaHash { node: self.node() })?;
         self.kubeadm
-            .run(&[
-                "init".into(),
-                "phase".into(),
-                "upload-certs".into(),
-                "--upload-certs".into(),
-                "--certificate-key".into(),
-                certificate_key.clone(),
-            ])
+            .run(
+                KubeadmOp::UploadCerts,
+                &[
+                    "init".into(),
+                    "phase".into(),
+                    "upload-certs".into(),
+                    "--upload-certs".into(),
+                    "--certificate-key".into(),
+                    certificate_key.to_string(),
+                ],
+            )
             .await
             .map_err(self.kubeadm_err())?;
         let m = JoinMaterial {
             token,
             ca_cert_hash,
-            certificate_key,
+            certificate_key: certificate_key.to_string(),
             api_endpoint: cfg.control_plane_endpoint.clone(),
             token_expires: now + joinmat::TOKEN_TTL_SECS,
             certificate_key_expires: now + joinmat::CERT_KEY_TTL_SECS,
@@ -1610,7 +1732,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 }
                 tokio::time::sleep(self.cfg().timings.poll).await;
             };
-            self.join(Some(&material)).await?;
+            self.join(&material, None, None).await?;
             p.kubeadm_done = true;
             self.persist(&p)?;
         }

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod etcd_unit;
 pub mod joinmat;
 pub mod kubeadm;
+pub mod kubeadm_run;
 pub mod kubelet;
 pub mod membership;
 pub mod pki;
