@@ -103,6 +103,36 @@ fn finished_calls(root: &Path, node: &str) -> Vec<Call> {
         .collect()
 }
 
+/// Every call of the double on a node, finished or not: a call that started and never logged
+/// its end (the process died, or still runs) counts as running until the end of time.
+fn all_calls(root: &Path, node: &str) -> Vec<Call> {
+    let finished = finished_calls(root, node);
+    let text = std::fs::read_to_string(root.join("var/log/kubeadm-double/started.jsonl"))
+        .unwrap_or_default();
+    let mut out = finished.clone();
+    for v in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let start_ms = v["start_ms"].as_u64().unwrap_or_default();
+        let command = v["command"].as_str().unwrap_or_default().to_string();
+        if !finished
+            .iter()
+            .any(|k| k.start_ms == start_ms && k.command == command)
+        {
+            out.push(Call {
+                node: node.into(),
+                control_plane: node.starts_with("cp"),
+                command,
+                start_ms,
+                end_ms: u64::MAX,
+                key_fingerprint: None,
+            });
+        }
+    }
+    out
+}
+
 /// Commands the double has started on a node (finished or not).
 fn started_commands(root: &Path) -> Vec<String> {
     started_since(root, 0)
@@ -1151,18 +1181,20 @@ async fn a_deposed_leader_never_completes_an_upload_after_the_new_term() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_control_plane_join_is_never_raced() {
     let mut c = Cluster::new(3, 0, TTL);
-    let join_ms = (TTL * 5 / 2).as_millis().to_string();
+    // Longer than the lease TTL, an etcd outage and an agent restart together.
+    let join_ms = (TTL * 6).as_millis().to_string();
     c.knob_all("delay-join", Some(&join_ms));
     c.start_all();
-    // First join: every etcd member crashes in turn (systemd restarts it), so whichever one
-    // carried the lock's keep-alive stream is among them.
+    // First join: every etcd member crashes in turn, each down for longer than the lease TTL
+    // (the two others keep a quorum), so whichever one carried the lock's keep-alive stream
+    // is among them.
     let first = c.wait_started("join", Duration::from_secs(60)).await;
     for cp in ["cp-1", "cp-2", "cp-3"] {
         let sd = c.nodes[cp].sd.clone();
         sd.crash_etcd().await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(TTL + Duration::from_secs(1)).await;
         sd.restart_if_wanted().await;
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Second join: its agent is restarted in the middle of it.
     let t0 = Instant::now();
@@ -1184,7 +1216,11 @@ async fn a_slow_control_plane_join_is_never_raced() {
     c.kill(&second);
     c.start(&second);
     c.wait_member(Duration::from_secs(90)).await;
-    let calls = c.finished();
+    let calls: Vec<Call> = c
+        .nodes
+        .iter()
+        .flat_map(|(name, n)| all_calls(&n.cfg.root, name))
+        .collect();
     let joins: Vec<&Call> = calls
         .iter()
         .filter(|k| k.command == "join" && k.control_plane)
