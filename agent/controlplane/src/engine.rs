@@ -44,6 +44,7 @@ use crate::kubeadm::{self as kcfg, ClusterParams, JoinParams};
 use crate::kubelet::{self, KubeletError};
 use crate::membership::MemberInfo;
 use crate::pki::{EtcdCa, MemberFiles, PkiError};
+use crate::progress::{decide_kubeadm, Claim, KubeadmFacts, KubeadmStep, Persisted, Progress};
 
 // ---------------------------------------------------------------------------------------------
 // What the daemon provides.
@@ -114,9 +115,19 @@ pub use crate::kubeadm_run::{
     redact_args, Kubeadm, KubeadmCommand, KubeadmError, KubeadmOp, OpRecords,
 };
 
-/// Wall-clock time for join material expiry.
+/// Time for the engine: wall-clock time for join material expiry, and every wait the engine
+/// makes (pauses between polls and retries, bounds on calls, deadlines), so a test clock can
+/// run the engine's waiting in virtual time.
 pub trait Clock: Send + Sync + 'static {
     fn now_unix(&self) -> u64;
+    /// Monotonic now, for deadlines and "not seen for".
+    fn instant(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
+    /// Waits `d`.
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(d)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -292,36 +303,6 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
-/// What this node has done, fsynced before each irreversible step.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Persisted {
-    /// Recorded before etcd first starts; the bootstrap rule's `started`.
-    etcd_started: bool,
-    etcd_state: Option<ClusterState>,
-    initial_cluster: Option<String>,
-    /// A learner added for this node and not yet promoted.
-    learner_id: Option<u64>,
-    /// The etcd cluster ID, once seen: a node that ever held one never inits again.
-    cluster_id: Option<String>,
-    /// Recorded before this node runs `kubeadm init`.
-    init_ran: bool,
-    /// Recorded once `kubeadm init` exited 0: from then on a retry only records `init-done` in
-    /// etcd, it never resets and re-runs init (a second init would make a new cluster CA). A
-    /// cache of the evidence (the init marker and admin.conf), which a crash may leave unset.
-    #[serde(default)]
-    init_succeeded: bool,
-    kubeadm_done: bool,
-    /// This node's init claim, persisted before the init transaction, so a retry after a lost
-    /// reply recognises its own claim.
-    #[serde(default)]
-    init_nonce: Option<String>,
-    /// The lease of the join lock this node holds, persisted when taken, so a restarted agent
-    /// takes the lock back before it expires instead of freeing it mid-join.
-    #[serde(default)]
-    join_lease: Option<i64>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("node {node}: the control-plane configuration is invalid")]
@@ -462,13 +443,13 @@ impl EngineHandle {
                 // like one from a member that never formed.
                 let cluster_id = match p.cluster_id {
                     Some(id) => Some(id),
-                    None if p.etcd_started => local_cluster_id(&s.cfg, set).await,
+                    None if p.progress.etcd_started() => local_cluster_id(&s.cfg, set).await,
                     None => None,
                 };
                 Response::Started(StartedAnswer {
                     from: s.cfg.node.clone(),
                     members_digest: set.digest(),
-                    started: p.etcd_started,
+                    started: p.progress.etcd_started(),
                     cluster_id,
                 })
             }
@@ -666,6 +647,14 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         &self.shared.cfg
     }
 
+    /// `f`'s output, or None once `d` has passed on the engine's clock.
+    async fn within<F: Future>(&self, d: Duration, f: F) -> Option<F::Output> {
+        tokio::select! {
+            out = f => Some(out),
+            () = self.clock.sleep(d) => None,
+        }
+    }
+
     fn node(&self) -> String {
         self.cfg().node.clone()
     }
@@ -674,7 +663,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         let text = kubedna_host::error_chain(e);
         tracing::warn!(node = %self.cfg().node, error = %text, "formation step failed; retrying");
         lock(&self.shared.status).last_error = Some(text);
-        tokio::time::sleep(self.cfg().timings.retry).await;
+        self.clock.sleep(self.cfg().timings.retry).await;
     }
 
     fn set_phase(&self, phase: Phase, waiting_for: Option<String>) {
@@ -885,7 +874,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                             "{have} of {need} other control planes answered \"not started\""
                         )),
                     );
-                    tokio::time::sleep(self.cfg().timings.poll).await;
+                    self.clock.sleep(self.cfg().timings.poll).await;
                 }
                 d => return Ok((d, answers)),
             }
@@ -902,10 +891,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             let m = c.members().await.ok()?;
             Some((c, m))
         };
-        tokio::time::timeout(Duration::from_secs(5), attempt)
-            .await
-            .ok()
-            .flatten()
+        self.within(Duration::from_secs(5), attempt).await.flatten()
     }
 
     /// Takes the join lock: back from before a restart if this node's persisted lease still
@@ -939,7 +925,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             }
             lock(&self.shared.status).waiting_for =
                 Some("the join lock (another control plane is joining)".into());
-            tokio::time::sleep(self.cfg().timings.poll).await;
+            self.clock.sleep(self.cfg().timings.poll).await;
         }
     }
 
@@ -952,9 +938,9 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 c.client().maintenance_client().status().await.ok()
             };
             if !m.client_urls.is_empty()
-                && tokio::time::timeout(Duration::from_secs(2), probe)
+                && self
+                    .within(Duration::from_secs(2), probe)
                     .await
-                    .ok()
                     .flatten()
                     .is_some()
             {
@@ -998,12 +984,12 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             }
             members.retain(|m| m.id != stale.id);
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = self.clock.instant() + Duration::from_secs(30);
         let (id, members) = loop {
             match coord.add_learner(&adv.peer).await {
                 Ok(r) => break r,
-                Err(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(self.cfg().timings.poll).await
+                Err(_) if self.clock.instant() < deadline => {
+                    self.clock.sleep(self.cfg().timings.poll).await
                 }
                 Err(e) => return Err(self.coord_err("cannot add this node as a learner")(e)),
             }
@@ -1028,7 +1014,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
 
     async fn promote(&self, coord: &Coordinator, id: u64) -> Result<(), EngineError> {
         let secs = 60;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let deadline = self.clock.instant() + Duration::from_secs(secs);
         loop {
             match coord.promote(id).await {
                 Ok(()) => return Ok(()),
@@ -1038,8 +1024,8 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 {
                     return Ok(()); // promoted by an earlier attempt
                 }
-                Err(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(self.cfg().timings.poll).await
+                Err(_) if self.clock.instant() < deadline => {
+                    self.clock.sleep(self.cfg().timings.poll).await
                 }
                 Err(_) => {
                     return Err(EngineError::NotPromoted {
@@ -1058,7 +1044,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         let mut p = self.persisted();
         let mut join_lock: Option<Leadership> = None;
         let mut early: Option<Coordinator> = None;
-        if !p.etcd_started {
+        if !p.progress.etcd_started() {
             let (decision, answers) = self.bootstrap_decision().await?;
             let heard: Vec<String> = answers
                 .iter()
@@ -1124,7 +1110,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 }
                 Decision::Resume | Decision::Wait { .. } => {}
             }
-            p.etcd_started = true;
+            p.progress = Progress::EtcdStarted;
             self.persist(&p)?;
         }
 
@@ -1196,7 +1182,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         }
         self.refresh_members(&coord).await;
 
-        if !p.kubeadm_done {
+        if !p.progress.is_member() {
             if p.init_nonce.is_none() {
                 let mut nonce = [0u8; 16];
                 getrandom::fill(&mut nonce).expect("the kernel's random source is available");
@@ -1209,45 +1195,13 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 .await
                 .map_err(self.coord_err("the init transaction failed"))?;
             lock(&self.shared.status).init_recorded = true;
-            let me = self.node();
-            match decision {
-                InitDecision::Won { .. } => self.init(&coord, &mut p).await?,
-                InitDecision::Taken { by } if by == me => {
-                    let done = coord
-                        .get(&coord.key("init-done"))
-                        .await
-                        .map_err(self.coord_err("cannot read the init record"))?;
-                    // Not this state's claim (its nonce differs): a claim an agent before nonces
-                    // made on this disk (it recorded `init_ran`), or one made before this
-                    // node's state directory was wiped.
-                    match (done.is_some(), p.init_ran) {
-                        (false, false) => return Err(EngineError::InitInterrupted { node: me }),
-                        (false, true) => self.init(&coord, &mut p).await?,
-                        (true, true) => {}
-                        // The cluster was initialised here, then this node lost its disk (a
-                        // reinstall under the same name): nothing of that init is left on it,
-                        // so it joins like any other control plane.
-                        (true, false) => {
-                            let material = self.material_from_etcd(&coord).await?;
-                            if join_lock.is_none() {
-                                join_lock = Some(self.acquire_join_lock(&coord, &mut p).await?);
-                            }
-                            self.join(&material, Some(&coord), join_lock.as_ref())
-                                .await?;
-                        }
-                    }
-                }
-                InitDecision::Taken { .. } => {
-                    let material = self.material_from_etcd(&coord).await?;
-                    if join_lock.is_none() {
-                        join_lock = Some(self.acquire_join_lock(&coord, &mut p).await?);
-                    }
-                    self.join(&material, Some(&coord), join_lock.as_ref())
-                        .await?;
-                }
-            }
-            p.kubeadm_done = true;
-            self.persist(&p)?;
+            let claim = match decision {
+                InitDecision::Won { .. } => Claim::Mine,
+                InitDecision::Taken { by } if by == self.cfg().node => Claim::MyNameNotMine,
+                InitDecision::Taken { .. } => Claim::Other,
+            };
+            self.kubeadm_steps(Some((&coord, claim)), &mut p, &mut join_lock)
+                .await?;
         } else {
             lock(&self.shared.status).init_recorded = true;
         }
@@ -1261,31 +1215,115 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         Ok(())
     }
 
-    async fn init(&self, coord: &Coordinator, p: &mut Persisted) -> Result<(), EngineError> {
-        self.set_phase(Phase::Initialising, None);
-        let cfg = self.cfg();
-        if !p.init_succeeded {
-            // `kubeadm init` runs to its end outside the agent: a restarted agent waits for the
-            // one an earlier agent started, then judges it by its evidence.
-            let records = self.kubeadm.records();
-            records
-                .settle(KubeadmOp::Init)
-                .await
-                .map_err(self.kubeadm_err())?;
-            if !self.init_evidence() {
-                if p.init_ran {
-                    // Interrupted before it began, or failed: kubeadm refuses to init over
-                    // what it left, and only a node etcd holds no Kubernetes data for may be
-                    // reset.
-                    self.reset_if_safe(Some(coord), KubeadmOp::Init).await?;
-                }
-                p.init_ran = true;
-                self.persist(p)?;
-                self.run_init().await?;
-            }
-            p.init_succeeded = true;
-            self.persist(p)?;
+    /// What [`decide_kubeadm`] needs, observed after every kubeadm run an earlier agent left
+    /// going has ended (they run to their end outside the agent: never race them).
+    async fn observe_kubeadm(
+        &self,
+        coord: Option<(&Coordinator, Claim)>,
+    ) -> Result<KubeadmFacts, EngineError> {
+        let records = self.kubeadm.records();
+        for op in [KubeadmOp::Init, KubeadmOp::Join, KubeadmOp::Reset] {
+            records.settle(op).await.map_err(self.kubeadm_err())?;
         }
+        let kubelet_conf = rooted(&self.cfg().root, "/etc/kubernetes/kubelet.conf").exists();
+        let join_evidence = records.succeeded(KubeadmOp::Join) && kubelet_conf;
+        let (claim, init_done, kubernetes_data) = match coord {
+            Some((coord, claim)) => {
+                let done = coord
+                    .get(&coord.key("init-done"))
+                    .await
+                    .map_err(self.coord_err("cannot read the init record"))?;
+                let data = coord
+                    .any_key_under("/registry/")
+                    .await
+                    .map_err(self.coord_err("cannot check etcd for Kubernetes data"))?;
+                (Some(claim), done.is_some(), data)
+            }
+            None => (None, false, false),
+        };
+        Ok(KubeadmFacts {
+            claim,
+            init_done,
+            init_evidence: self.init_evidence(),
+            join_evidence,
+            half_joined: kubelet_conf && !join_evidence,
+            kubernetes_data,
+        })
+    }
+
+    /// Observes, decides ([`decide_kubeadm`]) and acts until kubeadm is done on this node.
+    /// `coord` is the control plane's etcd with its init claim (None for a worker); a
+    /// control plane joins under `join_lock`, taken here when needed.
+    async fn kubeadm_steps(
+        &self,
+        coord: Option<(&Coordinator, Claim)>,
+        p: &mut Persisted,
+        join_lock: &mut Option<Leadership>,
+    ) -> Result<(), EngineError> {
+        loop {
+            let facts = self.observe_kubeadm(coord).await?;
+            let step = decide_kubeadm(p.progress, &facts);
+            tracing::info!(node = %self.cfg().node, progress = ?p.progress, ?facts, ?step, "kubeadm step");
+            match step {
+                KubeadmStep::Done => {
+                    p.progress = Progress::Member {
+                        etcd_started: p.progress.etcd_started(),
+                        init_ran: p.progress.init_ran(),
+                    };
+                    self.persist(p)?;
+                    return Ok(());
+                }
+                KubeadmStep::RecordInitSucceeded => {
+                    p.progress = Progress::InitSucceeded;
+                    self.persist(p)?;
+                    if let Some((coord, _)) = coord {
+                        self.record_init_done(coord).await?;
+                    }
+                }
+                KubeadmStep::RunInit { reset_first } => {
+                    self.set_phase(Phase::Initialising, None);
+                    if reset_first {
+                        self.reset().await;
+                    }
+                    p.progress = Progress::InitRan;
+                    self.persist(p)?;
+                    self.run_init().await?;
+                }
+                KubeadmStep::Join { reset_first } => {
+                    let material = match coord {
+                        Some((coord, _)) => {
+                            let m = self.material_from_etcd(coord).await?;
+                            if join_lock.is_none() {
+                                *join_lock = Some(self.acquire_join_lock(coord, p).await?);
+                            }
+                            m
+                        }
+                        None => self.material_from_peers().await?,
+                    };
+                    self.set_phase(Phase::Joining, None);
+                    if reset_first {
+                        self.reset().await;
+                    }
+                    self.join(&material, join_lock.as_ref()).await?;
+                }
+                KubeadmStep::RefuseReset { op } => {
+                    let e = EngineError::ResetRefused {
+                        node: self.node(),
+                        op: op.name(),
+                        marker: self.kubeadm.records().marker_path(op),
+                    };
+                    tracing::error!(node = %self.cfg().node, error = %kubedna_host::error_chain(&e), "will not reset this node");
+                    return Err(e);
+                }
+                KubeadmStep::InitInterrupted => {
+                    return Err(EngineError::InitInterrupted { node: self.node() })
+                }
+            }
+        }
+    }
+
+    async fn record_init_done(&self, coord: &Coordinator) -> Result<(), EngineError> {
+        let cfg = self.cfg();
         let rec = serde_json::json!({ "node": cfg.node }).to_string();
         coord
             .client()
@@ -1312,41 +1350,14 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             && rooted(&self.cfg().root, "/etc/kubernetes/admin.conf").exists()
     }
 
-    /// `kubeadm reset --force` after an interrupted or failed `op`, but never once etcd holds
-    /// any `/registry/` key (Kubernetes has written data: a reset does not clean etcd, and a
-    /// second init would make a new CA over it): then this node stops with what to do, in its
-    /// status and its log. A reset an earlier agent started is awaited first.
-    async fn reset_if_safe(
-        &self,
-        coord: Option<&Coordinator>,
-        op: KubeadmOp,
-    ) -> Result<(), EngineError> {
-        if let Some(coord) = coord {
-            let data = coord
-                .any_key_under("/registry/")
-                .await
-                .map_err(self.coord_err("cannot check etcd for Kubernetes data"))?;
-            if data {
-                let e = EngineError::ResetRefused {
-                    node: self.node(),
-                    op: op.name(),
-                    marker: self.kubeadm.records().marker_path(op),
-                };
-                tracing::error!(node = %self.cfg().node, error = %kubedna_host::error_chain(&e), "will not reset this node");
-                return Err(e);
-            }
-        }
-        let records = self.kubeadm.records();
-        records
-            .settle(KubeadmOp::Reset)
-            .await
-            .map_err(self.kubeadm_err())?;
-        tracing::warn!(node = %self.cfg().node, op = op.name(), "resetting what an unfinished kubeadm run left");
+    /// `kubeadm reset --force` after an interrupted or failed run ([`decide_kubeadm`] decided
+    /// it, having seen no Kubernetes data in etcd and no run still going).
+    async fn reset(&self) {
+        tracing::warn!(node = %self.cfg().node, "resetting what an unfinished kubeadm run left");
         let _ = self
             .kubeadm
             .run(KubeadmOp::Reset, &["reset".into(), "--force".into()])
             .await;
-        Ok(())
     }
 
     /// `kubeadm init` on this disk: the caller has recorded `init_ran` and found no evidence
@@ -1417,36 +1428,17 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     },
                 );
             }
-            tokio::time::sleep(self.cfg().timings.poll).await;
+            self.clock.sleep(self.cfg().timings.poll).await;
         }
     }
 
-    /// `kubeadm join`, as a control plane when this node is one (then under `join_lock`, and
-    /// with `coord` to check etcd before any reset).
+    /// `kubeadm join`, as a control plane when this node is one (then under `join_lock`).
     async fn join(
         &self,
         m: &JoinMaterial,
-        coord: Option<&Coordinator>,
         join_lock: Option<&Leadership>,
     ) -> Result<(), EngineError> {
-        self.set_phase(Phase::Joining, None);
         let cfg = self.cfg();
-        let records = self.kubeadm.records();
-        // A join an earlier agent started runs to its end outside the agent: wait for it,
-        // never race it, then judge it by its marker.
-        records
-            .settle(KubeadmOp::Join)
-            .await
-            .map_err(self.kubeadm_err())?;
-        let kubelet_conf = rooted(&cfg.root, "/etc/kubernetes/kubelet.conf");
-        if records.succeeded(KubeadmOp::Join) && kubelet_conf.exists() {
-            tracing::info!(node = %cfg.node, "an earlier kubeadm join on this node succeeded");
-            return Ok(());
-        }
-        if kubelet_conf.exists() {
-            // A join that ran and did not succeed: kubeadm refuses to join over it.
-            self.reset_if_safe(coord, KubeadmOp::Join).await?;
-        }
         if join_lock.is_some_and(Leadership::is_lost) {
             return Err(EngineError::JoinLockLost {
                 node: self.node(),
@@ -1549,7 +1541,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                             lock(&self.shared.status).leader = None;
                             return Ok(());
                         }
-                        _ = tokio::time::sleep(self.cfg().timings.poll * 2) => {}
+                        _ = self.clock.sleep(self.cfg().timings.poll * 2) => {}
                     }
                 }
             }
@@ -1576,7 +1568,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 self.refresh_members(&coord).await;
                 tokio::select! {
                     r = coord.wait_vacant() => r.map_err(self.coord_err("cannot watch the leader"))?,
-                    _ = tokio::time::sleep(self.cfg().timings.poll * 2) => {}
+                    _ = self.clock.sleep(self.cfg().timings.poll * 2) => {}
                 }
                 Ok(())
             }
@@ -1595,7 +1587,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             return false;
         }
         let alive = self.peers.alive();
-        let now = tokio::time::Instant::now();
+        let now = self.clock.instant();
         let mut slot = lock(&self.absence);
         let a = match slot.as_mut() {
             Some(a) if a.node == node && a.term == term => a,
@@ -1700,41 +1692,38 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         cps
     }
 
-    async fn form_worker(&self) -> Result<(), EngineError> {
-        self.prepare().await?;
-        let mut p = self.persisted();
-        if !p.kubeadm_done {
-            let material = loop {
-                self.set_phase(
-                    Phase::WaitingForJoinMaterial,
-                    Some("join material from a control plane".into()),
-                );
-                let mut got = None;
-                for cp in self.control_planes().await {
-                    if let Ok(Response::JoinMaterial { sealed, leader }) =
-                        self.peers.ask(&cp, Request::JoinMaterial).await
-                    {
-                        let m = joinmat::open(&self.cfg().secret.0, &self.cfg().cluster, &sealed)
-                            .map_err(|source| EngineError::JoinMaterial {
+    /// Join material from the first alive control plane that has it.
+    async fn material_from_peers(&self) -> Result<JoinMaterial, EngineError> {
+        loop {
+            self.set_phase(
+                Phase::WaitingForJoinMaterial,
+                Some("join material from a control plane".into()),
+            );
+            for cp in self.control_planes().await {
+                if let Ok(Response::JoinMaterial { sealed, leader }) =
+                    self.peers.ask(&cp, Request::JoinMaterial).await
+                {
+                    let m = joinmat::open(&self.cfg().secret.0, &self.cfg().cluster, &sealed)
+                        .map_err(|source| EngineError::JoinMaterial {
                             node: self.node(),
                             from: cp.clone(),
                             source,
                         })?;
-                        let mut s = lock(&self.shared.status);
-                        s.leader = leader;
-                        s.init_recorded = true;
-                        got = Some(m);
-                        break;
-                    }
+                    let mut s = lock(&self.shared.status);
+                    s.leader = leader;
+                    s.init_recorded = true;
+                    return Ok(m);
                 }
-                if let Some(m) = got {
-                    break m;
-                }
-                tokio::time::sleep(self.cfg().timings.poll).await;
-            };
-            self.join(&material, None, None).await?;
-            p.kubeadm_done = true;
-            self.persist(&p)?;
+            }
+            self.clock.sleep(self.cfg().timings.poll).await;
+        }
+    }
+
+    async fn form_worker(&self) -> Result<(), EngineError> {
+        self.prepare().await?;
+        let mut p = self.persisted();
+        if !p.progress.is_member() {
+            self.kubeadm_steps(None, &mut p, &mut None).await?;
         }
         lock(&self.shared.status).init_recorded = true;
         self.start_kubelet().await
@@ -1747,7 +1736,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 break;
             }
         }
-        tokio::time::sleep(self.cfg().timings.poll * 2).await;
+        self.clock.sleep(self.cfg().timings.poll * 2).await;
         Ok(())
     }
 }

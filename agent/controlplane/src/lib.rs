@@ -18,3 +18,4 @@ pub mod kubeadm_run;
 pub mod kubelet;
 pub mod membership;
 pub mod pki;
+pub mod progress;
