@@ -126,7 +126,12 @@ impl OpRecords {
         })
         .await
         .map_err(|e| err(std::io::Error::other(e.to_string())))?;
-        waited.map_err(err)
+        waited.map_err(err)?;
+        // Output a run left behind when its agent died: kubeadm prints tokens and keys.
+        for ext in ["out", "err"] {
+            let _ = std::fs::remove_file(self.dir.join(format!("{}.{ext}", op.name())));
+        }
+        Ok(())
     }
 
     /// Prepares a run of node operation `op`: removes its old marker and returns the command
