@@ -1172,6 +1172,13 @@ async fn a_deposed_leader_never_completes_an_upload_after_the_new_term() {
         Some(key_fingerprint(&key).as_str()),
         "the stored key is not the last uploaded key: {uploads:?}"
     );
+    // The key is derived from the cluster secret: every upload, by any leader, is equivalent.
+    assert!(
+        uploads
+            .iter()
+            .all(|k| k.key_fingerprint == last.key_fingerprint),
+        "uploads under different keys: {uploads:?}"
+    );
     c.shutdown().await;
 }
 
