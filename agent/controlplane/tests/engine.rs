@@ -1184,10 +1184,13 @@ async fn a_deposed_leader_never_completes_an_upload_after_the_new_term() {
 
 /// Issue 16, fault 3: the join lock holds for a whole slow control-plane join, through crashes
 /// of the etcd members that may carry its keep-alive and through a restart of the joining
-/// node's agent: no two control-plane joins overlap, and no reset overlaps a running join.
+/// node's agent while another node waits for the lock: no two control-plane joins overlap, and
+/// no reset overlaps a running join.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_control_plane_join_is_never_raced() {
-    let mut c = Cluster::new(3, 0, TTL);
+    // Four control planes: one inits, three join, so a third joiner waits for the lock while
+    // the second's agent restarts.
+    let mut c = Cluster::new(4, 0, TTL);
     // Longer than the lease TTL, an etcd outage and an agent restart together.
     let join_ms = (TTL * 6).as_millis().to_string();
     c.knob_all("delay-join", Some(&join_ms));
@@ -1196,7 +1199,7 @@ async fn a_slow_control_plane_join_is_never_raced() {
     // (the two others keep a quorum), so whichever one carried the lock's keep-alive stream
     // is among them.
     let first = c.wait_started("join", Duration::from_secs(60)).await;
-    for cp in ["cp-1", "cp-2", "cp-3"] {
+    for cp in ["cp-1", "cp-2", "cp-3", "cp-4"] {
         let sd = c.nodes[cp].sd.clone();
         sd.crash_etcd().await;
         tokio::time::sleep(TTL + Duration::from_secs(1)).await;
@@ -1222,6 +1225,10 @@ async fn a_slow_control_plane_join_is_never_raced() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.kill(&second);
     c.start(&second);
+    // The third joiner's join may be quick; the restarted one's is still running.
+    for n in c.nodes.keys().filter(|n| **n != second) {
+        c.knob(n, "delay-join", None);
+    }
     c.wait_member(Duration::from_secs(90)).await;
     let calls: Vec<Call> = c
         .nodes

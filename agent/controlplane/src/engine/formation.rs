@@ -171,21 +171,41 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
     /// Takes the join lock: back from before a restart if this node's persisted lease still
     /// holds it (so a join in progress keeps its lock across an agent restart), else anew,
     /// persisting its lease.
+    /// Takes back the join lock this node held before a restart (its lease persisted), if the
+    /// lease still holds it; clears the record otherwise.
+    pub(super) async fn resume_join_lock(
+        &self,
+        coord: &Coordinator,
+        p: &mut Persisted,
+    ) -> Result<Option<Leadership>, EngineError> {
+        let Some(lease) = p.join_lease else {
+            return Ok(None);
+        };
+        let ttl = self.cfg().timings.lease_ttl;
+        let resumed = coord
+            .resume("join", &self.cfg().node, lease, ttl)
+            .await
+            .map_err(self.coord_err("cannot take the join lock back"))?;
+        match &resumed {
+            Some(_) => {
+                tracing::info!(node = %self.cfg().node, "took back the join lock held before a restart")
+            }
+            None => {
+                p.join_lease = None;
+                self.persist(p)?;
+            }
+        }
+        Ok(resumed)
+    }
+
     pub(super) async fn acquire_join_lock(
         &self,
         coord: &Coordinator,
         p: &mut Persisted,
     ) -> Result<Leadership, EngineError> {
         let ttl = self.cfg().timings.lease_ttl;
-        if let Some(lease) = p.join_lease {
-            if let Some(l) = coord
-                .resume("join", &self.cfg().node, lease, ttl)
-                .await
-                .map_err(self.coord_err("cannot take the join lock back"))?
-            {
-                tracing::info!(node = %self.cfg().node, "took back the join lock held before a restart");
-                return Ok(l);
-            }
+        if let Some(l) = self.resume_join_lock(coord, p).await? {
+            return Ok(l);
         }
         loop {
             if let Some(l) = coord
@@ -419,6 +439,11 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     .await?
             }
         };
+        // A restarted agent takes its join lock back first, before waiting for the join its
+        // predecessor left running: the lock must not lapse while that join runs.
+        if join_lock.is_none() && !p.progress.is_member() {
+            join_lock = self.resume_join_lock(&coord, &mut p).await?;
+        }
         if let Some(id) = p.learner_id {
             if join_lock.as_ref().is_some_and(Leadership::is_lost) {
                 return Err(EngineError::JoinLockLost {
