@@ -3,6 +3,11 @@
 //! Before starting etcd as `new`, a node needs "not started" from q = ⌊n/2⌋+1 *other* members of E
 //! whose E hashes to the same value as its own; any "started" answer means join instead. A member
 //! records `started` durably before it first starts etcd, and answers from that record.
+//!
+//! [`fallback`] is the rule for the node told to join when no quorum of the cluster serves (a
+//! staggered first boot, or an unreachable peer port): it may start as `new` only while no
+//! started member reports a formed cluster, which a member reports from its recorded cluster ID
+//! or, before it recorded one, from its running etcd's own status.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -136,14 +141,7 @@ pub fn decide(
     if i_started {
         return Ok(Decision::Resume);
     }
-    let digest = set.digest();
-    // The latest answer per member; answers from others only, with our E.
-    let mut by_member: BTreeMap<&str, &StartedAnswer> = BTreeMap::new();
-    for a in answers {
-        if a.from != me && set.contains(&a.from) && a.members_digest == digest {
-            by_member.insert(&a.from, a);
-        }
-    }
+    let by_member = counted(me, set, answers);
     if let Some(a) = by_member.values().find(|a| a.started) {
         return Ok(Decision::Join {
             via: a.from.clone(),
@@ -160,6 +158,45 @@ pub fn decide(
         Ok(Decision::StartNew)
     } else {
         Ok(Decision::Wait { have, need })
+    }
+}
+
+/// The latest answer per member; answers from others only, with our E.
+fn counted<'a>(
+    me: &str,
+    set: &MemberSet,
+    answers: &'a [StartedAnswer],
+) -> BTreeMap<&'a str, &'a StartedAnswer> {
+    let digest = set.digest();
+    let mut by_member: BTreeMap<&str, &StartedAnswer> = BTreeMap::new();
+    for a in answers {
+        if a.from != me && set.contains(&a.from) && a.members_digest == digest {
+            by_member.insert(&a.from, a);
+        }
+    }
+    by_member
+}
+
+/// What a node told to [`Decision::Join`] may do when no quorum of the cluster serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// No started member reports a formed cluster: it is still forming (a staggered first
+    /// boot, waiting for this node's member) and this node starts as `new` with E's initial
+    /// cluster, exactly as a simultaneous boot would have.
+    StartNew,
+    /// A started member reports a formed cluster: wait for its quorum to come back, never `new`.
+    WaitForQuorum,
+}
+
+/// Decides the no-quorum case from the answers heard (counted as [`decide`] counts them).
+pub fn fallback(me: &str, set: &MemberSet, answers: &[StartedAnswer]) -> Fallback {
+    if counted(me, set, answers)
+        .values()
+        .any(|a| a.started && a.cluster_id.is_some())
+    {
+        Fallback::WaitForQuorum
+    } else {
+        Fallback::StartNew
     }
 }
 

@@ -1,11 +1,19 @@
 //! What must happen once, decided in etcd. Keys live under `/kubedna/<cluster>/`.
 //!
 //! - `init`: [`Coordinator::init_once`] is one transaction, `create_revision(init) == 0 → put`,
-//!   so among any number of racing callers exactly one is told [`InitDecision::Won`].
+//!   so among any number of racing callers exactly one is told [`InitDecision::Won`]. The record
+//!   carries the caller's nonce (persisted by the caller before the transaction), so a caller
+//!   whose transaction committed but whose reply was lost is told `Won` again on retry.
 //! - `leader`: [`Coordinator::campaign`] puts the key bound to a lease; the key's create revision
 //!   is the leader's **term**, strictly increasing across leaders. Every leader write goes through
 //!   [`Coordinator::fenced_put`], a transaction that commits only while `create_revision(leader)`
 //!   still equals the writer's term, so a deposed leader's writes are refused.
+//!
+//! A lease-bound key's holder ([`Leadership`]) keeps renewing through errors (a crashed member,
+//! a dropped stream) until the TTL has truly run out, and learns at once, by a watch on the key,
+//! when the key is deleted or taken over ([`Leadership::lost`]). A restarted holder takes its
+//! own lease back with [`Coordinator::resume`] before the TTL runs out, so a lock held across
+//! an agent restart is never free in between.
 //!
 //! A leader that stops renewing (crashed, paused, cut off) loses its lease after the TTL and etcd
 //! deletes the key; [`Coordinator::wait_vacant`] wakes on that delete through a watch. Sooner, a
@@ -36,6 +44,14 @@ pub enum CoordError {
     Corrupt { key: String },
 }
 
+/// What a lease-bound key's renewal needs: the lease, its TTL, the key and the term it holds.
+struct Seat {
+    lease: i64,
+    ttl: Duration,
+    key: String,
+    term: i64,
+}
+
 /// Who initialises the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InitDecision {
@@ -48,6 +64,9 @@ pub enum InitDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct InitRecord {
     node: String,
+    /// The claimant's nonce; absent in records written before nonces existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,9 +86,16 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// Resolves when renewal fails or the lease is gone.
+    /// Resolves when the key is gone or held under another term, or the lease's TTL ran out
+    /// without a successful renewal. Errors alone never resolve it: renewal is retried until
+    /// the TTL has truly run out.
     pub async fn lost(&mut self) {
         let _ = self.lost.wait_for(|l| *l).await;
+    }
+
+    /// Whether [`Leadership::lost`] has resolved, without waiting.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
     }
 
     /// Stops renewing without revoking: what a crash or a pause looks like to etcd.
@@ -214,10 +240,16 @@ impl Coordinator {
         format!("{}{name}", self.prefix)
     }
 
-    /// Decides, once for the whole cluster, which node runs `kubeadm init`.
-    pub async fn init_once(&self, node: &str) -> Result<InitDecision, CoordError> {
+    /// Decides, once for the whole cluster, which node runs `kubeadm init`. `nonce` identifies
+    /// this claim: the caller persists it before calling, so a retry after a lost reply (the
+    /// transaction committed, the answer never arrived) is told `Won` again.
+    pub async fn init_once(&self, node: &str, nonce: &str) -> Result<InitDecision, CoordError> {
         let key = self.key("init");
-        let value = serde_json::to_vec(&InitRecord { node: node.into() }).expect("serializes");
+        let value = serde_json::to_vec(&InitRecord {
+            node: node.into(),
+            nonce: Some(nonce.into()),
+        })
+        .expect("serializes");
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value, None)])
@@ -232,8 +264,12 @@ impl Coordinator {
             let revision = resp.header().map_or(0, |h| h.revision());
             return Ok(InitDecision::Won { revision });
         }
-        let by = first_value::<InitRecord>(resp.op_responses(), &key)?.node;
-        Ok(InitDecision::Taken { by })
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let rec = first_value::<InitRecord>(resp.op_responses(), &key)?;
+        if rec.node == node && rec.nonce.as_deref() == Some(nonce) {
+            return Ok(InitDecision::Won { revision });
+        }
+        Ok(InitDecision::Taken { by: rec.node })
     }
 
     /// The current leader and its term, if any.
@@ -299,20 +335,85 @@ impl Coordinator {
             return Ok(None);
         }
         let term = resp.header().map_or(0, |h| h.revision());
-        let (keeper, stream) = lease_client
+        Ok(Some(self.hold(node, lease, ttl, key, term)))
+    }
+
+    /// Takes back a lease-bound key this node held before a restart (the lease ID persisted
+    /// when it was acquired): only if the key still exists under that lease and names `node`,
+    /// and the lease still has time left. Returns None otherwise (the key is free or taken).
+    pub async fn resume(
+        &self,
+        name: &str,
+        node: &str,
+        lease: i64,
+        ttl: Duration,
+    ) -> Result<Option<Leadership>, CoordError> {
+        let key = self.key(name);
+        let resp = self
+            .client
+            .kv_client()
+            .get(key.as_str(), None)
+            .await
+            .map_err(self.err("cannot read a lease-bound key"))?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let holder: Option<LeaderRecord> = serde_json::from_slice(kv.value()).ok();
+        if kv.lease() != lease || holder.is_none_or(|h| h.node != node) {
+            return Ok(None);
+        }
+        let term = kv.create_revision();
+        let (mut keeper, mut stream) = self
+            .client
+            .lease_client()
             .keep_alive(lease)
             .await
             .map_err(self.err("cannot renew the lease"))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(self.err("cannot renew the lease"))?;
+        match stream.message().await {
+            Ok(Some(r)) if r.ttl() > 0 => Ok(Some(self.hold(node, lease, ttl, key, term))),
+            _ => Ok(None),
+        }
+    }
+
+    fn hold(&self, node: &str, lease: i64, ttl: Duration, key: String, term: i64) -> Leadership {
         let (lost_tx, lost) = watch::channel(false);
-        let every = Duration::from_millis((ttl.as_millis() / 3).max(100) as u64);
-        let renew = tokio::spawn(renew_loop(keeper, stream, every, lost_tx));
-        Ok(Some(Leadership {
+        let seat = Seat {
+            lease,
+            ttl,
+            key,
+            term,
+        };
+        let renew = tokio::spawn(hold_loop(self.client.clone(), seat, lost_tx));
+        Leadership {
             node: node.into(),
             term,
             lease,
             lost,
             renew,
-        }))
+        }
+    }
+
+    /// Whether etcd holds any key under `prefix` (`/registry/`: Kubernetes has written data).
+    pub async fn any_key_under(&self, prefix: &str) -> Result<bool, CoordError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(
+                prefix,
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_limit(1),
+                ),
+            )
+            .await
+            .map_err(self.err("cannot read"))?;
+        Ok(!resp.kvs().is_empty())
     }
 
     /// Gives up leadership at once.
@@ -424,23 +525,89 @@ impl Coordinator {
     }
 }
 
-async fn renew_loop(
-    mut keeper: etcd_client::LeaseKeeper,
-    mut stream: etcd_client::LeaseKeepAliveStream,
-    every: Duration,
-    lost: watch::Sender<bool>,
-) {
-    loop {
-        if keeper.keep_alive().await.is_err() {
-            break;
-        }
-        match stream.message().await {
-            Ok(Some(r)) if r.ttl() > 0 => {}
-            _ => break,
-        }
-        tokio::time::sleep(every).await;
+/// Keeps a lease-bound key held: renews the lease every TTL/3 and watches the key, until the
+/// key is gone (deleted, or recreated under another term), etcd reports the lease expired, or
+/// the TTL has passed since the last renewal etcd acknowledged. Failed calls (a crashed member,
+/// a broken stream) are retried on a fresh stream, which the client may route to another
+/// member, until then: a single error never gives the key up early.
+async fn hold_loop(client: Client, seat: Seat, lost: watch::Sender<bool>) {
+    tokio::select! {
+        () = renew(client.clone(), &seat) => {}
+        () = watch_gone(client, &seat) => {}
     }
     let _ = lost.send(true);
+}
+
+async fn renew(client: Client, seat: &Seat) {
+    let every = Duration::from_millis((seat.ttl.as_millis() / 3).max(100) as u64);
+    let retry = Duration::from_millis((seat.ttl.as_millis() / 20).max(50) as u64);
+    // The lease was granted or renewed just before this loop started.
+    let mut valid_until = tokio::time::Instant::now() + seat.ttl;
+    let mut stream = None;
+    loop {
+        if tokio::time::Instant::now() >= valid_until {
+            return;
+        }
+        let sent = tokio::time::Instant::now();
+        let attempt = async {
+            if stream.is_none() {
+                stream = client.lease_client().keep_alive(seat.lease).await.ok();
+            }
+            let (keeper, replies) = stream.as_mut()?;
+            keeper.keep_alive().await.ok()?;
+            replies.message().await.ok().flatten().map(|r| r.ttl())
+        };
+        let left = valid_until.saturating_duration_since(sent);
+        match tokio::time::timeout(every.min(left), attempt).await {
+            Ok(Some(ttl)) if ttl > 0 => {
+                valid_until = sent + Duration::from_secs(ttl as u64);
+                tokio::time::sleep(every).await;
+            }
+            // etcd says the lease is gone.
+            Ok(Some(_)) => return,
+            _ => {
+                stream = None;
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
+}
+
+/// Returns once the key is deleted or held under another term.
+async fn watch_gone(client: Client, seat: &Seat) {
+    let retry = Duration::from_millis((seat.ttl.as_millis() / 20).max(50) as u64);
+    loop {
+        let from = match client.kv_client().get(seat.key.as_str(), None).await {
+            Ok(resp) => match resp.kvs().first() {
+                Some(kv) if kv.create_revision() == seat.term => {
+                    resp.header().map_or(kv.mod_revision(), |h| h.revision()) + 1
+                }
+                _ => return,
+            },
+            Err(_) => {
+                tokio::time::sleep(retry).await;
+                continue;
+            }
+        };
+        let opened = client
+            .watch_client()
+            .watch(
+                seat.key.as_str(),
+                Some(WatchOptions::new().with_start_revision(from)),
+            )
+            .await;
+        if let Ok(mut events) = opened {
+            while let Ok(Some(msg)) = events.message().await {
+                if msg.events().iter().any(|e| {
+                    e.event_type() == EventType::Delete
+                        || e.kv().is_some_and(|kv| kv.create_revision() != seat.term)
+                }) {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(retry).await;
+    }
 }
 
 fn first_value<T: for<'de> Deserialize<'de>>(

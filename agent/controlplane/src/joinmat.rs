@@ -2,7 +2,9 @@
 //! certificate key for control planes, API endpoint). The leader makes it and renews it before it
 //! expires; it is stored in etcd only sealed (XChaCha20-Poly1305 under a key derived from the
 //! cluster secret with HKDF-SHA256, the cluster name as associated data) and handed to joining
-//! nodes only over the authenticated mesh. Debug output never shows the token or the key.
+//! nodes only over the authenticated mesh. Debug output never shows the token or the key. The
+//! certificate key is derived from the cluster secret ([`certificate_key`]), so uploads by any
+//! two leaders are equivalent.
 
 use std::fmt;
 
@@ -81,6 +83,19 @@ pub fn new_token() -> String {
 /// A fresh certificate key (hex of 32 bytes), as `kubeadm certs certificate-key` prints.
 pub fn new_certificate_key() -> String {
     hex::encode(random::<32>())
+}
+
+/// The cluster's certificate key (hex of 32 bytes), derived from the cluster secret with
+/// HKDF-SHA256 under its own label (as the sealing key above and the mesh's keys are), so every
+/// leader uploads the control-plane certificates under the same key: an upload by a deposed
+/// leader that resumes late is equivalent to the current leader's, and cannot break the key
+/// the stored join material carries.
+pub fn certificate_key(secret: &[u8], cluster: &str) -> Zeroizing<String> {
+    let hk = Hkdf::<Sha256>::new(Some(b"kubedna kubeadm certificate key v1"), secret);
+    let mut key = Zeroizing::new([0u8; 32]);
+    hk.expand(cluster.as_bytes(), key.as_mut())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    Zeroizing::new(hex::encode(key.as_ref()))
 }
 
 impl JoinMaterial {
@@ -194,6 +209,23 @@ mod tests {
             !text.contains(&m.token) && !text.contains(&m.certificate_key),
             "plaintext in the sealed bytes"
         );
+    }
+
+    #[test]
+    fn the_certificate_key_is_one_per_cluster_secret_and_apart_from_the_sealing_key() {
+        let k = certificate_key(SECRET, "lab");
+        assert_eq!(k.len(), 64);
+        assert!(hex::decode(k.as_str()).is_ok());
+        assert_eq!(k, certificate_key(SECRET, "lab"));
+        assert_ne!(k, certificate_key(SECRET, "prod"));
+        assert_ne!(
+            k,
+            certificate_key(b"another-secret-another-secret-xx", "lab")
+        );
+        let hk = Hkdf::<Sha256>::new(Some(b"kubedna join material v1"), SECRET);
+        let mut sealing = [0u8; 32];
+        hk.expand(b"lab", &mut sealing).expect("hkdf");
+        assert_ne!(k.as_str(), hex::encode(sealing));
     }
 
     #[test]

@@ -6,14 +6,19 @@
 //!   transaction, and leader election by lease whose term fences every leader write.
 //!
 //! - [`engine`]: the node engine the daemon runs: it sequences the above with etcd and kubelet as
-//!   systemd services ([`etcd_unit`], [`kubelet`]) and kubeadm, from host preparation to `member`.
+//!   systemd services ([`etcd_unit`], [`kubelet`]) and kubeadm ([`kubeadm_run`]), from host
+//!   preparation to `member`, deciding its kubeadm steps with [`progress`] and running the
+//!   leader's [`duties`] under its term.
 
 pub mod bootstrap;
 pub mod coord;
+pub mod duties;
 pub mod engine;
 pub mod etcd_unit;
 pub mod joinmat;
 pub mod kubeadm;
+pub mod kubeadm_run;
 pub mod kubelet;
 pub mod membership;
 pub mod pki;
+pub mod progress;

@@ -18,12 +18,16 @@ use std::time::{Duration, Instant};
 
 use kubedna_controlplane::coord::{CoordError, Coordinator};
 use kubedna_controlplane::engine::{
-    ClusterSecret, Engine, EngineConfig, EngineHandle, EtcdNetwork, KubeadmCommand, LeaderStatus,
-    PeerError, PeerInfo, Peers, Phase, Request, Response, Role, Status, SystemClock, Timings,
+    Clock, ClusterSecret, Engine, EngineConfig, EngineHandle, EtcdNetwork, Kubeadm, KubeadmCommand,
+    KubeadmError, KubeadmOp, LeaderStatus, OpRecords, PeerError, PeerInfo, Peers, Phase, Request,
+    Response, Role, Status, SystemClock, Timings,
 };
 use kubedna_controlplane::etcd_unit::{self, MemberUrls};
+use kubedna_controlplane::joinmat;
 use kubedna_controlplane::pki::MemberFiles;
 use kubedna_host::systemd::{Systemd, SystemdError};
+use sha2::Digest;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -63,6 +67,128 @@ struct Calls {
     /// node → any `kubeadm init` attempt.
     init_attempts: BTreeMap<String, usize>,
     joins: BTreeMap<String, usize>,
+    /// node → `kubeadm reset` calls.
+    resets: BTreeMap<String, usize>,
+}
+
+/// One finished call of the double, as its log records it.
+#[derive(Debug, Clone)]
+struct Call {
+    node: String,
+    command: String,
+    control_plane: bool,
+    start_ms: u64,
+    end_ms: u64,
+    key_fingerprint: Option<String>,
+}
+
+fn finished_calls(root: &Path, node: &str) -> Vec<Call> {
+    let text = std::fs::read_to_string(root.join("var/log/kubeadm-double/calls.jsonl"))
+        .unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("call log line");
+            Call {
+                node: node.into(),
+                command: v["command"].as_str().unwrap_or_default().into(),
+                control_plane: v["args"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == "--config"))
+                    && node.starts_with("cp"),
+                start_ms: v["start_ms"].as_u64().unwrap_or_default(),
+                end_ms: v["end_ms"].as_u64().unwrap_or_default(),
+                key_fingerprint: v["certificate_key_sha256"].as_str().map(String::from),
+            }
+        })
+        .collect()
+}
+
+/// Every call of the double on a node, finished or not: a call that started and never logged
+/// its end (the process died, or still runs) counts as running until the end of time.
+fn all_calls(root: &Path, node: &str) -> Vec<Call> {
+    let finished = finished_calls(root, node);
+    let text = std::fs::read_to_string(root.join("var/log/kubeadm-double/started.jsonl"))
+        .unwrap_or_default();
+    let mut out = finished.clone();
+    for v in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let start_ms = v["start_ms"].as_u64().unwrap_or_default();
+        let command = v["command"].as_str().unwrap_or_default().to_string();
+        if !finished
+            .iter()
+            .any(|k| k.start_ms == start_ms && k.command == command)
+        {
+            out.push(Call {
+                node: node.into(),
+                control_plane: node.starts_with("cp"),
+                command,
+                start_ms,
+                end_ms: u64::MAX,
+                key_fingerprint: None,
+            });
+        }
+    }
+    out
+}
+
+/// Commands the double has started on a node (finished or not).
+fn started_commands(root: &Path) -> Vec<String> {
+    started_since(root, 0)
+}
+
+/// Commands the double has started on a node at or after `ms` (Unix milliseconds).
+fn started_since(root: &Path, ms: u64) -> Vec<String> {
+    let text = std::fs::read_to_string(root.join("var/log/kubeadm-double/started.jsonl"))
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["start_ms"].as_u64().unwrap_or_default() >= ms)
+        .map(|v| v["command"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn key_fingerprint(key: &str) -> String {
+    hex::encode(&sha2::Sha256::digest(key.as_bytes())[..8])
+}
+
+/// The double, with one fault the harness can switch on: after a `kubeadm init` that exited 0
+/// the call never returns, so a test can kill the agent between kubeadm's exit and anything
+/// the agent does next.
+struct TestKubeadm {
+    inner: KubeadmCommand,
+    hold_after_init: Arc<AtomicBool>,
+}
+
+impl Kubeadm for TestKubeadm {
+    async fn run(&self, op: KubeadmOp, args: &[String]) -> Result<String, KubeadmError> {
+        let out = self.inner.run(op, args).await?;
+        if op == KubeadmOp::Init && self.hold_after_init.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Ok(out)
+    }
+
+    fn records(&self) -> &OpRecords {
+        self.inner.records()
+    }
+}
+
+/// The wall clock plus an offset the test moves forward (join material expiry).
+#[derive(Clone, Default)]
+struct TestClock(Arc<AtomicU64>);
+
+impl Clock for TestClock {
+    fn now_unix(&self) -> u64 {
+        SystemClock.now_unix() + self.0.load(Ordering::SeqCst)
+    }
 }
 
 fn read_calls(root: &Path, node: &str, into: &mut Calls) {
@@ -81,6 +207,9 @@ fn read_calls(root: &Path, node: &str, into: &mut Calls) {
         }
         if a0 == "join" && ok {
             *into.joins.entry(node.into()).or_default() += 1;
+        }
+        if a0 == "reset" {
+            *into.resets.entry(node.into()).or_default() += 1;
         }
     }
 }
@@ -332,6 +461,8 @@ struct Cluster {
     nodes: BTreeMap<String, Node>,
     urls: BTreeMap<String, MemberUrls>,
     kubeadm: PathBuf,
+    hold_after_init: Arc<AtomicBool>,
+    clock: TestClock,
 }
 
 impl Cluster {
@@ -398,6 +529,53 @@ impl Cluster {
             nodes,
             urls,
             kubeadm: kubeadm_double(),
+            hold_after_init: Arc::new(AtomicBool::new(false)),
+            clock: TestClock::default(),
+        }
+    }
+
+    /// Sets (or with None removes) one of the double's knobs on a node.
+    fn knob(&self, node: &str, name: &str, value: Option<&str>) {
+        let dir = self.nodes[node].cfg.root.join("etc/kubeadm-double");
+        std::fs::create_dir_all(&dir).expect("knob dir");
+        match value {
+            Some(v) => std::fs::write(dir.join(name), v).expect("knob"),
+            None => {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+        }
+    }
+
+    fn knob_all(&self, name: &str, value: Option<&str>) {
+        for n in self.nodes.keys() {
+            self.knob(n, name, value);
+        }
+    }
+
+    /// Every finished call of the double on every node, wiped disks excepted.
+    fn finished(&self) -> Vec<Call> {
+        self.nodes
+            .iter()
+            .flat_map(|(name, n)| finished_calls(&n.cfg.root, name))
+            .collect()
+    }
+
+    /// Waits until `command` has started on some node; returns the first such node.
+    async fn wait_started(&self, command: &str, within: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            if let Some(n) = self
+                .nodes
+                .iter()
+                .find(|(_, n)| started_commands(&n.cfg.root).iter().any(|c| c == command))
+            {
+                return n.0.clone();
+            }
+            assert!(
+                t0.elapsed() < within,
+                "no `{command}` started within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -413,14 +591,18 @@ impl Cluster {
                 net: self.net.clone(),
             },
             Sd(n.sd.clone()),
-            KubeadmCommand {
-                binary: self.kubeadm.clone(),
-                env: vec![(
-                    "KUBEADM_DOUBLE_ROOT".into(),
-                    n.cfg.root.display().to_string(),
-                )],
+            TestKubeadm {
+                inner: KubeadmCommand {
+                    binary: self.kubeadm.clone(),
+                    env: vec![(
+                        "KUBEADM_DOUBLE_ROOT".into(),
+                        n.cfg.root.display().to_string(),
+                    )],
+                    records: OpRecords::new(n.state.join("kubeadm")),
+                },
+                hold_after_init: self.hold_after_init.clone(),
             },
-            SystemClock,
+            self.clock.clone(),
             &n.state,
         )
         .expect("engine");
@@ -841,4 +1023,243 @@ async fn twenty_seeded_fault_runs_never_init_twice_and_complete() {
         );
         c.shutdown().await;
     }
+}
+
+/// Issue 16, fault 1: `kubeadm init` runs to its end outside the agent. An agent killed in the
+/// middle of a slow init, or right after kubeadm exited 0 (before it could record anything),
+/// comes back, waits for or finds that init's evidence, and never resets the node nor runs a
+/// second init.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_killed_during_or_right_after_init_never_inits_twice_nor_resets() {
+    for when in ["during a slow init", "right after kubeadm exited 0"] {
+        let mut c = Cluster::new(3, 0, TTL);
+        if when.starts_with("during") {
+            c.knob_all("delay-init", Some("3000"));
+        } else {
+            c.hold_after_init.store(true, Ordering::SeqCst);
+        }
+        c.start_all();
+        let init_node = c.wait_started("init", Duration::from_secs(60)).await;
+        if when.starts_with("right") {
+            // The call returned exit 0 to the agent, which is now held before its next step.
+            let t0 = Instant::now();
+            while !c.finished().iter().any(|k| k.command == "init") {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "init never finished"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        c.kill(&init_node);
+        c.hold_after_init.store(false, Ordering::SeqCst);
+        c.start(&init_node);
+        c.wait_member(Duration::from_secs(90)).await;
+        let calls = c.calls();
+        assert_eq!(
+            calls.init_attempts.values().sum::<usize>(),
+            1,
+            "{when}: kubeadm init calls across the cluster: {calls:?}"
+        );
+        assert_eq!(
+            calls.resets.get(&init_node),
+            None,
+            "{when}: the init node was reset: {calls:?}\n{:#?}",
+            c.finished()
+        );
+        assert_eq!(calls.joins.len(), 2, "{when}: {calls:?}");
+        c.shutdown().await;
+    }
+}
+
+/// Issue 16, fault 2: a leader blocked in `kubeadm init phase upload-certs` loses its seat;
+/// the new leader renews the join material. No kubeadm call of the old term completes after
+/// the new term exists, and every upload used the key the stored material carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_leader_never_completes_an_upload_after_the_new_term() {
+    let mut c = Cluster::new(3, 0, TTL);
+    c.start_all();
+    c.wait_member(Duration::from_secs(90)).await;
+    let coord = c.coordinator("cp-1").await;
+    let old = c.leader().expect("a leader");
+    c.knob_all("gate-upload-certs", Some(""));
+    let uploads_before = |c: &Cluster, node: &str| {
+        started_commands(&c.nodes[node].cfg.root)
+            .iter()
+            .filter(|x| *x == "upload-certs")
+            .count()
+    };
+    let before = uploads_before(&c, &old.name);
+    // Past the certificate key's renewal point: the leader renews and blocks in the upload.
+    c.clock
+        .0
+        .store(joinmat::CERT_KEY_TTL_SECS, Ordering::SeqCst);
+    let t0 = Instant::now();
+    while uploads_before(&c, &old.name) == before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the leader never renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Unseat it while it is blocked (what a follower that saw it gone from the mesh does).
+    assert!(
+        coord.vacate(old.term).await.expect("vacate"),
+        "seat moved already"
+    );
+    let unseated_ms = unix_ms();
+    // The next term (the old node may win it again: it is alive, only its term ended).
+    let t0 = Instant::now();
+    let new = loop {
+        if let Some(l) = c.leader().filter(|l| l.term > old.term) {
+            break l;
+        }
+        assert!(t0.elapsed() < TTL * 2, "no new term after {old:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let t0 = Instant::now();
+    while !started_since(&c.nodes[&new.name].cfg.root, unseated_ms)
+        .iter()
+        .any(|x| x == "upload-certs")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the new leader never renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.knob_all("gate-upload-certs", None);
+    let key = loop {
+        let sealed = coord
+            .get("/kubedna/lab/join-material")
+            .await
+            .expect("get")
+            .expect("material");
+        let m = joinmat::open(SECRET, "lab", &sealed).expect("opens");
+        if m.certificate_key_expires > SystemClock.now_unix() + joinmat::CERT_KEY_TTL_SECS {
+            break m.certificate_key;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no renewed material"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Time for a call the old leader left running to finish, if it was left running.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = c.finished();
+    // The old term's calls are those its node started before the seat was emptied (its duty
+    // makes no call after the blocked upload).
+    let late: Vec<&Call> = calls
+        .iter()
+        .filter(|k| k.node == old.name && k.start_ms < unseated_ms && k.end_ms >= unseated_ms)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} (term {}) completed kubeadm calls after its seat was emptied: {late:?}",
+        old.name,
+        old.term
+    );
+    let uploads: Vec<&Call> = calls
+        .iter()
+        .filter(|k| k.command == "upload-certs")
+        .collect();
+    let last = uploads.iter().max_by_key(|k| k.end_ms).expect("an upload");
+    assert_eq!(
+        last.key_fingerprint.as_deref(),
+        Some(key_fingerprint(&key).as_str()),
+        "the stored key is not the last uploaded key: {uploads:?}"
+    );
+    // The key is derived from the cluster secret: every upload, by any leader, is equivalent.
+    assert!(
+        uploads
+            .iter()
+            .all(|k| k.key_fingerprint == last.key_fingerprint),
+        "uploads under different keys: {uploads:?}"
+    );
+    c.shutdown().await;
+}
+
+/// Issue 16, fault 3: the join lock holds for a whole slow control-plane join, through crashes
+/// of the etcd members that may carry its keep-alive and through a restart of the joining
+/// node's agent while another node waits for the lock: no two control-plane joins overlap, and
+/// no reset overlaps a running join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_control_plane_join_is_never_raced() {
+    // Four control planes: one inits, three join, so a third joiner waits for the lock while
+    // the second's agent restarts.
+    let mut c = Cluster::new(4, 0, TTL);
+    // Longer than the lease TTL, an etcd outage and an agent restart together.
+    let join_ms = (TTL * 6).as_millis().to_string();
+    c.knob_all("delay-join", Some(&join_ms));
+    c.start_all();
+    // First join: every etcd member crashes in turn, each down for longer than the lease TTL
+    // (the two others keep a quorum), so whichever one carried the lock's keep-alive stream
+    // is among them.
+    let first = c.wait_started("join", Duration::from_secs(60)).await;
+    for cp in ["cp-1", "cp-2", "cp-3", "cp-4"] {
+        let sd = c.nodes[cp].sd.clone();
+        sd.crash_etcd().await;
+        tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+        sd.restart_if_wanted().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Second join: its agent is restarted in the middle of it.
+    let t0 = Instant::now();
+    let second = loop {
+        if let Some(n) = c
+            .nodes
+            .iter()
+            .find(|(name, n)| {
+                **name != first && started_commands(&n.cfg.root).iter().any(|x| x == "join")
+            })
+            .map(|(name, _)| name.clone())
+        {
+            break n;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no second join");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kill(&second);
+    c.start(&second);
+    // The third joiner's join may be quick; the restarted one's is still running.
+    for n in c.nodes.keys().filter(|n| **n != second) {
+        c.knob(n, "delay-join", None);
+    }
+    c.wait_member(Duration::from_secs(90)).await;
+    let calls: Vec<Call> = c
+        .nodes
+        .iter()
+        .flat_map(|(name, n)| all_calls(&n.cfg.root, name))
+        .collect();
+    let joins: Vec<&Call> = calls
+        .iter()
+        .filter(|k| k.command == "join" && k.control_plane)
+        .collect();
+    for (i, a) in joins.iter().enumerate() {
+        for b in &joins[i + 1..] {
+            assert!(
+                a.end_ms <= b.start_ms || b.end_ms <= a.start_ms,
+                "control-plane joins overlap: {a:?} and {b:?}"
+            );
+        }
+    }
+    for r in calls.iter().filter(|k| k.command == "reset") {
+        for j in joins.iter().filter(|j| j.node == r.node) {
+            assert!(
+                r.end_ms <= j.start_ms || j.end_ms <= r.start_ms,
+                "a reset ran during a join: {r:?} and {j:?}"
+            );
+        }
+    }
+    let counted = c.calls();
+    assert_eq!(
+        counted.init_attempts.values().sum::<usize>(),
+        1,
+        "{counted:?}"
+    );
+    c.shutdown().await;
 }

@@ -28,7 +28,9 @@ async fn exactly_one_of_many_racing_nodes_wins_init() {
                     .expect("connect");
                 (
                     format!("cp-{i}"),
-                    c.init_once(&format!("cp-{i}")).await.expect("init_once"),
+                    c.init_once(&format!("cp-{i}"), &format!("nonce-{i}"))
+                        .await
+                        .expect("init_once"),
                 )
             }));
         }
@@ -45,12 +47,27 @@ async fn exactly_one_of_many_racing_nodes_wins_init() {
             seen_by.iter().all(|b| *b == winners[0]),
             "round {round}: losers disagree on the winner"
         );
-        // Later callers, including the winner itself after a restart, are told it is taken.
+        // Later callers, including the winner itself with a new claim, are told it is taken...
         let c = Coordinator::connect(std::slice::from_ref(&e.client_url), &cluster)
             .await
             .expect("connect");
+        // ...unless it retries its own claim (same nonce): a reply lost after the transaction
+        // committed is recognised, so the winner is not locked out of its own init.
         assert_eq!(
-            c.init_once(&winners[0]).await.expect("again"),
+            c.init_once(&winners[0], "a-new-claim")
+                .await
+                .expect("again"),
+            InitDecision::Taken {
+                by: winners[0].clone()
+            }
+        );
+        let own = format!("nonce-{}", winners[0].trim_start_matches("cp-"));
+        assert!(matches!(
+            c.init_once(&winners[0], &own).await.expect("retry"),
+            InitDecision::Won { .. }
+        ));
+        assert_eq!(
+            c.init_once("cp-other", &own).await.expect("another node"),
             InitDecision::Taken {
                 by: winners[0].clone()
             }

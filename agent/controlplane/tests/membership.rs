@@ -124,7 +124,9 @@ async fn control_planes_join_one_at_a_time_and_quorum_is_never_dropped() {
         .expect("allowed");
     assert_eq!(c.members().await.expect("members").len(), 2);
     assert!(matches!(
-        c.init_once("cp-1").await.expect("etcd still has quorum"),
+        c.init_once("cp-1", "n1")
+            .await
+            .expect("etcd still has quorum"),
         kubedna_controlplane::coord::InitDecision::Won { .. }
     ));
 }

@@ -100,7 +100,7 @@ async fn etcd_with_mutual_tls_from_our_pki_serves_us_and_refuses_strangers() {
         .await
         .expect("connect");
     assert!(matches!(
-        ours.init_once("cp-1").await.expect("init"),
+        ours.init_once("cp-1", "n1").await.expect("init"),
         InitDecision::Won { .. }
     ));
 
@@ -113,7 +113,7 @@ async fn etcd_with_mutual_tls_from_our_pki_serves_us_and_refuses_strangers() {
     let refused =
         match Coordinator::connect_tls(std::slice::from_ref(&url), "lab", &stranger_files).await {
             Err(_) => true,
-            Ok(c) => c.init_once("x").await.is_err(),
+            Ok(c) => c.init_once("x", "n2").await.is_err(),
         };
     assert!(
         refused,

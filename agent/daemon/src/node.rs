@@ -20,7 +20,8 @@ use std::time::Duration;
 use kubedna_config::Config;
 use kubedna_controlplane::engine::{
     ClusterSecret, Engine, EngineConfig, EngineHandle, EtcdNetwork, Kubeadm, KubeadmError,
-    PeerError, PeerInfo, Peers, Request, Response, Role, Status, SystemClock, Timings,
+    KubeadmOp, OpRecords, PeerError, PeerInfo, Peers, Request, Response, Role, Status, SystemClock,
+    Timings,
 };
 use kubedna_host::systemd::DbusSystemd;
 use kubedna_mesh::{Liveness, NodeState};
@@ -139,6 +140,7 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
     let kubeadm = KubeadmUnit {
         systemd: systemd.clone(),
         runs: Arc::new(AtomicU64::new(0)),
+        records: OpRecords::new(config.state_dir().join("kubeadm")),
         out_dir: config
             .spec
             .admin
@@ -490,33 +492,79 @@ async fn keep_pod_network(
 /// How often the pod network is brought in line (a new node's pods are reachable within this).
 const POD_NETWORK_INTERVAL: Duration = Duration::from_secs(5);
 
-/// [`Kubeadm`] as transient oneshot units `kubedna-kubeadm-<n>.service`, stdout captured in the
-/// agent's runtime directory.
+/// [`Kubeadm`] as transient oneshot units `kubedna-kubeadm-<op>-<pid>-<n>.service`, stdout
+/// captured in the agent's runtime directory. A node operation's unit runs under the
+/// operation's lock and writes its success marker ([`OpRecords::wrap`]), and outlives the
+/// agent; a duty's unit is stopped when its caller drops the call.
 struct KubeadmUnit {
     systemd: DbusSystemd,
     runs: Arc<AtomicU64>,
+    records: OpRecords,
     out_dir: PathBuf,
 }
 
+/// Stops a duty's unit if the call is dropped before the unit ended.
+struct StopOnDrop {
+    systemd: DbusSystemd,
+    unit: String,
+    armed: bool,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let (sd, unit) = (self.systemd.clone(), self.unit.clone());
+            tokio::spawn(async move {
+                use kubedna_host::systemd::Systemd;
+                let _ = sd.stop(&unit).await;
+            });
+        }
+    }
+}
+
 impl Kubeadm for KubeadmUnit {
-    async fn run(&self, args: &[String]) -> Result<String, KubeadmError> {
+    async fn run(&self, op: KubeadmOp, args: &[String]) -> Result<String, KubeadmError> {
         let n = self.runs.fetch_add(1, Ordering::Relaxed);
-        let unit = format!("kubedna-kubeadm-{}-{n}.service", std::process::id());
+        let unit = format!(
+            "kubedna-kubeadm-{}-{}-{n}.service",
+            op.name(),
+            std::process::id()
+        );
         let mut argv = vec!["/usr/bin/kubeadm".to_string()];
         argv.extend(args.iter().cloned());
         let command = format!(
             "kubeadm {} (unit {unit})",
             kubedna_controlplane::engine::redact_args(args)
         );
+        let failed = |e: String| KubeadmError::Failed {
+            command: command.clone(),
+            code: None,
+            stderr: e,
+        };
+        let argv = if op.is_node_operation() {
+            self.records
+                .wrap(op, &argv)
+                .map_err(|e| failed(e.to_string()))?
+        } else {
+            argv
+        };
         let out = self.out_dir.join(format!("kubeadm-{n}.out"));
-        self.systemd
+        let mut guard = StopOnDrop {
+            systemd: self.systemd.clone(),
+            unit: unit.clone(),
+            armed: !op.is_node_operation(),
+        };
+        let r = self
+            .systemd
             .run_oneshot(&unit, &format!("KubeDNA: {command}"), &argv, &out)
             .await
-            .map_err(|e| KubeadmError::Failed {
-                command,
-                code: None,
-                stderr: kubedna_host::error_chain(&e),
-            })
+            .map_err(|e| failed(kubedna_host::error_chain(&e)));
+        guard.armed = false;
+        r
+    }
+
+    fn records(&self) -> &OpRecords {
+        &self.records
     }
 }
 

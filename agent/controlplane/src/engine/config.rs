@@ -1,0 +1,149 @@
+//! The engine's configuration and time: [`EngineConfig`] (the cluster, this node, the
+//! expected control-plane set, addresses, timings), how etcd members are addressed, the
+//! production paths kubeadm is told about, and the [`Clock`] every wait of the engine goes
+//! through. Holds the cluster secret only inside [`ClusterSecret`], which never prints it.
+
+use super::*;
+
+/// Time for the engine: wall-clock time for join material expiry, and every wait the engine
+/// makes (pauses between polls and retries, bounds on calls, deadlines), so a test clock can
+/// run the engine's waiting in virtual time.
+pub trait Clock: Send + Sync + 'static {
+    fn now_unix(&self) -> u64;
+    /// Monotonic now, for deadlines and "not seen for".
+    fn instant(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
+    /// Waits `d`.
+    fn sleep(&self, d: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(d)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration.
+
+/// How etcd members are addressed.
+#[derive(Debug, Clone)]
+pub enum EtcdNetwork {
+    /// Production: `https://<name>.<cluster>.kubedna:2380/2379` (names in `/etc/hosts`, kept by
+    /// the daemon from mesh metadata), listening on all addresses.
+    Named,
+    /// Tests: explicit URLs per member name, listened on and advertised as given.
+    Explicit(BTreeMap<String, MemberUrls>),
+}
+
+/// The secret, never shown by Debug.
+#[derive(Clone)]
+pub struct ClusterSecret(pub Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret([redacted])")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// Leader and join-lock lease TTL (default 15 s).
+    pub lease_ttl: Duration,
+    /// How often a waiting step looks again (default 500 ms).
+    pub poll: Duration,
+    /// Pause after a failed step before it is retried (default 2 s).
+    pub retry: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            lease_ttl: Duration::from_secs(15),
+            poll: Duration::from_millis(500),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub cluster: String,
+    pub secret: ClusterSecret,
+    pub node: String,
+    pub role: Role,
+    /// The expected control-plane set E (`cluster.controlPlanes.members`).
+    pub control_planes: Vec<String>,
+    /// This node's address for the API server.
+    pub advertise_address: String,
+    /// `host:6443` shared by all control planes.
+    pub control_plane_endpoint: String,
+    pub pod_subnet: String,
+    pub service_subnet: String,
+    pub etcd: EtcdNetwork,
+    pub etcd_binary: PathBuf,
+    /// The host's file system root (`/` in production); unit files, PKI, etcd data and kubeadm
+    /// configs are written under it.
+    pub root: PathBuf,
+    pub timings: Timings,
+}
+
+impl EngineConfig {
+    pub(super) fn urls(&self, set: &MemberSet, name: &str) -> (MemberUrls, MemberUrls) {
+        match &self.etcd {
+            EtcdNetwork::Named => {
+                let peer = set.peer_url(name);
+                let client = format!("https://{name}.{}.kubedna:2379", self.cluster);
+                (
+                    MemberUrls {
+                        peer: "https://0.0.0.0:2380".into(),
+                        client: "https://0.0.0.0:2379".into(),
+                    },
+                    MemberUrls { peer, client },
+                )
+            }
+            EtcdNetwork::Explicit(map) => {
+                let u = map.get(name).cloned().unwrap_or(MemberUrls {
+                    peer: set.peer_url(name),
+                    client: format!("https://{name}.{}.kubedna:2379", self.cluster),
+                });
+                (u.clone(), u)
+            }
+        }
+    }
+
+    pub(super) fn initial_cluster(&self, set: &MemberSet) -> String {
+        set.names()
+            .map(|n| format!("{n}={}", self.urls(set, n).1.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Client URLs of the set's members (this node's own first), without `except`.
+    pub(super) fn client_urls(&self, set: &MemberSet, except: Option<&str>) -> Vec<String> {
+        let own = std::iter::once(self.node.as_str()).filter(|n| set.contains(n));
+        own.chain(set.names().filter(|n| *n != self.node))
+            .filter(|n| Some(*n) != except)
+            .map(|n| self.urls(set, n).1.client)
+            .collect()
+    }
+}
+
+/// Paths kubeadm is told about (production paths; the host root prefixes them on disk).
+pub(super) const PKI_DIR: &str = "/etc/kubedna/pki/etcd";
+pub(super) const INIT_CONFIG: &str = "/etc/kubedna/kubeadm-init.yaml";
+pub(super) const UPLOAD_CERTS_CONFIG: &str = "/etc/kubedna/kubeadm-upload-certs.yaml";
+pub(super) const JOIN_CONFIG: &str = "/etc/kubedna/kubeadm-join.yaml";
+pub(super) const STATE_FILE: &str = "controlplane.json";
+
+pub(super) fn rooted(root: &Path, p: &str) -> PathBuf {
+    root.join(p.trim_start_matches('/'))
+}

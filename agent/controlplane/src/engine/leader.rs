@@ -1,0 +1,175 @@
+//! Leadership once formed: the campaign, the leader's [`crate::duties`] run under its term and
+//! dropped the moment the term is lost, and a follower's judgement that the leader's node is
+//! gone from the mesh (emptying its seat by a term-guarded delete). Never acts for a term it
+//! does not hold.
+
+use super::*;
+
+impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
+    pub(super) async fn refresh_members(&self, coord: &Coordinator) {
+        if let Ok(members) = coord.members().await {
+            lock(&self.shared.status).etcd_members = members
+                .iter()
+                .map(|m| EtcdMemberStatus {
+                    name: m.name.clone(),
+                    id: format!("{:x}", m.id),
+                    learner: m.learner,
+                })
+                .collect();
+        }
+    }
+
+    pub(super) fn coordinator(&self) -> Option<Coordinator> {
+        lock(&self.shared.coord).clone()
+    }
+
+    /// Campaigns; while leading, keeps the join material fresh; while not, follows the leader.
+    pub(super) async fn lead_or_follow(&self) -> Result<(), EngineError> {
+        let Some(coord) = self.coordinator() else {
+            return Ok(());
+        };
+        let ttl = self.cfg().timings.lease_ttl;
+        let campaign = coord.campaign(&self.cfg().node, ttl).await;
+        if campaign.is_err() {
+            // Unreachable etcd: who leads is unknown here; do not keep showing the old leader.
+            lock(&self.shared.status).leader = None;
+        }
+        match campaign.map_err(self.coord_err("the leader campaign failed"))? {
+            Some(mut leadership) => {
+                let term = leadership.term;
+                tracing::info!(node = %self.cfg().node, term, "leading");
+                lock(&self.shared.status).leader = Some(LeaderStatus {
+                    name: self.node(),
+                    term,
+                });
+                loop {
+                    // The seat may have been emptied under us (a follower that saw this node
+                    // gone from the mesh): then this term is over, whatever the lease says.
+                    if let Ok(seat) = coord.leader().await {
+                        if seat.as_ref().map(|(_, t)| *t) != Some(term) {
+                            tracing::warn!(node = %self.cfg().node, term, "leader seat lost");
+                            lock(&self.shared.status).leader = None;
+                            return Ok(());
+                        }
+                    }
+                    // The duty ends the moment the seat is gone (lease expired, seat emptied or
+                    // taken): dropping it stops its kubeadm call, so nothing of this term
+                    // completes after a new term exists.
+                    let duty = tokio::select! {
+                        biased;
+                        () = leadership.lost() => {
+                            tracing::warn!(node = %self.cfg().node, term, "leadership lost during a duty; stopped it");
+                            lock(&self.shared.status).leader = None;
+                            self.after_term().await;
+                            return Ok(());
+                        }
+                        r = self.duties.run(Term { coord: &coord, term }) => r,
+                    };
+                    match duty {
+                        Ok(()) => lock(&self.shared.status).last_error = None,
+                        Err(errors) => {
+                            let stale = errors.iter().any(DutyError::is_stale);
+                            let mut errors: Vec<EngineError> = errors
+                                .into_iter()
+                                .map(|source| EngineError::Duty {
+                                    node: self.node(),
+                                    source: Box::new(source),
+                                })
+                                .collect();
+                            if stale {
+                                // A newer term holds the seat: this term is over.
+                                lock(&self.shared.status).leader = None;
+                                return Err(errors.remove(0));
+                            }
+                            let text: Vec<String> = errors
+                                .iter()
+                                .map(|e| kubedna_host::error_chain(e))
+                                .collect();
+                            lock(&self.shared.status).last_error = Some(text.join("; "));
+                        }
+                    }
+                    self.refresh_members(&coord).await;
+                    tokio::select! {
+                        _ = leadership.lost() => {
+                            tracing::warn!(node = %self.cfg().node, term, "leadership lost");
+                            lock(&self.shared.status).leader = None;
+                            self.after_term().await;
+                            return Ok(());
+                        }
+                        _ = self.clock.sleep(self.cfg().timings.poll * 2) => {}
+                    }
+                }
+            }
+            None => {
+                let leader = coord
+                    .leader()
+                    .await
+                    .map_err(self.coord_err("cannot read the leader"))?;
+                if let Some((r, term)) = &leader {
+                    if self.leader_gone(&r.node, *term)
+                        && coord
+                            .vacate(*term)
+                            .await
+                            .map_err(self.coord_err("cannot empty the leader seat"))?
+                    {
+                        tracing::warn!(node = %self.cfg().node, leader = %r.node, term,
+                            "the leader's node is gone from the mesh: emptied its seat");
+                        lock(&self.shared.status).leader = None;
+                        return Ok(());
+                    }
+                }
+                lock(&self.shared.status).leader =
+                    leader.map(|(r, term)| LeaderStatus { name: r.node, term });
+                self.refresh_members(&coord).await;
+                tokio::select! {
+                    r = coord.wait_vacant() => r.map_err(self.coord_err("cannot watch the leader"))?,
+                    _ = self.clock.sleep(self.cfg().timings.poll * 2) => {}
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A node whose term just ended (its seat emptied by followers that saw it gone from the
+    /// mesh, typically) waits a pass before it campaigns again: the followers, woken by the
+    /// delete, take the seat first, instead of the node that was judged gone taking it back
+    /// at once.
+    pub(super) async fn after_term(&self) {
+        self.clock.sleep(self.cfg().timings.poll * 2).await;
+    }
+
+    /// Whether the leader's node (seat held under `term`) is gone as far as the mesh can tell:
+    /// seen alive during this term, absent from the alive peers now and not seen alive for a
+    /// third of the lease TTL, while this node sees a majority of the control-plane set (itself
+    /// included). The majority rule keeps a node cut off from the mesh from emptying seats;
+    /// having seen the leader alive keeps a node whose mesh has not converged yet (just started)
+    /// from it. "Not seen for" counts from the last sighting, so time this node spent on failed
+    /// etcd calls (the dead leader's etcd member, say) counts too.
+    pub(super) fn leader_gone(&self, node: &str, term: i64) -> bool {
+        if node == self.cfg().node {
+            return false;
+        }
+        let alive = self.peers.alive();
+        let now = self.clock.instant();
+        let mut slot = lock(&self.absence);
+        let a = match slot.as_mut() {
+            Some(a) if a.node == node && a.term == term => a,
+            _ => slot.insert(Absence {
+                node: node.to_string(),
+                term,
+                seen_alive: None,
+            }),
+        };
+        if alive.iter().any(|p| p.name == node) {
+            a.seen_alive = Some(now);
+            return false;
+        }
+        let Some(seen) = a.seen_alive else {
+            return false;
+        };
+        let set = self.set();
+        let control_planes_seen = 1 + alive.iter().filter(|p| set.contains(&p.name)).count();
+        control_planes_seen >= set.quorum()
+            && now.duration_since(seen) >= self.cfg().timings.lease_ttl / 3
+    }
+}
