@@ -172,7 +172,7 @@ impl<K: Kubeadm, C: Clock> Duty for JoinMaterialDuty<K, C> {
             let text = zeroize::Zeroizing::new(crate::kubeadm::render_init(
                 &u.params,
                 &token,
-                &certificate_key.to_string(),
+                certificate_key.as_ref(),
             ));
             write_atomic(&u.on_disk, text.as_bytes(), 0o600)
                 .map_err(|source| DutyError::Write { duty, source })?;
