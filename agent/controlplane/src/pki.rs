@@ -201,3 +201,44 @@ impl EtcdCa {
         Ok(files)
     }
 }
+
+/// A P-256 private key in PKCS#8 PEM (`PRIVATE KEY`, as rcgen writes keys) rewritten as SEC1
+/// (`EC PRIVATE KEY`, RFC 5915, with the curve named). kubeadm's `download-certs` accepts EC keys
+/// only in SEC1 (client-go's `ParsePublicKeysPEM` reads SEC1 and PKCS#1, not PKCS#8), so the copy
+/// of the etcd client key that kubeadm uploads for joining control planes is written this way.
+/// None when the input is not a P-256 PKCS#8 key as rcgen and ring write it.
+pub fn pkcs8_p256_to_sec1_pem(pkcs8_pem: &str) -> Option<String> {
+    let block = pem::parse(pkcs8_pem).ok()?;
+    if block.tag() != "PRIVATE KEY" {
+        return None;
+    }
+    let der = block.contents();
+    // The embedded ECPrivateKey: version 1, then the 32-byte scalar; the public point follows
+    // as [1] BIT STRING (65 bytes, uncompressed).
+    let at = der
+        .windows(5)
+        .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])?
+        + 5;
+    let scalar = der.get(at..at + 32)?;
+    let pub_at = der
+        .windows(5)
+        .position(|w| w == [0xa1, 0x44, 0x03, 0x42, 0x00])?
+        + 5;
+    let point = der.get(pub_at..pub_at + 65)?;
+    if point.first() != Some(&0x04) || !der.windows(8).any(|w| w == P256_OID) {
+        return None;
+    }
+    let mut body = vec![0x02, 0x01, 0x01, 0x04, 0x20];
+    body.extend_from_slice(scalar);
+    body.extend_from_slice(&[0xa0, 0x0a, 0x06, 0x08]);
+    body.extend_from_slice(&P256_OID);
+    body.extend_from_slice(&[0xa1, 0x44, 0x03, 0x42, 0x00]);
+    body.extend_from_slice(point);
+    let mut sec1 = vec![0x30, u8::try_from(body.len()).ok()?];
+    sec1.extend_from_slice(&body);
+    let out = pem::encode(&pem::Pem::new("EC PRIVATE KEY", sec1));
+    Some(out)
+}
+
+/// The OID 1.2.840.10045.3.1.7 (prime256v1) in DER.
+const P256_OID: [u8; 8] = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];

@@ -121,3 +121,48 @@ async fn etcd_with_mutual_tls_from_our_pki_serves_us_and_refuses_strangers() {
     );
     etcd.kill();
 }
+
+/// kubeadm's download-certs takes EC keys only as SEC1: the rewritten key must be the same key
+/// (openssl derives the same public key from both) under the `EC PRIVATE KEY` label.
+#[test]
+fn a_pkcs8_p256_key_becomes_the_same_key_in_sec1() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let pkcs8 = key.serialize_pem();
+    let sec1 = kubedna_controlplane::pki::pkcs8_p256_to_sec1_pem(&pkcs8).expect("converted");
+    assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"), "{sec1}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let public = |pem: &str, name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).expect("write");
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&p)
+            .output()
+            .expect("openssl (Debian's openssl package) runs");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    assert_eq!(public(&pkcs8, "pkcs8.pem"), public(&sec1, "sec1.pem"));
+    let ec = std::process::Command::new("openssl")
+        .args(["ec", "-check", "-noout", "-in"])
+        .arg(dir.path().join("sec1.pem"))
+        .output()
+        .expect("openssl");
+    assert!(
+        ec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ec.stderr)
+    );
+
+    for bad in ["", "not pem", &sec1] {
+        assert_eq!(
+            kubedna_controlplane::pki::pkcs8_p256_to_sec1_pem(bad),
+            None,
+            "{bad}"
+        );
+    }
+}

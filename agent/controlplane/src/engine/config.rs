@@ -139,6 +139,14 @@ impl EngineConfig {
 
 /// Paths kubeadm is told about (production paths; the host root prefixes them on disk).
 pub(super) const PKI_DIR: &str = "/etc/kubedna/pki/etcd";
+/// etcd's data. Never kubeadm's `/var/lib/etcd`: `kubeadm reset`, when it cannot read the
+/// cluster's config, assumes a local etcd and deletes that directory.
+pub(super) const ETCD_DATA_DIR: &str = "/var/lib/kubedna/etcd";
+/// Where kubeadm finds the external etcd's CA and the API server's client certificate: a copy
+/// of the agent's, never the agent's own files, because `kubeadm join --control-plane` writes
+/// the init node's uploaded copies to these paths (over this node's own client certificate,
+/// had they been the agent's).
+pub(super) const KUBEADM_ETCD_DIR: &str = "/etc/kubedna/pki/kubeadm-etcd";
 pub(super) const INIT_CONFIG: &str = "/etc/kubedna/kubeadm-init.yaml";
 pub(super) const UPLOAD_CERTS_CONFIG: &str = "/etc/kubedna/kubeadm-upload-certs.yaml";
 pub(super) const JOIN_CONFIG: &str = "/etc/kubedna/kubeadm-join.yaml";

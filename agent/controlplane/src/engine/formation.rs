@@ -72,7 +72,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         EtcdSpec {
             binary: self.cfg().etcd_binary.clone(),
             name: self.node(),
-            data_dir: rooted(&self.cfg().root, "/var/lib/etcd"),
+            data_dir: rooted(&self.cfg().root, ETCD_DATA_DIR),
             files: files.clone(),
             listen,
             advertise,
@@ -668,6 +668,37 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
     pub(super) async fn run_init(&self) -> Result<(), EngineError> {
         let cfg = self.cfg();
         let params = cluster_params(cfg, self.set());
+        // kubeadm's copy of the etcd CA and client certificate (see KUBEADM_ETCD_DIR).
+        let (from, to) = (
+            rooted(&cfg.root, PKI_DIR),
+            rooted(&cfg.root, KUBEADM_ETCD_DIR),
+        );
+        let io = |path: &std::path::Path| {
+            let (node, path) = (self.node(), path.to_path_buf());
+            move |source| EngineError::KubeadmFiles { node, path, source }
+        };
+        std::fs::create_dir_all(&to).map_err(io(&to))?;
+        for (f, mode) in [
+            ("ca.crt", 0o644),
+            ("client.crt", 0o644),
+            ("client.key", 0o600),
+        ] {
+            let mut bytes = Zeroizing::new(std::fs::read(from.join(f)).map_err(io(&from.join(f)))?);
+            if f == "client.key" {
+                // kubeadm uploads this for joining control planes, and takes EC keys only as SEC1.
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                if let Some(sec1) = crate::pki::pkcs8_p256_to_sec1_pem(&text) {
+                    bytes = Zeroizing::new(sec1.into_bytes());
+                }
+            }
+            kubedna_host::atomic::write_atomic(&to.join(f), &bytes, mode).map_err(|e| {
+                EngineError::KubeadmFiles {
+                    node: self.node(),
+                    path: e.path.clone(),
+                    source: e.source,
+                }
+            })?;
+        }
         let token = joinmat::new_token();
         let key = joinmat::certificate_key(&cfg.secret.0, &cfg.cluster);
         let text = Zeroizing::new(kcfg::render_init(&params, &token, &key));
@@ -768,9 +799,9 @@ pub(super) fn cluster_params(cfg: &EngineConfig, set: &MemberSet) -> ClusterPara
         advertise_address: cfg.advertise_address.clone(),
         control_plane_endpoint: cfg.control_plane_endpoint.clone(),
         etcd_endpoints: cfg.client_urls(set, None),
-        etcd_ca: format!("{PKI_DIR}/ca.crt"),
-        etcd_cert: format!("{PKI_DIR}/client.crt"),
-        etcd_key: format!("{PKI_DIR}/client.key"),
+        etcd_ca: format!("{KUBEADM_ETCD_DIR}/ca.crt"),
+        etcd_cert: format!("{KUBEADM_ETCD_DIR}/client.crt"),
+        etcd_key: format!("{KUBEADM_ETCD_DIR}/client.key"),
         pod_subnet: cfg.pod_subnet.clone(),
         service_subnet: cfg.service_subnet.clone(),
         cert_sans: sans,

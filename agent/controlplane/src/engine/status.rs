@@ -109,6 +109,15 @@ pub enum EngineError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "node {node}: cannot give kubeadm its copy of etcd's CA and client certificate at {path}"
+    )]
+    KubeadmFiles {
+        node: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("node {node}: etcd records this node as the init winner, but its state directory has no record of running init (wiped disk?); it will not init again: restore its disk or `kubeadm reset` it and remove /kubedna/<cluster>/init after checking no control plane was initialised")]
     InitInterrupted { node: String },
     #[error("node {node}: etcd is not serving yet and a started member reports a formed cluster; waiting for a quorum of control planes to come back")]
