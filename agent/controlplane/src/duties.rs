@@ -101,10 +101,11 @@ pub struct JoinMaterialDuty<K, C> {
     pub upload_config: Option<UploadConfig>,
 }
 
-/// The config file `init phase upload-certs` reads: without one kubeadm assumes a local etcd
-/// and uploads no external etcd certificates, and every control-plane join then fails in
-/// `download-certs`. The certificate key goes in the file (kubeadm refuses `--config` with
-/// `--certificate-key`); the file is removed after the run.
+/// The config file `init phase upload-certs` reads: without one kubeadm assumes a local etcd,
+/// uploads empty local-etcd entries, and every control-plane join then fails in
+/// `download-certs`. Its external etcd paths name files that do not exist, so each control
+/// plane keeps its own (see the engine's `NOT_UPLOADED_ETCD_DIR`). The certificate key goes in
+/// the file (kubeadm refuses `--config` with `--certificate-key`); the file is removed after.
 #[derive(Debug, Clone)]
 pub struct UploadConfig {
     pub on_disk: std::path::PathBuf,

@@ -336,13 +336,10 @@ pub fn render_join(p: &JoinParams) -> String {
 
 /// `kubeadm init` arguments: the certificate key is in the file, since kubeadm refuses to mix
 /// `--config` with `--certificate-key`.
+/// Without `--upload-certs`: the leader's join-material duty uploads the certificates right
+/// after, with a config that leaves each control plane's etcd files on that node.
 pub fn init_args(config_path: &str) -> Vec<String> {
-    vec![
-        "init".into(),
-        "--config".into(),
-        config_path.into(),
-        "--upload-certs".into(),
-    ]
+    vec!["init".into(), "--config".into(), config_path.into()]
 }
 
 pub fn join_args(config_path: &str) -> Vec<String> {

@@ -193,9 +193,15 @@ ExecStart=/bin/sh -c 'for c in /sys/fs/cgroup/*/; do mount -o remount,bind,rw \"
 WantedBy=sysinit.target
 ";
 
+/// The kubelet flags every lab node gets (`/etc/default/kubelet`, read by kubeadm's drop-in).
+const KUBELET_LAB_ARGS: &str = "\
+# Written by kubedna-lab: lab nodes share the host's disk; no disk-based eviction.
+KUBELET_EXTRA_ARGS=--eviction-hard=memory.available<100Mi,nodefs.available<0%,imagefs.available<0% --image-gc-high-threshold=100
+";
+
 /// Writes hostname and (once) a fresh machine id into the node's overlay, an empty
 /// `/etc/resolv.conf` where the image has none (the lab has no DNS; the kubelet refuses to start
-/// pods without the file), and the lab's cgroup unit.
+/// pods without the file), the lab's kubelet flags and the lab's cgroup unit.
 pub fn write_identity(p: &NodePaths, hostname: &str) -> Result<String, NodeError> {
     let etc = p.root.join("etc");
     let resolv = etc.join("resolv.conf");
@@ -203,6 +209,13 @@ pub fn write_identity(p: &NodePaths, hostname: &str) -> Result<String, NodeError
         std::fs::write(&resolv, "# kubedna-lab: no DNS server in the lab\n")
             .map_err(io_err(&resolv))?;
     }
+    // Every node's disk is the host's: the kubelet would judge the host's free space against
+    // its eviction thresholds (15 % for images) and evict every pod on a busy host. kind turns
+    // disk eviction off for its nodes the same way; the kubeadm drop-in reads this file.
+    let default_dir = etc.join("default");
+    std::fs::create_dir_all(&default_dir).map_err(io_err(&default_dir))?;
+    let kubelet_env = default_dir.join("kubelet");
+    std::fs::write(&kubelet_env, KUBELET_LAB_ARGS).map_err(io_err(&kubelet_env))?;
     let unit_dir = etc.join("systemd/system");
     let wants = unit_dir.join("sysinit.target.wants");
     std::fs::create_dir_all(&wants).map_err(io_err(&wants))?;

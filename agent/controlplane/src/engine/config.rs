@@ -143,10 +143,14 @@ pub(super) const PKI_DIR: &str = "/etc/kubedna/pki/etcd";
 /// cluster's config, assumes a local etcd and deletes that directory.
 pub(super) const ETCD_DATA_DIR: &str = "/var/lib/kubedna/etcd";
 /// Where kubeadm finds the external etcd's CA and the API server's client certificate: a copy
-/// of the agent's, never the agent's own files, because `kubeadm join --control-plane` writes
-/// the init node's uploaded copies to these paths (over this node's own client certificate,
-/// had they been the agent's).
+/// of this node's own, written by the agent before `kubeadm init` or a control-plane join.
 pub(super) const KUBEADM_ETCD_DIR: &str = "/etc/kubedna/pki/kubeadm-etcd";
+/// The etcd paths in the leader's `upload-certs` config: absent on purpose, so kubeadm uploads
+/// them empty and a joining control plane keeps the files its own agent wrote. Uploading them
+/// would hand every control plane the init node's client certificate, and kubeadm 1.30's
+/// `download-certs` cannot even write the etcd CA (an Ed25519 certificate: it takes RSA and
+/// ECDSA only).
+pub(super) const NOT_UPLOADED_ETCD_DIR: &str = "/run/kubedna/etcd-files-stay-on-each-node";
 pub(super) const INIT_CONFIG: &str = "/etc/kubedna/kubeadm-init.yaml";
 pub(super) const UPLOAD_CERTS_CONFIG: &str = "/etc/kubedna/kubeadm-upload-certs.yaml";
 pub(super) const JOIN_CONFIG: &str = "/etc/kubedna/kubeadm-join.yaml";

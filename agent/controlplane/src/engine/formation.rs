@@ -668,37 +668,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
     pub(super) async fn run_init(&self) -> Result<(), EngineError> {
         let cfg = self.cfg();
         let params = cluster_params(cfg, self.set());
-        // kubeadm's copy of the etcd CA and client certificate (see KUBEADM_ETCD_DIR).
-        let (from, to) = (
-            rooted(&cfg.root, PKI_DIR),
-            rooted(&cfg.root, KUBEADM_ETCD_DIR),
-        );
-        let io = |path: &std::path::Path| {
-            let (node, path) = (self.node(), path.to_path_buf());
-            move |source| EngineError::KubeadmFiles { node, path, source }
-        };
-        std::fs::create_dir_all(&to).map_err(io(&to))?;
-        for (f, mode) in [
-            ("ca.crt", 0o644),
-            ("client.crt", 0o644),
-            ("client.key", 0o600),
-        ] {
-            let mut bytes = Zeroizing::new(std::fs::read(from.join(f)).map_err(io(&from.join(f)))?);
-            if f == "client.key" {
-                // kubeadm uploads this for joining control planes, and takes EC keys only as SEC1.
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                if let Some(sec1) = crate::pki::pkcs8_p256_to_sec1_pem(&text) {
-                    bytes = Zeroizing::new(sec1.into_bytes());
-                }
-            }
-            kubedna_host::atomic::write_atomic(&to.join(f), &bytes, mode).map_err(|e| {
-                EngineError::KubeadmFiles {
-                    node: self.node(),
-                    path: e.path.clone(),
-                    source: e.source,
-                }
-            })?;
-        }
+        self.write_kubeadm_etcd_files()?;
         let token = joinmat::new_token();
         let key = joinmat::certificate_key(&cfg.secret.0, &cfg.cluster);
         let text = Zeroizing::new(kcfg::render_init(&params, &token, &key));
@@ -752,6 +722,36 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
     }
 
     /// `kubeadm join`, as a control plane when this node is one (then under `join_lock`).
+    /// kubeadm's copy of this node's etcd CA and client certificate (see KUBEADM_ETCD_DIR),
+    /// which its API server uses; before `kubeadm init` and a control-plane join.
+    fn write_kubeadm_etcd_files(&self) -> Result<(), EngineError> {
+        let cfg = self.cfg();
+        let (from, to) = (
+            rooted(&cfg.root, PKI_DIR),
+            rooted(&cfg.root, KUBEADM_ETCD_DIR),
+        );
+        let io = |path: &std::path::Path| {
+            let (node, path) = (self.node(), path.to_path_buf());
+            move |source| EngineError::KubeadmFiles { node, path, source }
+        };
+        std::fs::create_dir_all(&to).map_err(io(&to))?;
+        for (f, mode) in [
+            ("ca.crt", 0o644),
+            ("client.crt", 0o644),
+            ("client.key", 0o600),
+        ] {
+            let bytes = Zeroizing::new(std::fs::read(from.join(f)).map_err(io(&from.join(f)))?);
+            kubedna_host::atomic::write_atomic(&to.join(f), &bytes, mode).map_err(|e| {
+                EngineError::KubeadmFiles {
+                    node: self.node(),
+                    path: e.path.clone(),
+                    source: e.source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn join(
         &self,
         m: &JoinMaterial,
@@ -772,6 +772,9 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             control_plane: (cfg.role == Role::ControlPlane)
                 .then(|| (cfg.advertise_address.clone(), m.certificate_key.clone())),
         };
+        if cfg.role == Role::ControlPlane {
+            self.write_kubeadm_etcd_files()?;
+        }
         let text = Zeroizing::new(kcfg::render_join(&params));
         self.write_secret_file(JOIN_CONFIG, &text)?;
         let r = self

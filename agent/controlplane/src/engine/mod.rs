@@ -249,7 +249,12 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         let upload_config = set.as_ref().map(|set| crate::duties::UploadConfig {
             on_disk: rooted(&cfg.root, UPLOAD_CERTS_CONFIG),
             path: UPLOAD_CERTS_CONFIG.to_string(),
-            params: formation::cluster_params(&cfg, set),
+            params: crate::kubeadm::ClusterParams {
+                etcd_ca: format!("{NOT_UPLOADED_ETCD_DIR}/ca.crt"),
+                etcd_cert: format!("{NOT_UPLOADED_ETCD_DIR}/client.crt"),
+                etcd_key: format!("{NOT_UPLOADED_ETCD_DIR}/client.key"),
+                ..formation::cluster_params(&cfg, set)
+            },
         });
         let (cfg_secret, cfg_cluster, cfg_endpoint) = (
             cfg.secret.clone(),
