@@ -154,9 +154,10 @@ fn rss_mib(lab: &Lab, node: &str, comm: &str) -> Option<f64> {
 fn five_real_kubernetes_nodes_form_ready_with_static_pods_and_a_pod_network() {
     let opts = opts();
     let _ = lab::down(ROOT.as_ref(), LAB);
+    // Declared before the lab, so it is dropped after it: the lab holds the lab's lock.
+    let _down = Down;
     let started = Instant::now();
     let lab = Lab::up(&opts).unwrap_or_else(|e| panic!("lab up: {e:#}"));
-    let _down = Down;
     let booted = started.elapsed();
 
     // 1. Every node Ready at v1.30.3.
