@@ -787,26 +787,3 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         Ok(())
     }
 }
-
-/// What `kubeadm init`, and the leader's `init phase upload-certs`, are told about the cluster.
-pub(super) fn cluster_params(cfg: &EngineConfig, set: &MemberSet) -> ClusterParams {
-    let host = cfg
-        .control_plane_endpoint
-        .rsplit_once(':')
-        .map_or(cfg.control_plane_endpoint.as_str(), |(h, _)| h);
-    let mut sans = vec![cfg.advertise_address.clone(), host.to_string()];
-    sans.dedup();
-    ClusterParams {
-        cluster_name: cfg.cluster.clone(),
-        node_name: cfg.node.clone(),
-        advertise_address: cfg.advertise_address.clone(),
-        control_plane_endpoint: cfg.control_plane_endpoint.clone(),
-        etcd_endpoints: cfg.client_urls(set, None),
-        etcd_ca: format!("{KUBEADM_ETCD_DIR}/ca.crt"),
-        etcd_cert: format!("{KUBEADM_ETCD_DIR}/client.crt"),
-        etcd_key: format!("{KUBEADM_ETCD_DIR}/client.key"),
-        pod_subnet: cfg.pod_subnet.clone(),
-        service_subnet: cfg.service_subnet.clone(),
-        cert_sans: sans,
-    }
-}

@@ -253,7 +253,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 etcd_ca: format!("{NOT_UPLOADED_ETCD_DIR}/ca.crt"),
                 etcd_cert: format!("{NOT_UPLOADED_ETCD_DIR}/client.crt"),
                 etcd_key: format!("{NOT_UPLOADED_ETCD_DIR}/client.key"),
-                ..formation::cluster_params(&cfg, set)
+                ..config::cluster_params(&cfg, set)
             },
         });
         let (cfg_secret, cfg_cluster, cfg_endpoint) = (
