@@ -279,7 +279,12 @@ pub fn audit_table(r: &AuditRecordsResponse) -> String {
                 rec.role.map_or("-".into(), |r| r.to_string()),
                 rec.action.clone(),
                 rec.result.outcome.as_str().to_string(),
-                rec.result.message.clone().unwrap_or_default(),
+                // The agent's own records say why it acted; an error says what failed.
+                rec.result
+                    .message
+                    .clone()
+                    .or_else(|| rec.args["reason"].as_str().map(str::to_string))
+                    .unwrap_or_default(),
             ]
         })
         .collect();

@@ -23,7 +23,7 @@ use kubedna_proto::{
     paths, AgentStatus, ApiError, AuditRecordsResponse, AuditResult, Caller, CallerStatus,
     LogLevelRequest, LogLevelResponse, MeshKeys, NodeStatus, Outcome, PacketCounters, Peer,
     PeerLiveness, PeersResponse, PeersSummary, ReloadResponse, Role, StatusResponse,
-    VersionResponse, API_VERSION,
+    VersionResponse, Via, API_VERSION,
 };
 use serde::Serialize;
 
@@ -65,6 +65,11 @@ impl AppState {
     /// The mesh, once it runs (see [`crate::mesh`]).
     pub fn mesh(&self) -> &MeshSlot {
         &self.mesh
+    }
+
+    /// The audit log, for writers outside the API (the agent's own actions).
+    pub fn audit(&self) -> &AuditHandle {
+        &self.audit
     }
 
     /// The control-plane engine, once it runs (see [`crate::node`]).
@@ -459,6 +464,20 @@ async fn audit_records(state: &AppState, query: &str) -> Resp {
                 }
             },
             "action" => filter.action = Some(v),
+            "actor" => {
+                filter.via = match v.as_str() {
+                    "agent" => Some(Via::Agent),
+                    "socket" => Some(Via::Socket),
+                    "signal" => Some(Via::Signal),
+                    _ => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("actor={v:?} is not one of agent, socket, signal"),
+                            None,
+                        )
+                    }
+                }
+            }
             "limit" => match v.parse::<usize>() {
                 Ok(n) if n <= 100_000 => filter.limit = n,
                 _ => {
@@ -472,7 +491,9 @@ async fn audit_records(state: &AppState, query: &str) -> Resp {
             other => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter {other:?}: allowed are since, action, limit"),
+                    format!(
+                    "unknown query parameter {other:?}: allowed are since, action, actor, limit"
+                ),
                     None,
                 )
             }

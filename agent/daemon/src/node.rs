@@ -60,6 +60,7 @@ pub fn start(
     config: &Config,
     mesh: MeshSlot,
     slot: NodeSlot,
+    audit: kubedna_audit::AuditHandle,
     shutdown: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
     let Some(cps) = config.spec.cluster.control_planes.as_ref() else {
@@ -81,11 +82,17 @@ pub fn start(
     }
     let config = config.clone();
     Some(tokio::spawn(async move {
-        run(config, mesh, slot, shutdown).await;
+        run(config, mesh, slot, audit, shutdown).await;
     }))
 }
 
-async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    config: Config,
+    mesh: MeshSlot,
+    slot: NodeSlot,
+    audit: kubedna_audit::AuditHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let handle = loop {
         if let Some(h) = mesh.get() {
             break h.clone();
@@ -136,6 +143,7 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
         etcd_binary: "/usr/bin/etcd".into(),
         root: "/".into(),
         timings: Timings::default(),
+        actions: crate::selfaudit::log(audit),
     };
     let kubeadm = KubeadmUnit {
         systemd: systemd.clone(),

@@ -267,11 +267,21 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         {
             tracing::info!(node = %self.cfg().node, id = format!("{:x}", stale.id), "removing this node's stale etcd member before rejoining");
             let healthy = self.healthy(&members, files).await;
-            match coord
+            let removed = coord
                 .remove_member_within(stale.id, &healthy, Duration::from_secs(30))
-                .await
-                .map_err(self.coord_err("cannot remove this node's stale etcd member"))?
-            {
+                .await;
+            let outcome = match &removed {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(refused)) => Err(refused.to_string()),
+                Err(e) => Err(kubedna_host::error_chain(e)),
+            };
+            self.actions().record(
+                "etcd.member.remove",
+                "this node lost its disk: its old etcd member goes before it rejoins as a new one",
+                serde_json::json!({ "id": format!("{:x}", stale.id), "peerUrl": adv.peer }),
+                outcome,
+            );
+            match removed.map_err(self.coord_err("cannot remove this node's stale etcd member"))? {
                 Ok(()) => {}
                 Err(source) => {
                     return Err(EngineError::RemovalRefused {
@@ -283,15 +293,28 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             members.retain(|m| m.id != stale.id);
         }
         let deadline = self.clock.instant() + Duration::from_secs(30);
+        let why = "a control plane joins a formed etcd cluster as a learner, promoted once in sync";
         let (id, members) = loop {
             match coord.add_learner(&adv.peer).await {
                 Ok(r) => break r,
                 Err(_) if self.clock.instant() < deadline => {
                     self.clock.sleep(self.cfg().timings.poll).await
                 }
-                Err(e) => return Err(self.coord_err("cannot add this node as a learner")(e)),
+                Err(e) => {
+                    let e = self.coord_err("cannot add this node as a learner")(e);
+                    let args = serde_json::json!({ "peerUrl": adv.peer });
+                    self.actions()
+                        .done::<(), _>("etcd.member.add", why, args, &Err(&e));
+                    return Err(e);
+                }
             }
         };
+        self.actions().record(
+            "etcd.member.add",
+            why,
+            serde_json::json!({ "id": format!("{id:x}"), "peerUrl": adv.peer, "learner": true }),
+            Ok(()),
+        );
         let initial = members
             .iter()
             .filter_map(|m| {
@@ -315,7 +338,15 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         let deadline = self.clock.instant() + Duration::from_secs(secs);
         loop {
             match coord.promote(id).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.actions().record(
+                        "etcd.member.promote",
+                        "this node's learner caught up with the etcd leader",
+                        serde_json::json!({ "id": format!("{id:x}") }),
+                        Ok(()),
+                    );
+                    return Ok(());
+                }
                 Err(CoordError::Etcd { source, .. })
                     if source.to_string().contains("not found")
                         || source.to_string().contains("not a learner") =>
@@ -326,11 +357,19 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     self.clock.sleep(self.cfg().timings.poll).await
                 }
                 Err(_) => {
-                    return Err(EngineError::NotPromoted {
+                    let e = EngineError::NotPromoted {
                         node: self.node(),
                         id,
                         secs,
-                    })
+                    };
+                    let args = serde_json::json!({ "id": format!("{id:x}") });
+                    self.actions().done::<(), _>(
+                        "etcd.member.promote",
+                        "this node's learner should have caught up",
+                        args,
+                        &Err(&e),
+                    );
+                    return Err(e);
                 }
             }
         }
@@ -413,13 +452,18 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         }
 
         self.set_phase(Phase::StartingEtcd, None);
-        crate::etcd_unit::install_and_start(
-            &*self.sd,
-            &self.cfg().root,
-            &self.etcd_spec(&files, &p),
-        )
-        .await
-        .map_err(|source| EngineError::EtcdUnit {
+        let spec = self.etcd_spec(&files, &p);
+        let started = crate::etcd_unit::install_and_start(&*self.sd, &self.cfg().root, &spec).await;
+        self.actions().done(
+            "etcd.start",
+            "this control plane runs an etcd member of the cluster",
+            serde_json::json!({
+                "clusterState": p.etcd_state,
+                "initialCluster": p.initial_cluster,
+            }),
+            &started,
+        );
+        started.map_err(|source| EngineError::EtcdUnit {
             node: self.node(),
             source: Box::new(source),
         })?;
@@ -657,10 +701,20 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
     /// it, having seen no Kubernetes data in etcd and no run still going).
     pub(super) async fn reset(&self) {
         tracing::warn!(node = %self.cfg().node, "resetting what an unfinished kubeadm run left");
-        let _ = self
+        let why =
+            "an earlier kubeadm run on this node did not finish, and etcd holds no Kubernetes data";
+        self.actions()
+            .started("kubeadm.reset", why, serde_json::json!({}));
+        let r = self
             .kubeadm
             .run(KubeadmOp::Reset, &["reset".into(), "--force".into()])
             .await;
+        self.actions().finished(
+            "kubeadm.reset",
+            why,
+            serde_json::json!({}),
+            r.as_ref().map(|_| ()),
+        );
     }
 
     /// `kubeadm init` on this disk: the caller has recorded `init_ran` and found no evidence
@@ -673,10 +727,15 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         let key = joinmat::certificate_key(&cfg.secret.0, &cfg.cluster);
         let text = Zeroizing::new(kcfg::render_init(&params, &token, &key));
         self.write_secret_file(INIT_CONFIG, &text)?;
+        let why = "this control plane holds the cluster's one init claim in etcd";
+        let args = serde_json::json!({ "controlPlaneEndpoint": params.control_plane_endpoint });
+        self.actions().started("kubeadm.init", why, args.clone());
         let r = self
             .kubeadm
             .run(KubeadmOp::Init, &kcfg::init_args(INIT_CONFIG))
             .await;
+        self.actions()
+            .finished("kubeadm.init", why, args, r.as_ref().map(|_| ()));
         let _ = std::fs::remove_file(rooted(&cfg.root, INIT_CONFIG));
         r.map_err(self.kubeadm_err())?;
         Ok(())
@@ -777,10 +836,21 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         }
         let text = Zeroizing::new(kcfg::render_join(&params));
         self.write_secret_file(JOIN_CONFIG, &text)?;
+        let why = match cfg.role {
+            Role::ControlPlane => "a control plane joins the formed cluster under the join lock",
+            Role::Worker => "a worker joins the formed cluster",
+        };
+        let args = serde_json::json!({
+            "apiServerEndpoint": m.api_endpoint,
+            "controlPlane": cfg.role == Role::ControlPlane,
+        });
+        self.actions().started("kubeadm.join", why, args.clone());
         let r = self
             .kubeadm
             .run(KubeadmOp::Join, &kcfg::join_args(JOIN_CONFIG))
             .await;
+        self.actions()
+            .finished("kubeadm.join", why, args, r.as_ref().map(|_| ()));
         let _ = std::fs::remove_file(rooted(&cfg.root, JOIN_CONFIG));
         r.map_err(self.kubeadm_err())?;
         tracing::info!(node = %cfg.node, "kubeadm join done");
