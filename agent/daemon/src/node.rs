@@ -49,6 +49,9 @@ impl NodeSlot {
     }
 }
 
+/// The API server's port on every control plane.
+const API_PORT: u16 = 6443;
+
 /// `api.<cluster>.kubedna:6443`, every control plane's `controlPlaneEndpoint`.
 pub fn api_name(cluster: &str) -> String {
     format!("api.{cluster}.kubedna")
@@ -136,7 +139,7 @@ async fn run(
             .map(|c| c.members.clone())
             .unwrap_or_default(),
         advertise_address: handle.local_addr().ip().to_string(),
-        control_plane_endpoint: format!("{}:6443", api_name(&cluster)),
+        control_plane_endpoint: format!("{}:{API_PORT}", api_name(&cluster)),
         pod_subnet: POD_SUBNET.into(),
         service_subnet: SERVICE_SUBNET.into(),
         etcd: EtcdNetwork::Named,
@@ -256,7 +259,10 @@ async fn keep_view(
             *view.lock() = next;
         }
         let status = engine.status();
-        let own_api = status.role == Role::ControlPlane && Path::new(LOCAL_API_MANIFEST).exists();
+        let own_api = status.role == Role::ControlPlane
+            && Path::new(LOCAL_API_MANIFEST).exists()
+            && (status.phase == kubedna_controlplane::engine::Phase::Initialising
+                || api_listens(local.1.ip()).await);
         let hosts = hosts_entries(&cluster, &local, &known, &view, &status, own_api, &serving);
         if hosts != last_hosts {
             match update_hosts(Path::new(HOSTS_FILE), &hosts) {
@@ -276,6 +282,18 @@ async fn keep_view(
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Whether this node's own API server accepts connections. A joining control plane's API name
+/// points at it only then: a join that failed after writing the manifest must not send the next
+/// join's discovery to an API server that does not run. (`kubeadm init` is different: there is
+/// no other API, and init waits for its own.)
+async fn api_listens(ip: IpAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(SocketAddr::new(ip, API_PORT));
+    matches!(
+        tokio::time::timeout(Duration::from_millis(300), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 /// The lifecycle state this node gossips for its engine phase.

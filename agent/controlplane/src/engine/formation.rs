@@ -572,8 +572,19 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         for op in [KubeadmOp::Init, KubeadmOp::Join, KubeadmOp::Reset] {
             records.settle(op).await.map_err(self.kubeadm_err())?;
         }
-        let kubelet_conf = rooted(&self.cfg().root, "/etc/kubernetes/kubelet.conf").exists();
+        let exists = |p: &str| rooted(&self.cfg().root, p).exists();
+        let kubelet_conf = exists("/etc/kubernetes/kubelet.conf");
         let join_evidence = records.succeeded(KubeadmOp::Join) && kubelet_conf;
+        // A failed join can stop after writing any of these (the control-plane files come
+        // before kubelet-start, which refuses a name whose old Node is still Ready).
+        let join_leftovers = [
+            "/etc/kubernetes/kubelet.conf",
+            "/etc/kubernetes/bootstrap-kubelet.conf",
+            "/etc/kubernetes/pki/ca.crt",
+            "/etc/kubernetes/manifests/kube-apiserver.yaml",
+        ]
+        .into_iter()
+        .any(exists);
         let (claim, init_done, kubernetes_data) = match coord {
             Some((coord, claim)) => {
                 let done = coord
@@ -593,7 +604,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             init_done,
             init_evidence: self.init_evidence(),
             join_evidence,
-            half_joined: kubelet_conf && !join_evidence,
+            half_joined: join_leftovers && !join_evidence,
             kubernetes_data,
         })
     }
