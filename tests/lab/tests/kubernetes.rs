@@ -72,6 +72,22 @@ fn five_real_kubernetes_nodes_form_ready_fail_over_and_survive_a_reinstall() {
         lab.status()
     );
 
+    // 0. Faults while the cluster forms (issue 16): the agent of the node running the real
+    // `kubeadm init` is killed while init runs, then the agent of a control plane while its
+    // control-plane join runs. Each run goes on in its own unit; the restarted agent awaits it
+    // and never starts a second one or a reset (checked in 6 from the audit records).
+    let (init_node, unit) =
+        kill_agent_while_running(&lab, &CONTROL_PLANES, "kubedna-kubeadm-init-", FORMATION);
+    println!("K8S FIGURE fault: killed {init_node}'s agent while {unit} ran");
+    let joiners: Vec<&str> = CONTROL_PLANES
+        .iter()
+        .copied()
+        .filter(|n| *n != init_node)
+        .collect();
+    let (joiner, unit) =
+        kill_agent_while_running(&lab, &joiners, "kubedna-kubeadm-join-", FORMATION);
+    println!("K8S FIGURE fault: killed {joiner}'s agent while {unit} ran");
+
     // 1. Every node Ready at v1.30.3.
     let nodes = await_ready(&lab, &NODES, "all five nodes Ready", FORMATION);
     let ready = started.elapsed();
@@ -265,7 +281,11 @@ fn five_real_kubernetes_nodes_form_ready_fail_over_and_survive_a_reinstall() {
         Duration::from_secs(30),
         |_, v| v.voters() == CONTROL_PLANES && v.members.len() == 3 && v.init_recorded,
     );
-    let init_node = one_init_and_four_joins(&lab);
+    assert_eq!(
+        one_init_and_four_joins(&lab),
+        init_node,
+        "the init ran where the fault found it"
+    );
     for n in NODES {
         assert_eq!(
             has_file(&lab, n, APISERVER_MANIFEST),
@@ -432,4 +452,56 @@ fn one_init_and_four_joins(lab: &Lab) -> &'static str {
         assert_eq!(calls.resets, 0, "{n} ran kubeadm reset: {c:?}");
     }
     init_node
+}
+
+/// Polls `nodes` until one runs a unit named `prefix*`, then kills that node's agent (SIGKILL to
+/// its main process, as an OOM kill would; systemd restarts it). Returns the node and the unit.
+fn kill_agent_while_running(
+    lab: &Lab,
+    nodes: &[&str],
+    prefix: &str,
+    within: Duration,
+) -> (&'static str, String) {
+    let pattern = format!("{prefix}*");
+    let (node, unit) = poll(
+        &format!("a {prefix}* unit running on one of {nodes:?}"),
+        within,
+        || {
+            nodes.iter().find_map(|n| {
+                let out = lab
+                    .exec(
+                        n,
+                        &[
+                            "systemctl",
+                            "list-units",
+                            "--no-legend",
+                            "--plain",
+                            "--state=active,activating",
+                            &pattern,
+                        ],
+                        Some(Duration::from_secs(10)),
+                    )
+                    .ok()?;
+                let unit = out.stdout.split_whitespace().next()?.to_string();
+                let node = CONTROL_PLANES.into_iter().find(|c| c == n)?;
+                Some((node, unit))
+            })
+        },
+        || diagnose_all(lab, nodes),
+    );
+    let out = lab
+        .exec(
+            node,
+            &[
+                "systemctl",
+                "kill",
+                "--signal=SIGKILL",
+                "--kill-whom=main",
+                "kubedna-agent",
+            ],
+            Some(Duration::from_secs(10)),
+        )
+        .unwrap_or_else(|e| panic!("kill {node}'s agent: {e}"));
+    assert!(out.success(), "kill {node}'s agent: {out:?}");
+    (node, unit)
 }

@@ -53,6 +53,7 @@ use crate::progress::{decide_kubeadm, Claim, KubeadmFacts, KubeadmStep, Persiste
 
 pub mod config;
 mod formation;
+mod kubeadm_steps;
 mod leader;
 pub mod status;
 pub mod wire;
