@@ -8,7 +8,7 @@
 #   DIR: an image with real Kubernetes (scripts/lab-image) or with the doubles.
 set -u
 root=$(cd "$(dirname "$0")/../../.." && pwd)
-L="$root/target/release/kubedna-lab --name faults"
+L="${KUBEDNA_LAB_BIN:-$root/target/release/kubedna-lab} --name faults"
 IMG=${KUBEDNA_LAB_IMAGE:?set KUBEDNA_LAB_IMAGE to a lab image (scripts/lab-image builds one with real Kubernetes)}
 nodes=(cp-1 cp-2 cp-3 worker-1 worker-2)
 for seed in $(seq "$1" $(( $1 + $2 - 1 ))); do
