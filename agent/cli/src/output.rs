@@ -72,6 +72,23 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
+/// `active (running)`, or the state and why: the unit's last journal lines and where to look.
+fn kubelet_line(k: &kubedna_proto::UnitHealth) -> String {
+    let state = format!("{} ({})", k.active_state, k.sub_state);
+    if k.running() {
+        return state;
+    }
+    let mut out = format!(
+        "{state}: NOT RUNNING; last lines of `journalctl -u {}`:",
+        k.unit
+    );
+    for l in &k.journal {
+        out.push_str("\n  ");
+        out.push_str(l);
+    }
+    out
+}
+
 pub fn status_table(s: &StatusResponse) -> String {
     let mut pairs = vec![
         ("Node", format!("{} ({})", s.node.name, s.node.role)),
@@ -106,6 +123,9 @@ pub fn status_table(s: &StatusResponse) -> String {
     match &s.formation {
         Some(f) => pairs.extend(formation_lines(f)),
         None => pairs.push(("Formation", "not running (see the agent's journal)".into())),
+    }
+    if let Some(k) = &s.kubelet {
+        pairs.push(("Kubelet", kubelet_line(k)));
     }
     pairs.push((
         "You",

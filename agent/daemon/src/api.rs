@@ -390,9 +390,17 @@ async fn status(state: &AppState, caller: &Caller, role: Role) -> StatusResponse
     let config = state.config();
     let peers = peers(state).await.summary;
     let formation = state.node.status().map(formation);
+    // kubelet's state once the engine has gone past host preparation (it installs the unit).
+    let kubelet = match &formation {
+        Some(f) if !matches!(f.phase.as_str(), "starting" | "preparing-host") => {
+            unit_health("kubelet.service").await
+        }
+        _ => None,
+    };
     StatusResponse {
         peers: Some(peers),
         formation,
+        kubelet,
         node: NodeStatus {
             name: config.node_name.clone(),
             cluster: config.spec.cluster.name.clone(),
@@ -418,6 +426,25 @@ async fn status(state: &AppState, caller: &Caller, role: Role) -> StatusResponse
             role,
         },
     }
+}
+
+/// A unit's state over D-Bus, with its journal's last lines when it does not run; None when
+/// systemd cannot be asked or has not loaded the unit.
+async fn unit_health(unit: &str) -> Option<kubedna_proto::UnitHealth> {
+    let sd = kubedna_host::systemd::DbusSystemd::connect().await.ok()?;
+    let (active_state, sub_state) = sd.unit_state(unit).await.ok()??;
+    let mut health = kubedna_proto::UnitHealth {
+        unit: unit.to_string(),
+        active_state,
+        sub_state,
+        journal: Vec::new(),
+    };
+    if !health.running() {
+        let tail = kubedna_host::systemd::journal_tail(unit).await;
+        let lines: Vec<String> = tail.lines().map(str::to_string).collect();
+        health.journal = lines[lines.len().saturating_sub(8)..].to_vec();
+    }
+    Some(health)
 }
 
 /// The engine's status as the API shows it.

@@ -16,6 +16,7 @@
 //!   without running kubeadm again, and is Ready again;
 //! - the node that ran `kubeadm init` is reinstalled with a wiped disk: it rejoins etcd as a new
 //!   member and joins with kubeadm as a control plane, never init; all five are Ready again.
+//! - a kubelet that cannot start (a bad flag) shows in `kubedna status` with its journal's reason.
 //!
 //! Figures are printed as `K8S FIGURE` lines: `up` to all Ready, failover, rejoin, and per
 //! control plane the resident memory of kube-apiserver, etcd and the agent. Needs root and the
@@ -422,6 +423,45 @@ fn five_real_kubernetes_nodes_form_ready_fail_over_and_survive_a_reinstall() {
         Duration::from_secs(240),
     );
     common_leader(&lab, &NODES);
+
+    // 9. A kubelet that cannot start: `kubedna status` says so, and why (bad input, issue 10).
+    let sh = |node: &str, script: &str| {
+        lab.exec(node, &["sh", "-c", script], Some(Duration::from_secs(60)))
+            .unwrap_or_else(|e| panic!("{node}: {script}: {e}"))
+    };
+    sh(
+        "worker-2",
+        "cp /etc/default/kubelet /etc/default/kubelet.good && \
+         echo 'KUBELET_EXTRA_ARGS=--no-such-flag' > /etc/default/kubelet && \
+         systemctl restart kubelet; true",
+    );
+    let shown = poll(
+        "worker-2's status shows its kubelet failing with the reason",
+        Duration::from_secs(60),
+        || {
+            let out = lab
+                .exec(
+                    "worker-2",
+                    &["kubedna", "status"],
+                    Some(Duration::from_secs(15)),
+                )
+                .ok()?;
+            (out.stdout.contains("NOT RUNNING") && out.stdout.contains("no-such-flag"))
+                .then_some(out.stdout)
+        },
+        || diagnose(&lab, "worker-2"),
+    );
+    println!("kubedna status with a broken kubelet:\n{shown}");
+    sh(
+        "worker-2",
+        "mv /etc/default/kubelet.good /etc/default/kubelet && systemctl restart kubelet",
+    );
+    await_ready(
+        &lab,
+        &NODES,
+        "worker-2 Ready again",
+        Duration::from_secs(180),
+    );
     println!(
         "K8S FIGURE the whole scenario took {:.1} s",
         started.elapsed().as_secs_f64()
