@@ -11,7 +11,7 @@ use kubedna_proto::{
 };
 
 use crate::cli::{AuditCommand, Cli, Command, Format};
-use crate::client::{check_status, Client, ClientError};
+use crate::client::{check_status, Client};
 use crate::exit;
 use crate::output;
 
@@ -68,6 +68,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 let p: PeersResponse = client.call("GET", paths::PEERS, None).await?;
                 print(&output::render(format, &p, output::peers_table))?;
             }
+            Command::Metrics => {
+                let (status, body) = client.send("GET", paths::METRICS, None).await?;
+                check_status(status, &body)?;
+                print(&String::from_utf8_lossy(&body))?;
+            }
             Command::Version { .. } => {
                 let agent: VersionResponse = client.call("GET", paths::VERSION, None).await?;
                 let v = output::Versions {
@@ -122,11 +127,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     .send(&method, &path, data.map(String::into_bytes))
                     .await?;
                 check_status(status, &body)?;
-                let value: serde_json::Value =
-                    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
-                        socket: cli.socket.clone(),
-                        reason: format!("the answer is not JSON: {e}"),
-                    })?;
+                // A text endpoint (/v1/metrics) is printed as it came.
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                    print(&String::from_utf8_lossy(&body))?;
+                    return Ok(0);
+                };
                 print(&output::render(format, &value, |v| {
                     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
                     s.push('\n');

@@ -108,6 +108,7 @@ impl Config {
         check("state", a.state != b.state);
         check("audit", a.audit != b.audit);
         check("log", a.log != b.log);
+        check("metrics", a.metrics != b.metrics);
         out
     }
 
@@ -143,6 +144,9 @@ impl Config {
         }
         if new.audit_dir() != self.audit_dir() {
             out.push("audit.dir");
+        }
+        if a.metrics != b.metrics {
+            out.push("metrics");
         }
         out
     }

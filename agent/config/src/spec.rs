@@ -38,6 +38,37 @@ pub struct AgentConfig {
     pub audit: AuditSpec,
     #[serde(default)]
     pub log: LogSpec,
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+}
+
+/// Prometheus metrics over HTTP (`GET /metrics`, OpenMetrics text).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsSpec {
+    /// Off: no TCP listener (`kubedna metrics` still reads them over the admin socket).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `IP:PORT` to listen on. Default: this node's own mesh address, port 9464, so the metrics
+    /// are reachable on the node's network only, never on every interface by accident.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        MetricsSpec {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+/// The metrics port when `metrics.listen` is not set.
+pub const DEFAULT_METRICS_PORT: u16 = 9464;
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -397,6 +428,18 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
             "kind",
             format!("{:?} is not supported: use {KIND:?}", spec.kind),
         ));
+    }
+    if let Some(addr) = spec.metrics.listen {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "{addr} is not a listen address for metrics: give one of this node's own \
+                     addresses and a port (such as 198.18.0.2:{DEFAULT_METRICS_PORT}), or leave \
+                     it out to use the node's mesh address"
+                ),
+            ));
+        }
     }
     if !is_dns_label(&spec.cluster.name) {
         return Err(invalid(

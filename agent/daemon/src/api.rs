@@ -44,6 +44,7 @@ pub struct AppState {
     reload_lock: tokio::sync::Mutex<()>,
     mesh: MeshSlot,
     node: crate::node::NodeSlot,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -59,7 +60,35 @@ impl AppState {
             reload_lock: tokio::sync::Mutex::new(()),
             mesh: MeshSlot::default(),
             node: crate::node::NodeSlot::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Appends an audit record, counted and timed for the metrics.
+    pub async fn audit_append(
+        &self,
+        entry: Entry,
+    ) -> Result<kubedna_proto::AuditRecord, kubedna_audit::AuditError> {
+        let started = Instant::now();
+        let r = self.audit.append(entry).await;
+        if r.is_ok() {
+            self.metrics.audit_append(started.elapsed().as_secs_f64());
+        }
+        r
+    }
+
+    /// What a scrape reads off this agent's state.
+    pub async fn metrics_text(&self) -> String {
+        let snapshot = crate::metrics::Snapshot {
+            peers: peers(self).await,
+            formation: self.node.status().map(formation),
+            node: self.config().node_name.clone(),
+        };
+        self.metrics.render(&snapshot)
     }
 
     /// The mesh, once it runs (see [`crate::mesh`]).
@@ -119,6 +148,13 @@ pub const ROUTES: &[Route] = &[
         path: paths::PEERS,
         role: Role::Viewer,
         action: "peers.list",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: paths::METRICS,
+        role: Role::Viewer,
+        action: "metrics.get",
         mutating: false,
     },
     Route {
@@ -226,7 +262,8 @@ pub async fn handle(
             },
             time: None,
         };
-        if let Err(e) = state.audit.append(record).await {
+        state.metrics.api_call(route.action, role, true);
+        if let Err(e) = state.audit_append(record).await {
             tracing::error!(error = %e, uid = caller.uid, "cannot audit a denial");
             return Ok(error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -238,6 +275,7 @@ pub async fn handle(
         return Ok(error(StatusCode::FORBIDDEN, message, Some(route.role)));
     }
     let role = role.unwrap_or(Role::Viewer);
+    state.metrics.api_call(route.action, Some(role), false);
 
     let body = if route.mutating {
         match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -263,6 +301,11 @@ pub async fn handle(
         ),
         paths::STATUS => json(StatusCode::OK, &status(&state, &caller, role).await),
         paths::PEERS => json(StatusCode::OK, &peers(&state).await),
+        paths::METRICS => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", crate::metrics::CONTENT_TYPE)
+            .body(Full::new(Bytes::from(state.metrics_text().await)))
+            .expect("static response parts are valid"),
         paths::AUDIT_RECORDS => audit_records(&state, &query).await,
         paths::AUDIT_VERIFY => {
             let dir = state.audit.dir().to_path_buf();
@@ -583,7 +626,7 @@ async fn audited(
         result,
         time: None,
     };
-    state.audit.append(entry).await.map(|_| ()).map_err(|e| {
+    state.audit_append(entry).await.map(|_| ()).map_err(|e| {
         tracing::error!(error = %e, action, "cannot write the audit record; the call is refused");
         "the audit log is unavailable, so nothing was changed; check the agent's journal and the disk".to_string()
     })

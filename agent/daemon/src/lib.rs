@@ -7,6 +7,7 @@
 //! - [`mesh`] runs the gossip mesh and discovery, and holds the handle other subsystems use.
 //! - [`node`] runs the control-plane engine (formation, leader, join material) over the mesh.
 //! - [`selfaudit`] writes what the agent changes on its own into the audit log.
+//! - [`metrics`] renders the Prometheus metrics, served on `metrics.listen` and the API.
 //! - [`logging`] sets up tracing and lets the log filter change at run time.
 
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod logging;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 pub mod selfaudit;
 pub mod server;

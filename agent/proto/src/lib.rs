@@ -25,6 +25,8 @@ pub mod paths {
     pub const LOG_LEVEL: &str = "/v1/log-level";
     pub const CONFIG_RELOAD: &str = "/v1/config/reload";
     pub const PEERS: &str = "/v1/peers";
+    /// Prometheus metrics (OpenMetrics text), as on `metrics.listen`.
+    pub const METRICS: &str = "/v1/metrics";
 }
 
 /// Admin roles, ordered: each role may do everything the roles below it may.

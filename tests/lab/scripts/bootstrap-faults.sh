@@ -36,12 +36,22 @@ for seed in $(seq "$1" $(( $1 + $2 - 1 ))); do
     [ $m = 5 ] && { ok=1; break; }
     sleep 1
   done
-  inits=0
+  inits=0 where=""
   for n in "${nodes[@]}"; do
-    c=$($L kubedna $n -o json audit list --actor agent --action kubeadm.init 2>/dev/null | python3 -c "import json,sys; print(sum(1 for r in json.load(sys.stdin)['records'] if r['args'].get('phase') == 'started'))" 2>/dev/null)
-    inits=$((inits + ${c:-0}))
+    # Started inits on this node, and what each ended with (ok / error / none: its agent died).
+    line=$($L kubedna $n -o json audit list --actor agent --action 'kubeadm.*' 2>/dev/null | python3 -c "
+import json, sys
+rs = json.load(sys.stdin)['records']
+started = sum(1 for r in rs if r['action'] == 'kubeadm.init' and r['args'].get('phase') == 'started')
+ends = [r['result']['outcome'] for r in rs if r['action'] == 'kubeadm.init' and r['args'].get('phase') == 'finished']
+resets = sum(1 for r in rs if r['action'] == 'kubeadm.reset' and r['args'].get('phase') == 'started')
+print(started, '/'.join(ends) or '-', resets)" 2>/dev/null)
+    read -r c ends resets <<<"${line:-0 - 0}"
+    inits=$((inits + c))
+    [ "$c" -gt 0 ] && where+=" $n:${c}x(${ends};resets=${resets})"
   done
   voters=$($L kubedna cp-1 status -o json 2>/dev/null | python3 -c "import json,sys; d=json.load(sys.stdin); print(sum(1 for m in (d.get('formation') or {}).get('etcd_members',[]) if not m['learner']))" 2>/dev/null)
-  echo "seed $seed: faults[$faults ] all-member=${ok:-NO} after-faults=$(echo "$(date +%s.%N) - $tf" | bc | cut -c1-5)s inits=$inits voters=$voters"
+  echo "seed $seed: faults[$faults ] all-member=${ok:-NO} after-faults=$(echo "$(date +%s.%N) - $tf" | bc | cut -c1-5)s inits=$inits[$where ] voters=$voters"
+  if [ "$inits" -ne 1 ]; then echo "seed $seed: lab kept for inspection ($L down removes it)"; exit 1; fi
 done
 $L down >/dev/null 2>&1
