@@ -19,6 +19,7 @@ pub mod joinmat;
 pub mod kubeadm;
 pub mod kubeadm_run;
 pub mod kubelet;
+pub mod maintenance;
 pub mod membership;
 pub mod pki;
 pub mod progress;
