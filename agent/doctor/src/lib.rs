@@ -14,6 +14,7 @@
 
 pub mod events;
 pub mod guard;
+pub mod pass;
 pub mod provider;
 pub mod steps;
 pub mod verdict;
