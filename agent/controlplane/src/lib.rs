@@ -12,6 +12,7 @@
 
 pub mod bootstrap;
 pub mod coord;
+pub mod doctor_duty;
 pub mod duties;
 pub mod engine;
 pub mod etcd_unit;

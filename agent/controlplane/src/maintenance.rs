@@ -72,6 +72,11 @@ impl MaintenanceHold {
     pub fn is_lost(&self) -> bool {
         *self.lost.borrow()
     }
+
+    /// Resolves once renewal has stopped for good (TTL run out, lease gone, term over).
+    pub async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|l| *l).await;
+    }
 }
 
 impl Drop for MaintenanceHold {
@@ -194,7 +199,13 @@ impl Coordinator {
         }
         let mod_revision = resp.header().map_or(0, |h| h.revision());
         let (lost_tx, lost) = watch::channel(false);
-        let renew = tokio::spawn(renew(self.client(), lease, ttl, lost_tx));
+        let renew = tokio::spawn(renew(
+            self.client(),
+            lease,
+            ttl,
+            (self.key("leader"), term),
+            lost_tx,
+        ));
         Ok(Take::Held(MaintenanceHold {
             record,
             lease,
@@ -253,9 +264,17 @@ impl Coordinator {
     }
 }
 
-/// Renews the lease every TTL/3 until etcd says it is gone or the TTL passed without an
-/// acknowledged renewal (then `lost` turns true). Errors are retried on a fresh stream.
-async fn renew(client: etcd_client::Client, lease: i64, ttl: Duration, lost: watch::Sender<bool>) {
+/// Renews the lease every TTL/3 until etcd says it is gone, the TTL passed without an
+/// acknowledged renewal, or the leader seat is no longer held under the taker's term (a deposed
+/// leader stops keeping the key alive even if its duty was not dropped); then `lost` turns
+/// true. Errors are retried on a fresh stream.
+async fn renew(
+    client: etcd_client::Client,
+    lease: i64,
+    ttl: Duration,
+    (seat, term): (String, i64),
+    lost: watch::Sender<bool>,
+) {
     let every = Duration::from_millis((ttl.as_millis() / 3).max(100) as u64);
     let retry = Duration::from_millis((ttl.as_millis() / 20).max(50) as u64);
     let mut valid_until = tokio::time::Instant::now() + ttl;
@@ -266,6 +285,10 @@ async fn renew(client: etcd_client::Client, lease: i64, ttl: Duration, lost: wat
         }
         let sent = tokio::time::Instant::now();
         let attempt = async {
+            let leader = client.kv_client().get(seat.as_str(), None).await.ok()?;
+            if leader.kvs().first().map(|kv| kv.create_revision()) != Some(term) {
+                return Some(-1);
+            }
             if stream.is_none() {
                 stream = client.lease_client().keep_alive(lease).await.ok();
             }
@@ -279,6 +302,8 @@ async fn renew(client: etcd_client::Client, lease: i64, ttl: Duration, lost: wat
                 valid_until = sent + Duration::from_secs(t as u64);
                 tokio::time::sleep(every).await;
             }
+            // etcd says the lease is gone, or (-1) the term is over: stop renewing; etcd frees
+            // the key within the TTL.
             Ok(Some(_)) => break,
             _ => {
                 stream = None;

@@ -123,7 +123,7 @@ async fn the_maintenance_lease_is_fenced_ttld_and_resumable() {
 
     // Taken again by a, whose term then ends while its process still runs (a deposed leader):
     // b leads and takes the same work over at once, without waiting for a's lease.
-    let Take::Held(hold_a) = a
+    let Take::Held(mut hold_a) = a
         .take_maintenance(term_a, "cp-a", "w-1", "doctor: replace w-1", ttl, NOW + 5)
         .await
         .expect("take")
@@ -152,6 +152,10 @@ async fn the_maintenance_lease_is_fenced_ttld_and_resumable() {
         panic!("the next leader could not take over the same work");
     };
     assert_eq!(hold_b.record.since, NOW + 5, "the work's start is kept");
+    // The deposed leader's hold stops renewing on its own once it sees the term over.
+    tokio::time::timeout(ttl * 2, hold_a.lost())
+        .await
+        .expect("a deposed leader's hold must stop renewing");
     assert_eq!(hold_b.record.term, lead_b.term);
     // The deposed leader's release is refused by term, and leaves the key alone.
     match a.release_maintenance(term_a, hold_a).await {

@@ -484,6 +484,19 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
             };
             let step = next_step(&p, &o);
             report.last_step = Some(step.clone());
+            if matches!(
+                step,
+                Step::PowerOff { .. }
+                    | Step::DeleteVm { .. }
+                    | Step::CreateVm
+                    | Step::DeleteNode
+                    | Step::RemoveMember { .. }
+            ) {
+                // No effect outside etcd without a fenced write in this same pass: a deposed
+                // leader whose pass was not dropped yet is refused here, before acting.
+                p.term = term;
+                store.put_progress(&p).await?;
+            }
             let acted: Result<(), String> = match &step {
                 Step::Wait { why } => {
                     if self.said(why) {

@@ -282,10 +282,17 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     api_endpoint: cfg_endpoint,
                     upload_config,
                 },
+                doctor: None,
             },
             kubeadm,
             clock,
         })
+    }
+
+    /// Adds the doctor to the leader's duties (docs/doctor.md); the daemon calls this when
+    /// `doctor.enabled` is set and a provider is configured.
+    pub fn set_doctor(&mut self, doctor: Arc<dyn crate::doctor_duty::LeaderDuty>) {
+        self.duties.doctor = Some(doctor);
     }
 
     pub fn handle(&self) -> EngineHandle {
