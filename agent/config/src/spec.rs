@@ -28,6 +28,9 @@ pub struct AgentConfig {
     pub mesh: MeshSpec,
     #[serde(default)]
     pub provider: ProviderSpec,
+    /// The leader's doctor (docs/doctor.md). Default: disabled.
+    #[serde(default)]
+    pub doctor: crate::doctor::DoctorSpec,
     #[serde(default)]
     pub rbac: RbacSpec,
     #[serde(default)]
@@ -565,6 +568,8 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
             "needs a provider: set provider.kind to hetzner or lab, or set this to false".into(),
         ));
     }
+
+    crate::doctor::check(&spec).map_err(|(f, m)| invalid(f, m))?;
 
     let rbac = RbacMap {
         admin: resolve_subjects(&spec.rbac.admins, "rbac.admins")
