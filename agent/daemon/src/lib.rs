@@ -6,12 +6,14 @@
 //! - [`api`] routes requests, authorizes them by role and audits what must be audited.
 //! - [`mesh`] runs the gossip mesh and discovery, and holds the handle other subsystems use.
 //! - [`node`] runs the control-plane engine (formation, leader, join material) over the mesh.
+//! - [`doctor`] answers `kubedna doctor` from etcd and the leader's doctor.
 //! - [`logging`] sets up tracing and lets the log filter change at run time.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
+pub mod doctor;
 pub mod logging;
 pub mod mesh;
 pub mod node;

@@ -47,6 +47,11 @@ impl NodeSlot {
     pub fn status(&self) -> Option<Status> {
         self.0.get().map(EngineHandle::status)
     }
+
+    /// The engine's handle once it runs (`kubedna doctor` reads etcd through it).
+    pub fn handle(&self) -> Option<EngineHandle> {
+        self.0.get().cloned()
+    }
 }
 
 /// `api.<cluster>.kubedna:6443`, every control plane's `controlPlaneEndpoint`.

@@ -93,6 +93,12 @@ impl std::fmt::Debug for EngineHandle {
 }
 
 impl EngineHandle {
+    /// The etcd connection once this control plane has one (for `kubedna doctor` on any
+    /// control plane); None on a worker or before etcd serves.
+    pub fn coordinator(&self) -> Option<Coordinator> {
+        lock(&self.shared.coord).clone()
+    }
+
     /// A snapshot for `kubedna status`.
     pub fn status(&self) -> Status {
         lock(&self.shared.status).clone()
