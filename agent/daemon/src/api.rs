@@ -44,7 +44,6 @@ pub struct AppState {
     reload_lock: tokio::sync::Mutex<()>,
     mesh: MeshSlot,
     node: crate::node::NodeSlot,
-    doctor: crate::doctor::DoctorSlot,
 }
 
 impl AppState {
@@ -60,7 +59,6 @@ impl AppState {
             reload_lock: tokio::sync::Mutex::new(()),
             mesh: MeshSlot::default(),
             node: crate::node::NodeSlot::default(),
-            doctor: crate::doctor::DoctorSlot::default(),
         }
     }
 
@@ -72,11 +70,6 @@ impl AppState {
     /// The control-plane engine, once it runs (see [`crate::node`]).
     pub fn node(&self) -> &crate::node::NodeSlot {
         &self.node
-    }
-
-    /// The leader's doctor, once the daemon runs it.
-    pub fn doctor(&self) -> &crate::doctor::DoctorSlot {
-        &self.doctor
     }
 
     pub fn config(&self) -> Arc<Config> {

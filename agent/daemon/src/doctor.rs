@@ -4,39 +4,254 @@
 //! and the decision come from the doctor's last pass and only the leader has them
 //! ([`DoctorSlot`], filled when the daemon runs the doctor duty). Pause and resume are admin
 //! calls and, like every mutating call, are audited before they are applied.
+//!
+//! [`build`] makes the doctor duty for a control plane with `doctor.enabled`: the provider from
+//! `provider:` (Hetzner Cloud; the lab's API is not served yet), the Node objects through
+//! kubectl and the admin kubeconfig, the mesh's view refreshed from the mesh, the seeds from
+//! the role templates in `/etc/kubedna/doctor/`. Its events are logged and handed to the hook
+//! set with [`DoctorSlot::set_audit`] (the daemon's agent-self audit records).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use hyper::StatusCode;
-use kubedna_controlplane::doctor_duty::{read_records, set_paused};
-use kubedna_doctor::guard::{Decision, Pause};
-use kubedna_doctor::pass::{HistoryEntry, Report};
+use kubedna_config::{Config, ProviderKind};
+use kubedna_controlplane::doctor_duty::{read_records, set_paused, DoctorDuty, LeaderDuty};
+use kubedna_controlplane::duties::{DutyError, Term};
+use kubedna_doctor::guard::{Decision, GuardConfig, Pause};
+use kubedna_doctor::kubectl::Kubectl;
+use kubedna_doctor::pass::{
+    Doctor, DoctorConfig, HistoryEntry, Mesh, MeshNode, Report, CLUSTER_LABEL,
+};
+use kubedna_doctor::provider::hetzner::{Hetzner, HetznerConfig, HETZNER_API};
+use kubedna_doctor::seeds::TemplateSeeds;
 use kubedna_doctor::steps::{Outcome as StepOutcome, Progress};
-use kubedna_doctor::verdict::Verdict;
+use kubedna_doctor::verdict::{MeshState, Thresholds, Verdict};
+use kubedna_doctor::{DoctorEvent, DoctorEvents, Role as DoctorRole};
+use kubedna_mesh::Liveness;
 use kubedna_proto::{
     AuditResult, Caller, DoctorHistoryEntry, DoctorHistoryResponse, DoctorNode, DoctorPause,
     DoctorPauseRequest, DoctorReplacement, DoctorStatusResponse, Outcome, Role,
 };
+use tokio::sync::watch;
 
 use crate::api::{audited, error, json, AppState, Resp};
+use crate::mesh::MeshHandle;
 
 /// The leader's doctor, for its last report.
 pub trait DoctorReport: Send + Sync + std::fmt::Debug {
     fn report(&self) -> Report;
 }
 
+/// Where each doctor event goes besides the log: the daemon's audit writer.
+pub type AuditHook = Arc<dyn Fn(&DoctorEvent) + Send + Sync>;
+
 /// Set once when the daemon runs the doctor duty on this node.
-#[derive(Debug, Clone, Default)]
-pub struct DoctorSlot(Arc<OnceLock<Arc<dyn DoctorReport>>>);
+#[derive(Clone, Default)]
+pub struct DoctorSlot {
+    report: Arc<OnceLock<Arc<dyn DoctorReport>>>,
+    audit: Arc<OnceLock<AuditHook>>,
+}
+
+impl std::fmt::Debug for DoctorSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DoctorSlot")
+            .field("running", &self.report.get().is_some())
+            .field("audited", &self.audit.get().is_some())
+            .finish()
+    }
+}
 
 impl DoctorSlot {
     pub fn set(&self, doctor: Arc<dyn DoctorReport>) {
-        let _ = self.0.set(doctor);
+        let _ = self.report.set(doctor);
+    }
+
+    /// Sends every doctor event to `hook` too (an agent-self audit record each).
+    pub fn set_audit(&self, hook: AuditHook) {
+        let _ = self.audit.set(hook);
     }
 
     fn report(&self) -> Option<Report> {
-        self.0.get().map(|d| d.report())
+        self.report.get().map(|d| d.report())
     }
+}
+
+/// Logs each event and passes it to the audit hook once one is set.
+#[derive(Clone)]
+struct Events(Arc<OnceLock<AuditHook>>);
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+impl DoctorEvents for Events {
+    fn record(&self, e: &DoctorEvent) {
+        tracing::info!(action = %e.action(), node = %e.node, what = %e.what, signals = %e.signals, term = e.term, "doctor");
+        if let Some(hook) = self.0.get() {
+            hook(e);
+        }
+    }
+}
+
+/// Every node the mesh knows, refreshed from the mesh (the doctor's view is synchronous).
+#[derive(Debug, Clone, Default)]
+struct MeshView(Arc<Mutex<Vec<MeshNode>>>);
+
+impl Mesh for MeshView {
+    fn nodes(&self) -> Vec<MeshNode> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+async fn keep_mesh_view(
+    mesh: MeshHandle,
+    view: MeshView,
+    own: MeshNode,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut events = mesh.subscribe();
+    loop {
+        if let Ok(members) = mesh.members().await {
+            let mut nodes = vec![own.clone()];
+            for m in members {
+                let Some(meta) = m.meta else { continue };
+                if meta.name == own.name {
+                    continue;
+                }
+                nodes.push(MeshNode {
+                    name: meta.name,
+                    role: match meta.role {
+                        kubedna_mesh::Role::ControlPlane => DoctorRole::ControlPlane,
+                        kubedna_mesh::Role::Worker => DoctorRole::Worker,
+                    },
+                    state: match m.liveness {
+                        Liveness::Alive => MeshState::Alive,
+                        Liveness::Suspect => MeshState::Suspect,
+                        Liveness::Down => MeshState::Down,
+                    },
+                });
+            }
+            if let Ok(mut v) = view.0.lock() {
+                *v = nodes;
+            }
+        }
+        tokio::select! {
+            _ = events.recv() => {}
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+type ProductionDuty = DoctorDuty<Hetzner, Kubectl, MeshView, TemplateSeeds, Events>;
+
+#[derive(Debug)]
+struct Reporter(Arc<ProductionDuty>);
+
+impl DoctorReport for Reporter {
+    fn report(&self) -> Report {
+        self.0.report()
+    }
+}
+
+#[derive(Debug)]
+struct Shared(Arc<ProductionDuty>);
+
+impl LeaderDuty for Shared {
+    fn name(&self) -> &'static str {
+        "doctor"
+    }
+    fn pass<'a>(
+        &'a self,
+        term: Term<'a>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DutyError>> + Send + 'a>>
+    {
+        self.0.pass(term)
+    }
+}
+
+/// The doctor duty for this node, when `doctor.enabled` and this node can lead; None (and why,
+/// logged) otherwise.
+pub fn build(
+    config: &Config,
+    mesh: &MeshHandle,
+    slot: &DoctorSlot,
+    shutdown: watch::Receiver<bool>,
+) -> Option<Arc<dyn LeaderDuty>> {
+    let spec = &config.spec;
+    if !spec.doctor.enabled {
+        return None;
+    }
+    if spec.node.role != kubedna_proto::NodeRole::ControlPlane {
+        return None; // only control planes lead
+    }
+    let provider = match (spec.provider.kind, &spec.provider.hetzner) {
+        (ProviderKind::Hetzner, Some(h)) => {
+            let selector = h
+                .label_selector
+                .clone()
+                .unwrap_or_else(|| format!("{CLUSTER_LABEL}={}", spec.cluster.name));
+            let mut c = HetznerConfig::new(HETZNER_API, h.token_file.clone(), &selector);
+            if let Some(t) = &h.server_type {
+                c.server_type = t.clone();
+            }
+            if let Some(i) = &h.image {
+                c.image = i.clone();
+            }
+            c.location = h.location.clone();
+            Hetzner::new(c)
+        }
+        _ => {
+            tracing::warn!(
+                file = %config.file.display(),
+                "doctor.enabled is set but the doctor runs only with provider.kind hetzner for now (the lab's provider API is not served yet); the doctor is off"
+            );
+            return None;
+        }
+    };
+    let d = &spec.doctor;
+    let on = |s: u64| (s > 0).then_some(s);
+    let cfg = DoctorConfig {
+        guard: GuardConfig {
+            enabled: true,
+            max_unhealthy_percent: d.max_unhealthy_percent,
+            backoff: d.backoff_seconds,
+            backoff_max: d.backoff_seconds.max(3600),
+        },
+        thresholds: Thresholds {
+            mesh_down: on(d.mesh_down_seconds),
+            not_ready: on(d.not_ready_seconds),
+            provider_off: on(d.provider_off_seconds),
+            hung: on(d.hung_seconds),
+        },
+        node_startup: d.node_startup_seconds,
+        cluster: spec.cluster.name.clone(),
+    };
+    let view = MeshView::default();
+    let own = MeshNode {
+        name: config.node_name.clone(),
+        role: DoctorRole::ControlPlane,
+        state: MeshState::Alive,
+    };
+    tokio::spawn(keep_mesh_view(mesh.clone(), view.clone(), own, shutdown));
+    let doctor = Doctor::new(
+        provider,
+        Kubectl::default(),
+        view,
+        TemplateSeeds::default(),
+        Events(slot.audit.clone()),
+        cfg,
+        &config.node_name,
+    );
+    let now: Arc<dyn Fn() -> u64 + Send + Sync> =
+        Arc::new(|| chrono::Utc::now().timestamp().max(0) as u64);
+    let duty = Arc::new(DoctorDuty::new(doctor, now));
+    slot.set(Arc::new(Reporter(duty.clone())));
+    tracing::info!(node = %config.node_name, "doctor: runs while this node leads (docs/doctor.md)");
+    Some(Arc::new(Shared(duty)))
 }
 
 fn to_snake<T: serde::Serialize>(v: &T) -> String {
@@ -123,7 +338,7 @@ pub async fn status(state: &AppState) -> Resp {
             )
         }
     };
-    let report = state.doctor().report();
+    let report = state.node().doctor().report();
     let leading = report.as_ref().is_some_and(|r| r.at > 0);
     let report = report.unwrap_or_default();
     json(

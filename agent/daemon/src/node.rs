@@ -39,9 +39,9 @@ pub const HOSTS_FILE: &str = "/etc/hosts";
 /// How long a request to a peer may take, resends included.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The engine's status once it runs, for `kubedna status`.
+/// The engine's status once it runs, for `kubedna status`, and its doctor (`kubedna doctor`).
 #[derive(Debug, Clone, Default)]
-pub struct NodeSlot(Arc<OnceLock<EngineHandle>>);
+pub struct NodeSlot(Arc<OnceLock<EngineHandle>>, crate::doctor::DoctorSlot);
 
 impl NodeSlot {
     pub fn status(&self) -> Option<Status> {
@@ -51,6 +51,11 @@ impl NodeSlot {
     /// The engine's handle once it runs (`kubedna doctor` reads etcd through it).
     pub fn handle(&self) -> Option<EngineHandle> {
         self.0.get().cloned()
+    }
+
+    /// The leader's doctor, when this node runs it.
+    pub fn doctor(&self) -> &crate::doctor::DoctorSlot {
+        &self.1
     }
 }
 
@@ -154,7 +159,7 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
             .map_or_else(|| PathBuf::from("/run/kubedna"), Path::to_path_buf),
     };
     let podnet = (systemd.clone(), kubeadm.out_dir.clone());
-    let engine = match Engine::new(
+    let mut engine = match Engine::new(
         cfg,
         peers,
         systemd,
@@ -168,6 +173,9 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
             return;
         }
     };
+    if let Some(doctor) = crate::doctor::build(&config, &handle, &slot.1, shutdown.clone()) {
+        engine.set_doctor(doctor);
+    }
     let engine_handle = engine.handle();
     let _ = slot.0.set(engine_handle.clone());
     // Keep the view, /etc/hosts and the gossiped state current; answer other nodes.

@@ -7,6 +7,9 @@
 //! in flight, back-off per node, never the leader's own node) and holds the etcd quorum rule;
 //! [`steps`] is the replacement's step machine, `next_step(progress, observation) -> Step`, whose
 //! progress the caller records in etcd under the leader term so the next leader resumes it;
+//! [`pass`] runs one leader pass over all of them behind narrow traits (the etcd store is
+//! implemented in `kubedna-controlplane`, [`kubectl`] reads the Node objects, [`seeds`] renders
+//! a replacement's cloud-init);
 //! [`provider`] is the one trait behind which VMs are created, fenced and deleted (Hetzner Cloud,
 //! and the lab serving the same API); [`events`] is how every decision and step reaches the
 //! audit log. It must never decide from one signal that a partitioned or slow node is dead, never
@@ -14,8 +17,10 @@
 
 pub mod events;
 pub mod guard;
+pub mod kubectl;
 pub mod pass;
 pub mod provider;
+pub mod seeds;
 pub mod steps;
 pub mod verdict;
 
