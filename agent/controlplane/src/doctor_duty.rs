@@ -308,6 +308,10 @@ pub struct DoctorDuty<P, K, M, R, E> {
     pub doctor: Doctor<P, K, M, R, E>,
     hold: Mutex<Option<MaintenanceHold>>,
     pub lease_ttl: Duration,
+    /// The least time between two passes, in seconds (default 10): each pass lists the
+    /// provider's VMs, and Hetzner allows 3600 requests an hour per project.
+    pub every: u64,
+    last: Mutex<Option<(i64, u64)>>,
     now: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
@@ -326,6 +330,8 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> DoctorDuty<P, K, 
             doctor,
             hold: Mutex::new(None),
             lease_ttl: crate::maintenance::DEFAULT_TTL,
+            every: 10,
+            last: Mutex::new(None),
             now,
         }
     }
@@ -336,6 +342,17 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> DoctorDuty<P, K, 
     }
 
     async fn run(&self, term: Term<'_>) -> Result<(), DutyError> {
+        let now = (self.now)();
+        {
+            let mut last = match self.last.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if last.is_some_and(|(t, at)| t == term.term && now < at + self.every) {
+                return Ok(());
+            }
+            *last = Some((term.term, now));
+        }
         {
             let mut h = match self.hold.lock() {
                 Ok(g) => g,
@@ -351,7 +368,7 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> DoctorDuty<P, K, 
             holder: &self.doctor.leader,
             hold: &self.hold,
             lease_ttl: self.lease_ttl,
-            now: (self.now)(),
+            now,
         };
         self.doctor
             .pass(&store, term.term, store.now)

@@ -142,6 +142,7 @@ fn duty(world: &Fake, events: &Events, leader: &str, clock: Arc<Mutex<u64>>) -> 
     );
     let mut d = DoctorDuty::new(doctor, Arc::new(move || *clock.lock().expect("clock")));
     d.lease_ttl = Duration::from_secs(3);
+    d.every = 0;
     d
 }
 
