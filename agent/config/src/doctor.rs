@@ -160,6 +160,33 @@ mod tests {
     }
 
     #[test]
+    fn the_lab_api_needs_a_url_and_a_private_token() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").expect("write");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let lab = |url: &str, file: &std::path::Path| {
+            format!(
+                "provider:\n  kind: lab\n  lab:\n    name: p-doc\n    hcloudApi: {url}\n    tokenFile: {}\ndoctor:\n  enabled: true\n",
+                file.display()
+            )
+        };
+        let c = parse(&lab("http://198.18.80.1:8089/v1", &token)).expect("lab API");
+        let l = c.spec.provider.lab.expect("lab");
+        assert_eq!(l.hcloud_api.as_deref(), Some("http://198.18.80.1:8089/v1"));
+        let e = parse(&lab("198.18.80.1:8089", &token)).expect_err("no scheme");
+        assert_eq!(e.field(), Some("provider.lab.hcloudApi"));
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = parse(&lab("http://198.18.80.1:8089/v1", &token)).expect_err("loose token");
+        assert_eq!(e.field(), Some("provider.lab.tokenFile"));
+        let e =
+            parse("provider:\n  kind: lab\n  lab:\n    name: p-doc\n    hcloudApi: http://x/v1\n")
+                .expect_err("no token file");
+        assert_eq!(e.field(), Some("provider.lab"));
+    }
+
+    #[test]
     fn bad_doctor_sections_name_their_field() {
         for (name, extra, field, words) in [
             (

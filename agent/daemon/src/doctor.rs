@@ -6,7 +6,8 @@
 //! calls and, like every mutating call, are audited before they are applied.
 //!
 //! [`build`] makes the doctor duty for a control plane with `doctor.enabled`: the provider from
-//! `provider:` (Hetzner Cloud; the lab's API is not served yet), the Node objects through
+//! `provider:` (Hetzner Cloud, or the lab's API subset at `provider.lab.hcloudApi` with the same
+//! client), the Node objects through
 //! kubectl and the admin kubeconfig, the mesh's view refreshed from the mesh, the seeds from
 //! the role templates in `/etc/kubedna/doctor/`. Its events are logged and handed to the hook
 //! set with [`DoctorSlot::set_audit`] (the daemon's agent-self audit records).
@@ -204,10 +205,30 @@ pub fn build(
             c.location = h.location.clone();
             Hetzner::new(c)
         }
+        // The lab serves the same API on its bridge, backed by its nodes; its nodes carry the
+        // lab's name as their cluster label.
+        (ProviderKind::Lab, _) => match spec
+            .provider
+            .lab
+            .as_ref()
+            .and_then(|l| Some((l.name.clone(), l.hcloud_api.clone()?, l.token_file.clone()?)))
+        {
+            Some((lab, url, token)) => {
+                let selector = format!("{CLUSTER_LABEL}={lab}");
+                Hetzner::new(HetznerConfig::new(&url, token, &selector))
+            }
+            None => {
+                tracing::warn!(
+                    file = %config.file.display(),
+                    "doctor.enabled is set with provider.kind lab but provider.lab.hcloudApi is not: run `kubedna-lab hcloud-api` and set hcloudApi and tokenFile; the doctor is off"
+                );
+                return None;
+            }
+        },
         _ => {
             tracing::warn!(
                 file = %config.file.display(),
-                "doctor.enabled is set but the doctor runs only with provider.kind hetzner for now (the lab's provider API is not served yet); the doctor is off"
+                "doctor.enabled is set but provider.kind is neither hetzner nor lab; the doctor is off"
             );
             return None;
         }
