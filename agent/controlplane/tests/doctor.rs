@@ -1,7 +1,8 @@
 //! The doctor duty on a real etcd (Debian's etcd-server 3.4): a powered-off worker is replaced
 //! through fakes of the provider, the Node API and the mesh, with its progress, the maintenance
 //! lease, the back-off and the history in etcd under the leader term; an admin's pause holds it;
-//! a deposed leader's pass is refused by term.
+//! a deposed leader's pass is refused by term; on a real three-member etcd, a powered-off
+//! control plane's member is removed (its health probed for real) before its new VM is created.
 
 mod common;
 
@@ -93,7 +94,11 @@ impl Mesh for Fake {
             .keys()
             .map(|n| MeshNode {
                 name: n.clone(),
-                role: Role::Worker,
+                role: if n.starts_with("cp-") {
+                    Role::ControlPlane
+                } else {
+                    Role::Worker
+                },
                 state: if w.ready[n] {
                     MeshState::Alive
                 } else {
@@ -334,4 +339,126 @@ async fn a_deposed_leaders_doctor_is_refused_by_term_and_the_next_resumes() {
     assert_eq!(history.len(), 2);
     assert_eq!(history[1].node, "w-1");
     assert_eq!(history[1].term, lead_b.term);
+}
+
+/// etcd refuses a member add until every voter has been connected for 5 s; retried with a
+/// deadline (as in tests/membership.rs).
+async fn add_learner(c: &Coordinator, peer_url: &str) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.add_learner(peer_url).await {
+            Ok((id, _)) => return id,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("etcd") => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("cannot add the learner: {e}"),
+        }
+    }
+}
+
+/// etcd offers no event for "the learner caught up": promotion is retried with a deadline.
+async fn promote(c: &Coordinator, id: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.promote(id).await {
+            Ok(()) => return,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("promotion never accepted: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_powered_off_control_plane_loses_its_member_before_its_new_vm_is_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut m1 = common::EtcdMember::plan("cp-1", dir.path(), "http");
+    let initial = m1.initial();
+    m1.start(&initial, "new", &[]);
+    let c = Coordinator::connect(std::slice::from_ref(&m1.client_url), "lab")
+        .await
+        .expect("connect");
+    let mut members = Vec::new();
+    let mut cluster = vec![m1.initial()];
+    for name in ["cp-2", "cp-3"] {
+        let mut m = common::EtcdMember::plan(name, dir.path(), "http");
+        let id = add_learner(&c, &m.peer_url).await;
+        cluster.push(m.initial());
+        m.start(&cluster.join(","), "existing", &[]);
+        promote(&c, id).await;
+        members.push(m);
+    }
+    let lead = c
+        .campaign("cp-1", Duration::from_secs(10))
+        .await
+        .expect("campaign")
+        .expect("leads");
+    let world = Fake::default();
+    {
+        let mut w = world.0.lock().expect("world");
+        for (i, n) in ["cp-1", "cp-2", "cp-3", "w-1", "w-2"].iter().enumerate() {
+            w.vms.push(Vm {
+                id: 10 + i as u64,
+                name: n.to_string(),
+                status: VmStatus::Running,
+                labels: BTreeMap::new(),
+            });
+            w.ready.insert(n.to_string(), true);
+        }
+        w.next = 100;
+    }
+    let clock = Arc::new(Mutex::new(1_000_000u64));
+    let events = Events::default();
+    let d = duty(&world, &events, "cp-1", clock.clone());
+    let term = Term {
+        coord: &c,
+        term: lead.term,
+    };
+    // cp-3 loses power: its etcd member dies with it.
+    members[1].kill();
+    {
+        let mut w = world.0.lock().expect("world");
+        w.vms[2].status = VmStatus::Off;
+        w.ready.insert("cp-3".into(), false);
+    }
+    let mut step = None;
+    for _ in 0..20 {
+        *clock.lock().expect("clock") += 5;
+        d.pass(term).await.expect("pass");
+        let (progress, _, _) = read_records(&c).await.expect("records");
+        step = progress.map(|p| p.step);
+        if step == Some(kubedna_doctor::steps::StepName::WaitReady) {
+            break;
+        }
+    }
+    // The new VM cannot start an etcd member here: the replacement waits for it to join.
+    assert_eq!(step, Some(kubedna_doctor::steps::StepName::WaitReady));
+    let left = c.members().await.expect("members");
+    let names: Vec<&str> = left.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        !names.contains(&"cp-3"),
+        "the dead member is removed: {names:?}"
+    );
+    let w = world.0.lock().expect("world");
+    let cp3: Vec<&Vm> = w.vms.iter().filter(|v| v.name == "cp-3").collect();
+    assert_eq!(cp3.len(), 1);
+    assert_eq!(cp3[0].id, 101, "a new VM under the same name");
+    // The order, from the audit events: member removed, Node deleted, old VM deleted, created.
+    let steps: Vec<String> = events
+        .0
+         .0
+        .lock()
+        .expect("events")
+        .iter()
+        .filter(|e| e.what.ends_with(" done"))
+        .map(|e| e.what.clone())
+        .collect();
+    let at = |s: &str| steps.iter().position(|x| x.starts_with(s));
+    assert!(
+        at("RemoveMember") < at("DeleteNode") && at("DeleteNode") < at("CreateVm"),
+        "{steps:?}"
+    );
+    assert!(at("RemoveMember").is_some(), "{steps:?}");
 }
