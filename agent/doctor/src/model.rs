@@ -172,6 +172,7 @@ impl World {
             members: Some(&members[..]),
             node: self.node_object,
             startup_timeout: STARTUP,
+            came_back: false,
         };
         let step = next_step(&p, &o);
         self.apply(&p, &step);

@@ -273,7 +273,8 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
         true
     }
 
-    fn judge_all(&self, world: &World, term: i64, now: Unix) -> Vec<NodeView> {
+    /// Each node's verdict, and the nodes showing a sign of life now (mesh alive or Node Ready).
+    fn judge_all(&self, world: &World, term: i64, now: Unix) -> (Vec<NodeView>, BTreeSet<String>) {
         let mut roles: BTreeMap<String, Role> = BTreeMap::new();
         let mesh: BTreeMap<String, MeshState> = self
             .mesh
@@ -308,7 +309,8 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
             m.term = term;
         }
         m.tracker.retain(|n| names.contains(n));
-        names
+        let mut alive = BTreeSet::new();
+        let views = names
             .into_iter()
             .map(|name| {
                 let (ready, ready_since) = match &world.kube {
@@ -331,6 +333,9 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
                     ready_since,
                     vm,
                 };
+                if o.mesh == MeshState::Alive || o.ready == ReadyState::Ready {
+                    alive.insert(name.clone());
+                }
                 let s = m.tracker.observe(&name, o, &self.cfg.thresholds, now);
                 NodeView {
                     role: roles.get(&name).copied().unwrap_or(Role::Worker),
@@ -339,7 +344,8 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
                     name,
                 }
             })
-            .collect()
+            .collect();
+        (views, alive)
     }
 
     /// One pass under `term` at `now`.
@@ -350,7 +356,7 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
         now: Unix,
     ) -> Result<Report, DoctorError> {
         let world = self.observe_world().await;
-        let nodes = self.judge_all(&world, term, now);
+        let (nodes, alive) = self.judge_all(&world, term, now);
         let mut report = Report {
             at: now,
             term,
@@ -427,7 +433,7 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
             }
         };
         let result = self
-            .drive(store, progress, world, term, now, &mut report)
+            .drive(store, progress, world, &alive, term, now, &mut report)
             .await;
         self.remember(&report);
         result.map(|()| report)
@@ -445,6 +451,7 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
         store: &S,
         mut p: Progress,
         mut world: World,
+        alive: &BTreeSet<String>,
         term: i64,
         now: Unix,
         report: &mut Report,
@@ -475,6 +482,7 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
                     }),
             };
             let o = Observation {
+                came_back: alive.contains(&p.node),
                 now,
                 lease: &lease,
                 vms: world.vms.as_deref(),

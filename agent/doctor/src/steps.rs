@@ -158,6 +158,8 @@ pub struct Observation<'a> {
     pub node: NodeObject,
     /// How long the new VM has to become Ready (`doctor.nodeStartupSeconds`).
     pub startup_timeout: u64,
+    /// The node shows a sign of life now (the mesh sees it alive, or its Node is Ready).
+    pub came_back: bool,
 }
 
 /// The one next action.
@@ -220,6 +222,16 @@ pub fn next_step(p: &Progress, o: &Observation<'_>) -> Step {
                 ))
             }
         }
+    }
+    // Until the fence, a node that shows life again is left alone: the judgement that started
+    // the replacement no longer holds (a new leader's own clocks may not have reached the
+    // thresholds yet, so only a positive sign of life counts, not a weaker verdict).
+    if matches!(p.step, StepName::Lease | StepName::Fence) && o.came_back {
+        return Step::Finish {
+            outcome: Outcome::Abandoned {
+                why: format!("{} came back before it was fenced", p.node),
+            },
+        };
     }
     match p.step {
         StepName::Lease => Step::Advance {

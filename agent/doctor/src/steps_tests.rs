@@ -35,6 +35,7 @@ struct Case {
     members: Option<Vec<Voter>>,
     node: NodeObject,
     now: Unix,
+    came_back: bool,
     want: fn(&Step) -> bool,
 }
 
@@ -56,6 +57,7 @@ fn base(name: &'static str, step: StepName, want: fn(&Step) -> bool) -> Case {
         members: Some(healthy_cps()),
         node: NodeObject::Present { ready: false },
         now: 1010,
+        came_back: false,
         want,
     }
 }
@@ -299,6 +301,7 @@ fn next_step_by_table() {
             members: c.members.as_deref(),
             node: c.node,
             startup_timeout: STARTUP,
+            came_back: c.came_back,
         };
         let got = next_step(&p, &o);
         assert!((c.want)(&got), "{}: got {got:?}", c.name);
