@@ -189,6 +189,8 @@ struct World {
     vms: Option<Vec<Vm>>,
     kube: Option<Vec<KubeNode>>,
     error: Option<String>,
+    /// The nodes showing a sign of life at the pass's start (mesh alive or Node Ready).
+    alive: BTreeSet<String>,
 }
 
 impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R, E> {
@@ -238,7 +240,12 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
                 None
             }
         };
-        World { vms, kube, error }
+        World {
+            vms,
+            kube,
+            error,
+            alive: BTreeSet::new(),
+        }
     }
 
     fn event(
@@ -355,8 +362,9 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
         term: i64,
         now: Unix,
     ) -> Result<Report, DoctorError> {
-        let world = self.observe_world().await;
+        let mut world = self.observe_world().await;
         let (nodes, alive) = self.judge_all(&world, term, now);
+        world.alive = alive;
         let mut report = Report {
             at: now,
             term,
@@ -433,7 +441,7 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
             }
         };
         let result = self
-            .drive(store, progress, world, &alive, term, now, &mut report)
+            .drive(store, progress, world, term, now, &mut report)
             .await;
         self.remember(&report);
         result.map(|()| report)
@@ -451,11 +459,11 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
         store: &S,
         mut p: Progress,
         mut world: World,
-        alive: &BTreeSet<String>,
         term: i64,
         now: Unix,
         report: &mut Report,
     ) -> Result<(), DoctorError> {
+        let alive = std::mem::take(&mut world.alive);
         for _ in 0..12 {
             report.in_flight = Some(p.clone());
             let lease = store.lease(&p).await?;

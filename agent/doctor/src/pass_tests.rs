@@ -406,3 +406,26 @@ async fn provider_failures_move_nothing_and_a_stale_term_stops_the_pass() {
     assert_eq!(w.history[0].term, 4, "finished by the next leader");
     assert_eq!(w.vms.iter().filter(|v| v.name == "w-2").count(), 1);
 }
+
+#[tokio::test]
+async fn a_resumed_replacement_of_a_node_that_came_back_is_abandoned_unfenced() {
+    let (w, d, _) = cluster();
+    let store = FakeStore(w.clone(), 3);
+    let t0 = 1_000_000;
+    // A replacement of w-1 recorded at the fence by an earlier leader; w-1 is alive and running.
+    {
+        let mut p = Progress::start("w-1", Role::Worker, "vm=off for 30s", Some(103), 2, t0);
+        p.step = StepName::Fence;
+        w.lock().expect("world").progress = Some(p);
+    }
+    d.pass(&store, 3, t0 + 5).await.expect("pass");
+    let w = w.lock().expect("world");
+    assert!(w.progress.is_none(), "released");
+    assert!(
+        matches!(&w.history[0].outcome, Outcome::Abandoned { why } if why.contains("came back")),
+        "{:?}",
+        w.history
+    );
+    let vm = w.vms.iter().find(|v| v.id == 103).expect("old VM kept");
+    assert_eq!(vm.status, VmStatus::Running, "never powered off");
+}
