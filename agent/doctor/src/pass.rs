@@ -398,6 +398,18 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
         report.paused = paused;
         report.decision = Some(decision.clone());
         let progress = match (&decision, progress) {
+            // Never start blind: which VM is the node's must be known before anything is
+            // recorded, or the fence could not tell "none" from "not asked".
+            (Decision::Replace { node, .. }, _) if world.vms.is_none() => {
+                let text = format!(
+                    "{node} looks dead, but the provider could not be asked for its VM; not starting"
+                );
+                if self.said(&text) {
+                    self.event(EventKind::Wait, node, text, "", term, now);
+                }
+                self.remember(&report);
+                return Ok(report);
+            }
             (
                 Decision::Replace {
                     node,

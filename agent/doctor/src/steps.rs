@@ -257,11 +257,24 @@ fn fence(p: &Progress, o: &Observation<'_>) -> Step {
         Role::ControlPlane => StepName::RemoveMember,
         Role::Worker => StepName::DeleteNode,
     };
-    let Some(old) = p.old_vm else {
-        return Step::Advance { to: after };
-    };
     let Some(vms) = o.vms else {
         return wait("the provider could not be asked whether the old VM is off; retrying");
+    };
+    let Some(old) = p.old_vm else {
+        // The provider listed no VM of that name when the replacement started. One that shows
+        // up now is unknown to this replacement: never create beside it, never take it for the
+        // new one; judge the node again from scratch.
+        if let Some(v) = vms.iter().find(|v| v.name == p.node) {
+            return Step::Finish {
+                outcome: Outcome::Abandoned {
+                    why: format!(
+                        "VM {} named {} appeared after the replacement started; judged again",
+                        v.id, p.node
+                    ),
+                },
+            };
+        }
+        return Step::Advance { to: after };
     };
     match vms.iter().find(|v| v.id == old).map(|v| v.status) {
         None | Some(VmStatus::Off) => Step::Advance { to: after },

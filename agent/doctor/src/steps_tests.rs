@@ -62,6 +62,14 @@ fn base(name: &'static str, step: StepName, want: fn(&Step) -> bool) -> Case {
     }
 }
 
+/// A case whose replacement started with no VM listed (`old_vm` None): marked by now 1011.
+fn base_without_old(name: &'static str, step: StepName, want: fn(&Step) -> bool) -> Case {
+    Case {
+        now: 1011,
+        ..base(name, step, want)
+    }
+}
+
 #[test]
 fn next_step_by_table() {
     let cases = vec![
@@ -291,9 +299,72 @@ fn next_step_by_table() {
                 |s| *s == Step::Release,
             )
         },
+        Case {
+            came_back: true,
+            vms: Some(vec![vm(103, "cp-3", VmStatus::Running)]),
+            ..base(
+                "came back before the fence: abandon, never power off",
+                StepName::Fence,
+                |s| matches!(s, Step::Finish { outcome: Outcome::Abandoned { why } } if why.contains("came back")),
+            )
+        },
+        Case {
+            came_back: true,
+            ..base(
+                "came back while waiting for the lease: abandon",
+                StepName::Lease,
+                |s| {
+                    matches!(
+                        s,
+                        Step::Finish {
+                            outcome: Outcome::Abandoned { .. }
+                        }
+                    )
+                },
+            )
+        },
+        Case {
+            came_back: true,
+            ..base(
+                "past the fence a sign of life changes nothing (it was powered off)",
+                StepName::DeleteNode,
+                |s| *s == Step::DeleteNode,
+            )
+        },
+        Case {
+            vms: Some(vec![vm(222, "cp-3", VmStatus::Running)]),
+            ..base_without_old(
+                "no VM at the start, one of that name now: abandon",
+                StepName::Fence,
+                |s| matches!(s, Step::Finish { outcome: Outcome::Abandoned { why } } if why.contains("appeared")),
+            )
+        },
+        Case {
+            vms: Some(vec![]),
+            ..base_without_old(
+                "no VM at the start, none now: fenced",
+                StepName::Fence,
+                |s| {
+                    *s == Step::Advance {
+                        to: StepName::RemoveMember,
+                    }
+                },
+            )
+        },
+        Case {
+            vms: None,
+            ..base_without_old(
+                "no VM at the start, provider unreachable now: wait",
+                StepName::Fence,
+                |s| matches!(s, Step::Wait { .. }),
+            )
+        },
     ];
     for c in cases {
-        let p = progress(c.step, c.role);
+        let mut p = progress(c.step, c.role);
+        if c.now == 1011 {
+            p.old_vm = None;
+        }
         let o = Observation {
             now: c.now,
             lease: &c.lease,
