@@ -346,7 +346,10 @@ fn no_etcd() -> Resp {
 
 /// `GET /v1/doctor`.
 pub async fn status(state: &AppState) -> Resp {
-    let Some(coord) = state.node().handle().and_then(|h| h.coordinator()) else {
+    let Some(engine) = state.node().handle() else {
+        return no_etcd();
+    };
+    let Some(coord) = engine.coordinator() else {
         return no_etcd();
     };
     let (in_flight, paused, _) = match read_records(&coord).await {
@@ -359,8 +362,19 @@ pub async fn status(state: &AppState) -> Resp {
             )
         }
     };
-    let report = state.node().doctor().report();
-    let leading = report.as_ref().is_some_and(|r| r.at > 0);
+    // The signals are this node's last pass: shown only while it leads under that pass's term.
+    let status = engine.status();
+    let leading_term = status
+        .leader
+        .as_ref()
+        .filter(|l| l.name == state.config().node_name)
+        .map(|l| l.term);
+    let report = state
+        .node()
+        .doctor()
+        .report()
+        .filter(|r| r.at > 0 && Some(r.term) == leading_term);
+    let leading = report.is_some();
     let report = report.unwrap_or_default();
     json(
         StatusCode::OK,
