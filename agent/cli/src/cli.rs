@@ -87,6 +87,9 @@ pub enum AuditCommand {
         /// Only this action, or a prefix ending in * (config.*).
         #[arg(long)]
         action: Option<String>,
+        /// Only what the agent did on its own (agent), admin calls (socket) or signals (signal).
+        #[arg(long, value_parser = ["agent", "socket", "signal"])]
+        actor: Option<String>,
         /// At most this many of the newest records.
         #[arg(long, default_value = "1000")]
         limit: usize,

@@ -80,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             Command::Audit(AuditCommand::List {
                 since,
                 action,
+                actor,
                 limit,
             }) => {
                 let mut query = vec![format!("limit={limit}")];
@@ -92,6 +93,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 if let Some(a) = action {
                     query.push(format!("action={}", encode(&a)));
+                }
+                if let Some(a) = actor {
+                    query.push(format!("actor={a}"));
                 }
                 let path = format!("{}?{}", paths::AUDIT_RECORDS, query.join("&"));
                 let r: AuditRecordsResponse = client.call("GET", &path, None).await?;

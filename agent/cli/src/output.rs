@@ -73,6 +73,23 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
+/// `active (running)`, or the state and why: the unit's last journal lines and where to look.
+fn kubelet_line(k: &kubedna_proto::UnitHealth) -> String {
+    let state = format!("{} ({})", k.active_state, k.sub_state);
+    if k.running() {
+        return state;
+    }
+    let mut out = format!(
+        "{state}: NOT RUNNING; last lines of `journalctl -u {}`:",
+        k.unit
+    );
+    for l in &k.journal {
+        out.push_str("\n  ");
+        out.push_str(l);
+    }
+    out
+}
+
 pub fn status_table(s: &StatusResponse) -> String {
     let mut pairs = vec![
         ("Node", format!("{} ({})", s.node.name, s.node.role)),
@@ -107,6 +124,9 @@ pub fn status_table(s: &StatusResponse) -> String {
     match &s.formation {
         Some(f) => pairs.extend(formation_lines(f)),
         None => pairs.push(("Formation", "not running (see the agent's journal)".into())),
+    }
+    if let Some(k) = &s.kubelet {
+        pairs.push(("Kubelet", kubelet_line(k)));
     }
     pairs.push((
         "You",
@@ -280,7 +300,12 @@ pub fn audit_table(r: &AuditRecordsResponse) -> String {
                 rec.role.map_or("-".into(), |r| r.to_string()),
                 rec.action.clone(),
                 rec.result.outcome.as_str().to_string(),
-                rec.result.message.clone().unwrap_or_default(),
+                // The agent's own records say why it acted; an error says what failed.
+                rec.result
+                    .message
+                    .clone()
+                    .or_else(|| rec.args["reason"].as_str().map(str::to_string))
+                    .unwrap_or_default(),
             ]
         })
         .collect();

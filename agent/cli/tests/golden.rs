@@ -67,6 +67,12 @@ fn status() -> StatusResponse {
             cluster_id: Some("cdf818194e3a8c32".into()),
             last_error: None,
         }),
+        kubelet: Some(UnitHealth {
+            unit: "kubelet.service".into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            journal: Vec::new(),
+        }),
     }
 }
 
@@ -258,6 +264,24 @@ fn status_in_every_format() {
     check(
         "status.yaml",
         &output::render(Format::Yaml, &s, output::status_table),
+    );
+}
+
+#[test]
+fn a_kubelet_that_cannot_start_shows_why() {
+    let mut s = status();
+    s.kubelet = Some(UnitHealth {
+        unit: "kubelet.service".into(),
+        active_state: "activating".into(),
+        sub_state: "auto-restart".into(),
+        journal: vec![
+            "E1130 15:40:01.000000     812 run.go:74] \"command failed\" err=\"failed to parse kubelet flag: unknown flag: --no-such-flag\"".into(),
+            "kubelet.service: Main process exited, code=exited, status=1/FAILURE".into(),
+        ],
+    });
+    check(
+        "status-kubelet-failing.txt",
+        &output::render(Format::Table, &s, output::status_table),
     );
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kubedna_controlplane::actions::ActionLog;
 use kubedna_controlplane::coord::Coordinator;
 use kubedna_controlplane::doctor_duty::{read_records, set_paused, DoctorDuty, LeaderDuty};
 use kubedna_controlplane::duties::Term;
@@ -124,6 +125,9 @@ impl DoctorEvents for Events {
     }
 }
 
+/// The doctor's own events are checked here; the engine's action log goes nowhere.
+static NO_LOG: std::sync::LazyLock<ActionLog> = std::sync::LazyLock::new(ActionLog::default);
+
 type Duty = DoctorDuty<Fake, Fake, Fake, Fake, Events>;
 
 fn duty(world: &Fake, events: &Events, leader: &str, clock: Arc<Mutex<u64>>) -> Duty {
@@ -183,6 +187,7 @@ async fn a_powered_off_worker_is_replaced_with_its_records_in_etcd() {
     let term = Term {
         coord: &a,
         term: lead.term,
+        actions: &NO_LOG,
     };
     d.pass(term).await.expect("healthy pass");
 
@@ -272,6 +277,7 @@ async fn a_deposed_leaders_doctor_is_refused_by_term_and_the_next_resumes() {
     let term_a = Term {
         coord: &a,
         term: lead_a.term,
+        actions: &NO_LOG,
     };
     for _ in 0..8 {
         *clock.lock().expect("clock") += 5;
@@ -329,6 +335,7 @@ async fn a_deposed_leaders_doctor_is_refused_by_term_and_the_next_resumes() {
     let term_b = Term {
         coord: &b,
         term: lead_b.term,
+        actions: &NO_LOG,
     };
     for _ in 0..8 {
         *clock.lock().expect("clock") += 5;
@@ -414,6 +421,7 @@ async fn a_powered_off_control_plane_loses_its_member_before_its_new_vm_is_creat
     let term = Term {
         coord: &c,
         term: lead.term,
+        actions: &NO_LOG,
     };
     // cp-3 loses power: its etcd member dies with it.
     members[1].kill();

@@ -23,7 +23,7 @@ use kubedna_proto::{
     paths, AgentStatus, ApiError, AuditRecordsResponse, AuditResult, Caller, CallerStatus,
     LogLevelRequest, LogLevelResponse, MeshKeys, NodeStatus, Outcome, PacketCounters, Peer,
     PeerLiveness, PeersResponse, PeersSummary, ReloadResponse, Role, StatusResponse,
-    VersionResponse, API_VERSION,
+    VersionResponse, Via, API_VERSION,
 };
 use serde::Serialize;
 
@@ -65,6 +65,11 @@ impl AppState {
     /// The mesh, once it runs (see [`crate::mesh`]).
     pub fn mesh(&self) -> &MeshSlot {
         &self.mesh
+    }
+
+    /// The audit log, for writers outside the API (the agent's own actions).
+    pub fn audit(&self) -> &AuditHandle {
+        &self.audit
     }
 
     /// The control-plane engine, once it runs (see [`crate::node`]).
@@ -421,9 +426,17 @@ async fn status(state: &AppState, caller: &Caller, role: Role) -> StatusResponse
     let config = state.config();
     let peers = peers(state).await.summary;
     let formation = state.node.status().map(formation);
+    // kubelet's state once the engine has gone past host preparation (it installs the unit).
+    let kubelet = match &formation {
+        Some(f) if !matches!(f.phase.as_str(), "starting" | "preparing-host") => {
+            unit_health("kubelet.service").await
+        }
+        _ => None,
+    };
     StatusResponse {
         peers: Some(peers),
         formation,
+        kubelet,
         node: NodeStatus {
             name: config.node_name.clone(),
             cluster: config.spec.cluster.name.clone(),
@@ -449,6 +462,25 @@ async fn status(state: &AppState, caller: &Caller, role: Role) -> StatusResponse
             role,
         },
     }
+}
+
+/// A unit's state over D-Bus, with its journal's last lines when it does not run; None when
+/// systemd cannot be asked or has not loaded the unit.
+async fn unit_health(unit: &str) -> Option<kubedna_proto::UnitHealth> {
+    let sd = kubedna_host::systemd::DbusSystemd::connect().await.ok()?;
+    let (active_state, sub_state) = sd.unit_state(unit).await.ok()??;
+    let mut health = kubedna_proto::UnitHealth {
+        unit: unit.to_string(),
+        active_state,
+        sub_state,
+        journal: Vec::new(),
+    };
+    if !health.running() {
+        let tail = kubedna_host::systemd::journal_tail(unit).await;
+        let lines: Vec<String> = tail.lines().map(str::to_string).collect();
+        health.journal = lines[lines.len().saturating_sub(8)..].to_vec();
+    }
+    Some(health)
 }
 
 /// The engine's status as the API shows it.
@@ -495,6 +527,20 @@ async fn audit_records(state: &AppState, query: &str) -> Resp {
                 }
             },
             "action" => filter.action = Some(v),
+            "actor" => {
+                filter.via = match v.as_str() {
+                    "agent" => Some(Via::Agent),
+                    "socket" => Some(Via::Socket),
+                    "signal" => Some(Via::Signal),
+                    _ => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("actor={v:?} is not one of agent, socket, signal"),
+                            None,
+                        )
+                    }
+                }
+            }
             "limit" => match v.parse::<usize>() {
                 Ok(n) if n <= 100_000 => filter.limit = n,
                 _ => {
@@ -508,7 +554,9 @@ async fn audit_records(state: &AppState, query: &str) -> Resp {
             other => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter {other:?}: allowed are since, action, limit"),
+                    format!(
+                    "unknown query parameter {other:?}: allowed are since, action, actor, limit"
+                ),
                     None,
                 )
             }

@@ -213,6 +213,7 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
         &state.config(),
         state.mesh().clone(),
         state.node().clone(),
+        state.audit().clone(),
         shutdown_rx.clone(),
     );
     tracing::info!(

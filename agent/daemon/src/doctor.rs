@@ -9,16 +9,19 @@
 //! `provider:` (Hetzner Cloud, or the lab's API subset at `provider.lab.hcloudApi` with the same
 //! client), the Node objects through
 //! kubectl and the admin kubeconfig, the mesh's view refreshed from the mesh, the seeds from
-//! the role templates in `/etc/kubedna/doctor/`. Its events are logged and handed to the hook
-//! set with [`DoctorSlot::set_audit`] (the daemon's agent-self audit records).
+//! the role templates in `/etc/kubedna/doctor/`. Each of its events is logged and written as an
+//! agent-self audit record (`doctor.decision`, `doctor.wait`, `doctor.step`, ... through the
+//! engine's `ActionLog`), and handed to a hook set with [`DoctorSlot::set_audit`] if any.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hyper::StatusCode;
 use kubedna_config::{Config, ProviderKind};
+use kubedna_controlplane::actions::ActionLog;
 use kubedna_controlplane::doctor_duty::{read_records, set_paused, DoctorDuty, LeaderDuty};
 use kubedna_controlplane::duties::{DutyError, Term};
+use kubedna_doctor::events::EventKind;
 use kubedna_doctor::guard::{Decision, GuardConfig, Pause};
 use kubedna_doctor::kubectl::Kubectl;
 use kubedna_doctor::pass::{
@@ -78,9 +81,22 @@ impl DoctorSlot {
     }
 }
 
-/// Logs each event and passes it to the audit hook once one is set.
+/// Logs each event, writes it as an agent-self audit record (the engine's [`ActionLog`]), and
+/// passes it to the audit hook if one is set.
 #[derive(Clone)]
-struct Events(Arc<OnceLock<AuditHook>>);
+struct Events(Arc<OnceLock<AuditHook>>, ActionLog);
+
+/// The audit action of an event (`ActionLog` takes static names).
+fn action_name(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::Decision => "doctor.decision",
+        EventKind::Wait => "doctor.wait",
+        EventKind::Step => "doctor.step",
+        EventKind::StepFailed => "doctor.step-failed",
+        EventKind::Finished => "doctor.finished",
+        EventKind::Admin => "doctor.admin",
+    }
+}
 
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,6 +107,16 @@ impl std::fmt::Debug for Events {
 impl DoctorEvents for Events {
     fn record(&self, e: &DoctorEvent) {
         tracing::info!(action = %e.action(), node = %e.node, what = %e.what, signals = %e.signals, term = e.term, "doctor");
+        let result = match e.kind {
+            EventKind::StepFailed => Err(e.what.clone()),
+            _ => Ok(()),
+        };
+        self.1.record(
+            action_name(&e.kind),
+            e.what.clone(),
+            serde_json::json!({"node": e.node, "signals": e.signals, "term": e.term}),
+            result,
+        );
         if let Some(hook) = self.0.get() {
             hook(e);
         }
@@ -180,6 +206,7 @@ pub fn build(
     config: &Config,
     mesh: &MeshHandle,
     slot: &DoctorSlot,
+    actions: ActionLog,
     shutdown: watch::Receiver<bool>,
 ) -> Option<Arc<dyn LeaderDuty>> {
     let spec = &config.spec;
@@ -263,7 +290,7 @@ pub fn build(
         Kubectl::default(),
         view,
         TemplateSeeds::default(),
-        Events(slot.audit.clone()),
+        Events(slot.audit.clone(), actions),
         cfg,
         &config.node_name,
     );

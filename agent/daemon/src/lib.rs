@@ -6,7 +6,8 @@
 //! - [`api`] routes requests, authorizes them by role and audits what must be audited.
 //! - [`mesh`] runs the gossip mesh and discovery, and holds the handle other subsystems use.
 //! - [`node`] runs the control-plane engine (formation, leader, join material) over the mesh.
-//! - [`doctor`] answers `kubedna doctor` from etcd and the leader's doctor.
+//! - [`doctor`] builds the leader's doctor duty and answers `kubedna doctor`.
+//! - [`selfaudit`] writes what the agent changes on its own into the audit log.
 //! - [`logging`] sets up tracing and lets the log filter change at run time.
 
 #![forbid(unsafe_code)]
@@ -17,4 +18,5 @@ pub mod doctor;
 pub mod logging;
 pub mod mesh;
 pub mod node;
+pub mod selfaudit;
 pub mod server;

@@ -59,6 +59,9 @@ impl NodeSlot {
     }
 }
 
+/// The API server's port on every control plane.
+const API_PORT: u16 = 6443;
+
 /// `api.<cluster>.kubedna:6443`, every control plane's `controlPlaneEndpoint`.
 pub fn api_name(cluster: &str) -> String {
     format!("api.{cluster}.kubedna")
@@ -70,6 +73,7 @@ pub fn start(
     config: &Config,
     mesh: MeshSlot,
     slot: NodeSlot,
+    audit: kubedna_audit::AuditHandle,
     shutdown: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
     let Some(cps) = config.spec.cluster.control_planes.as_ref() else {
@@ -91,11 +95,17 @@ pub fn start(
     }
     let config = config.clone();
     Some(tokio::spawn(async move {
-        run(config, mesh, slot, shutdown).await;
+        run(config, mesh, slot, audit, shutdown).await;
     }))
 }
 
-async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    config: Config,
+    mesh: MeshSlot,
+    slot: NodeSlot,
+    audit: kubedna_audit::AuditHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let handle = loop {
         if let Some(h) = mesh.get() {
             break h.clone();
@@ -123,6 +133,7 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
         mesh: handle.clone(),
         view: view.clone(),
     };
+    let actions = crate::selfaudit::log(audit);
     let cfg = EngineConfig {
         cluster: cluster.clone(),
         secret: ClusterSecret(config.cluster_secret.expose().to_vec().into()),
@@ -139,13 +150,14 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
             .map(|c| c.members.clone())
             .unwrap_or_default(),
         advertise_address: handle.local_addr().ip().to_string(),
-        control_plane_endpoint: format!("{}:6443", api_name(&cluster)),
+        control_plane_endpoint: format!("{}:{API_PORT}", api_name(&cluster)),
         pod_subnet: POD_SUBNET.into(),
         service_subnet: SERVICE_SUBNET.into(),
         etcd: EtcdNetwork::Named,
         etcd_binary: "/usr/bin/etcd".into(),
         root: "/".into(),
         timings: Timings::default(),
+        actions: actions.clone(),
     };
     let kubeadm = KubeadmUnit {
         systemd: systemd.clone(),
@@ -173,7 +185,8 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
             return;
         }
     };
-    if let Some(doctor) = crate::doctor::build(&config, &handle, &slot.1, shutdown.clone()) {
+    if let Some(doctor) = crate::doctor::build(&config, &handle, &slot.1, actions, shutdown.clone())
+    {
         engine.set_doctor(doctor);
     }
     let engine_handle = engine.handle();
@@ -261,7 +274,10 @@ async fn keep_view(
             *view.lock() = next;
         }
         let status = engine.status();
-        let own_api = status.role == Role::ControlPlane && Path::new(LOCAL_API_MANIFEST).exists();
+        let own_api = status.role == Role::ControlPlane
+            && Path::new(LOCAL_API_MANIFEST).exists()
+            && (status.phase == kubedna_controlplane::engine::Phase::Initialising
+                || api_listens(local.1.ip()).await);
         let hosts = hosts_entries(&cluster, &local, &known, &view, &status, own_api, &serving);
         if hosts != last_hosts {
             match update_hosts(Path::new(HOSTS_FILE), &hosts) {
@@ -281,6 +297,18 @@ async fn keep_view(
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Whether this node's own API server accepts connections. A joining control plane's API name
+/// points at it only then: a join that failed after writing the manifest must not send the next
+/// join's discovery to an API server that does not run. (`kubeadm init` is different: there is
+/// no other API, and init waits for its own.)
+async fn api_listens(ip: IpAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(SocketAddr::new(ip, API_PORT));
+    matches!(
+        tokio::time::timeout(Duration::from_millis(300), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 /// The lifecycle state this node gossips for its engine phase.

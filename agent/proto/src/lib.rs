@@ -138,6 +138,29 @@ pub struct StatusResponse {
     /// Control-plane formation as this node's engine sees it; absent until the engine runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub formation: Option<FormationStatus>,
+    /// kubelet.service as systemd sees it, once the engine installed it; absent before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet: Option<UnitHealth>,
+}
+
+/// A systemd unit's state, and why it is not running when it is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitHealth {
+    pub unit: String,
+    /// systemd's ActiveState: active, activating, deactivating, inactive, failed.
+    pub active_state: String,
+    /// systemd's SubState: running, auto-restart, dead, failed, ...
+    pub sub_state: String,
+    /// The unit's last journal lines, when it is not active and running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journal: Vec<String>,
+}
+
+impl UnitHealth {
+    /// Whether the unit runs as it should (a long-running service: active and running).
+    pub fn running(&self) -> bool {
+        self.active_state == "active" && self.sub_state == "running"
+    }
 }
 
 /// This node's part in forming the cluster (issue 6; see docs/control-plane.md).

@@ -2,12 +2,14 @@
 # Seeded bootstrap-fault runs on lab nodes (root; a release build of kubedna-lab; lab "faults" on
 # 198.18.60.0/24): after `up` returns, while the cluster forms, three faults drawn from the seed
 # (partition a node for 2-7 s, power-cut and restart a node, restart an agent); then heal and
-# check one kubeadm init in the doubles' call logs, 3 etcd voters and every node `member`.
+# check one `kubeadm init` started across the cluster (the agents' own audit records, so the same
+# with real kubeadm and with the double), 3 etcd voters and every node `member`.
 # Usage: KUBEDNA_LAB_IMAGE=DIR tests/lab/scripts/bootstrap-faults.sh FIRST_SEED COUNT
+#   DIR: an image with real Kubernetes (scripts/lab-image) or with the doubles.
 set -u
 root=$(cd "$(dirname "$0")/../../.." && pwd)
-L="$root/target/release/kubedna-lab --name faults"
-IMG=${KUBEDNA_LAB_IMAGE:?set KUBEDNA_LAB_IMAGE to an image built with --test-doubles (see scripts/lab-up)}
+L="${KUBEDNA_LAB_BIN:-$root/target/release/kubedna-lab} --name faults"
+IMG=${KUBEDNA_LAB_IMAGE:?set KUBEDNA_LAB_IMAGE to a lab image (scripts/lab-image builds one with real Kubernetes)}
 nodes=(cp-1 cp-2 cp-3 worker-1 worker-2)
 for seed in $(seq "$1" $(( $1 + $2 - 1 ))); do
   RANDOM=$seed
@@ -26,7 +28,7 @@ for seed in $(seq "$1" $(( $1 + $2 - 1 ))); do
   $L heal >/dev/null 2>&1; $L start >/dev/null 2>&1
   tf=$(date +%s.%N)
   ok=""
-  for i in $(seq 1 180); do
+  for i in $(seq 1 600); do
     m=0
     for n in "${nodes[@]}"; do
       $L kubedna $n status -o json 2>/dev/null | grep -q '"phase": "member"' && m=$((m+1))
@@ -36,7 +38,7 @@ for seed in $(seq "$1" $(( $1 + $2 - 1 ))); do
   done
   inits=0
   for n in "${nodes[@]}"; do
-    c=$($L exec $n -- sh -c "grep -c '\"init\",\"--config' /var/log/kubeadm-double/calls.jsonl 2>/dev/null || true" 2>/dev/null | tail -1)
+    c=$($L kubedna $n -o json audit list --actor agent --action kubeadm.init 2>/dev/null | python3 -c "import json,sys; print(sum(1 for r in json.load(sys.stdin)['records'] if r['args'].get('phase') == 'started'))" 2>/dev/null)
     inits=$((inits + ${c:-0}))
   done
   voters=$($L kubedna cp-1 status -o json 2>/dev/null | python3 -c "import json,sys; d=json.load(sys.stdin); print(sum(1 for m in (d.get('formation') or {}).get('etcd_members',[]) if not m['learner']))" 2>/dev/null)

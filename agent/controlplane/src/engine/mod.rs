@@ -53,6 +53,7 @@ use crate::progress::{decide_kubeadm, Claim, KubeadmFacts, KubeadmStep, Persiste
 
 pub mod config;
 mod formation;
+mod kubeadm_steps;
 mod leader;
 pub mod status;
 pub mod wire;
@@ -413,6 +414,11 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         }
     }
 
+    /// Where this engine reports what it changes on its own ([`crate::actions`]).
+    pub(super) fn actions(&self) -> &crate::actions::ActionLog {
+        &self.cfg().actions
+    }
+
     fn kubeadm_err(&self) -> impl FnOnce(KubeadmError) -> EngineError + '_ {
         move |source| EngineError::Kubeadm {
             node: self.node(),
@@ -422,12 +428,27 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
 
     async fn prepare(&self) -> Result<(), EngineError> {
         self.set_phase(Phase::PreparingHost, None);
-        kubedna_host::prepare::prepare(&*self.sd, &self.cfg().root)
-            .await
-            .map_err(|source| EngineError::Prepare {
-                node: self.node(),
-                source: Box::new(source),
-            })?;
+        let prepared = kubedna_host::prepare::prepare(&*self.sd, &self.cfg().root).await;
+        match &prepared {
+            // Nothing changed (a restart on a prepared host): nothing to audit.
+            Ok(r) if *r == Default::default() => {}
+            _ => self.actions().done(
+                "host.prepare",
+                "the node needs kernel settings, containerd's config and its units for Kubernetes",
+                prepared.as_ref().map_or(serde_json::Value::Null, |r| {
+                    serde_json::json!({
+                        "filesWritten": r.files_written,
+                        "restarted": r.restarted,
+                        "stopped": r.stopped,
+                    })
+                }),
+                &prepared,
+            ),
+        }
+        prepared.map_err(|source| EngineError::Prepare {
+            node: self.node(),
+            source: Box::new(source),
+        })?;
         kubelet::install(&*self.sd, &self.cfg().root)
             .await
             .map_err(|source| EngineError::Kubelet {
