@@ -56,6 +56,9 @@ pub enum Command {
     },
     /// Re-read the agent's config file (admin). An invalid file is refused; the old one stays.
     Reload,
+    /// The doctor: dead nodes replaced through the provider (docs/doctor.md). Ask a control plane.
+    #[command(subcommand)]
+    Doctor(DoctorCommand),
     /// Send a raw request to the admin API and print the JSON answer.
     Api {
         /// GET, PUT or POST.
@@ -99,4 +102,22 @@ pub enum AuditCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DoctorCommand {
+    /// Each node's signals and verdict (on the leader), the decision, the replacement in
+    /// progress with its step, and whether the doctor is paused.
+    Status,
+    /// Finished replacements, oldest first.
+    History,
+    /// Stop the doctor before its next step, cluster-wide (admin). A replacement in progress
+    /// stays where it is and goes on after `resume`.
+    Pause {
+        /// Why, for the audit log and `doctor status`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Let the doctor go on (admin).
+    Resume,
 }

@@ -6,11 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use kubedna_proto::{
-    paths, AuditRecordsResponse, AuditVerifyResponse, LogLevelRequest, LogLevelResponse,
-    PeersResponse, ReloadResponse, StatusResponse, VersionResponse,
+    paths, AuditRecordsResponse, AuditVerifyResponse, DoctorHistoryResponse, DoctorPauseRequest,
+    DoctorStatusResponse, LogLevelRequest, LogLevelResponse, PeersResponse, ReloadResponse,
+    StatusResponse, VersionResponse,
 };
 
-use crate::cli::{AuditCommand, Cli, Command, Format};
+use crate::cli::{AuditCommand, Cli, Command, DoctorCommand, Format};
 use crate::client::{check_status, Client};
 use crate::exit;
 use crate::output;
@@ -120,6 +121,29 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     .call("POST", paths::CONFIG_RELOAD, Some(b"{}".to_vec()))
                     .await?;
                 print(&output::render(format, &r, output::reload_table))?;
+            }
+            Command::Doctor(DoctorCommand::Status) => {
+                let r: DoctorStatusResponse = client.call("GET", paths::DOCTOR, None).await?;
+                print(&output::render(format, &r, output::doctor_table))?;
+            }
+            Command::Doctor(DoctorCommand::History) => {
+                let r: DoctorHistoryResponse =
+                    client.call("GET", paths::DOCTOR_HISTORY, None).await?;
+                print(&output::render(format, &r, output::doctor_history_table))?;
+            }
+            Command::Doctor(DoctorCommand::Pause { reason }) => {
+                let body = serde_json::to_vec(&DoctorPauseRequest { reason })?;
+                let r: serde_json::Value =
+                    client.call("POST", paths::DOCTOR_PAUSE, Some(body)).await?;
+                print(&output::render(format, &r, |_| {
+                    "doctor paused: no further step until `kubedna doctor resume`\n".into()
+                }))?;
+            }
+            Command::Doctor(DoctorCommand::Resume) => {
+                let r: serde_json::Value = client
+                    .call("POST", paths::DOCTOR_RESUME, Some(b"{}".to_vec()))
+                    .await?;
+                print(&output::render(format, &r, |_| "doctor resumed\n".into()))?;
             }
             Command::Api { method, path, data } => {
                 let method = method.to_ascii_uppercase();

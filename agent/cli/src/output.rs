@@ -2,8 +2,9 @@
 //! Renderers are pure functions of the answer, so golden files pin their output.
 
 use kubedna_proto::{
-    AuditRecordsResponse, AuditVerifyResponse, FormationStatus, LogLevelResponse, PeersResponse,
-    PeersSummary, ReloadResponse, StatusResponse, VersionResponse,
+    AuditRecordsResponse, AuditVerifyResponse, DoctorHistoryResponse, DoctorStatusResponse,
+    FormationStatus, LogLevelResponse, PeersResponse, PeersSummary, ReloadResponse, StatusResponse,
+    VersionResponse,
 };
 use serde::Serialize;
 
@@ -348,5 +349,93 @@ pub fn reload_table(r: &ReloadResponse) -> String {
         } else {
             r.changed.join(", ")
         }
+    )
+}
+
+/// Unix seconds as RFC 3339 UTC.
+fn unix(secs: u64) -> String {
+    chrono::DateTime::from_timestamp(secs as i64, 0).map_or(secs.to_string(), |t| {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    })
+}
+
+pub fn doctor_table(r: &DoctorStatusResponse) -> String {
+    let mut out = String::new();
+    if !r.enabled {
+        out.push_str("doctor: disabled on this node (doctor.enabled in agent.yaml)\n");
+    }
+    if let Some(p) = &r.paused {
+        out.push_str(&format!(
+            "doctor: PAUSED by {} since {}{}\n",
+            p.by,
+            unix(p.since),
+            p.reason
+                .as_ref()
+                .map_or(String::new(), |r| format!(" ({r})"))
+        ));
+    }
+    if r.leading {
+        let rows: Vec<Vec<String>> = r
+            .nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    n.role.clone(),
+                    n.verdict.clone(),
+                    n.signals.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["NODE", "ROLE", "VERDICT", "SIGNALS"], &rows));
+        if let Some(d) = &r.decision {
+            out.push_str(&format!("decision: {d}\n"));
+        }
+    } else {
+        out.push_str(
+            "this node does not lead: node signals are on the leader (kubedna status names it)\n",
+        );
+    }
+    match &r.in_flight {
+        Some(p) => out.push_str(&format!(
+            "replacing {} ({}): step {} since {}, started {}, old VM {}, new VM {}; signals: {}\n",
+            p.node,
+            p.role,
+            p.step,
+            unix(p.step_since),
+            unix(p.started),
+            p.old_vm.map_or("-".into(), |v| v.to_string()),
+            p.new_vm.map_or("-".into(), |v| v.to_string()),
+            p.signals
+        )),
+        None => out.push_str("no replacement in progress\n"),
+    }
+    if let Some(e) = &r.error {
+        out.push_str(&format!("last error: {e}\n"));
+    }
+    out
+}
+
+pub fn doctor_history_table(r: &DoctorHistoryResponse) -> String {
+    let rows: Vec<Vec<String>> = r
+        .entries
+        .iter()
+        .map(|h| {
+            vec![
+                h.node.clone(),
+                h.role.clone(),
+                h.outcome.clone(),
+                unix(h.started),
+                format!("{}s", h.ended.saturating_sub(h.started)),
+                h.term.to_string(),
+                h.signals.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE", "ROLE", "OUTCOME", "STARTED", "TOOK", "TERM", "SIGNALS",
+        ],
+        &rows,
     )
 }

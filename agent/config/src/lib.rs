@@ -6,12 +6,14 @@
 //! allowed. This crate never writes anything and never logs a secret: [`Secret`] prints as
 //! `[redacted]`.
 
+mod doctor;
 mod rbac;
 mod secret;
 mod spec;
 
 use std::path::{Path, PathBuf};
 
+pub use doctor::DoctorSpec;
 pub use rbac::{RbacMap, RoleSubjects};
 pub use secret::Secret;
 pub use spec::*;
@@ -103,6 +105,7 @@ impl Config {
         check("discovery", a.discovery != b.discovery);
         check("mesh", a.mesh != b.mesh);
         check("provider", a.provider != b.provider);
+        check("doctor", a.doctor != b.doctor);
         check("rbac", a.rbac != b.rbac || self.rbac != new.rbac);
         check("admin", a.admin != b.admin);
         check("state", a.state != b.state);

@@ -59,6 +59,12 @@ pub enum DutyError {
         "duty {duty}: `kubeadm token create --print-join-command` printed no CA certificate hash"
     )]
     NoCaHash { duty: &'static str },
+    #[error("duty {duty}")]
+    Doctor {
+        duty: &'static str,
+        #[source]
+        source: kubedna_doctor::pass::DoctorError,
+    },
     #[error("duty {duty}: cannot write the upload-certs config")]
     Write {
         duty: &'static str,
@@ -70,13 +76,14 @@ pub enum DutyError {
 impl DutyError {
     /// The write was refused because a newer term holds the seat: this node no longer leads.
     pub fn is_stale(&self) -> bool {
-        matches!(
-            self,
+        match self {
             DutyError::Coord {
                 source: CoordError::Stale { .. },
                 ..
-            }
-        )
+            } => true,
+            DutyError::Doctor { source, .. } => source.is_stale(),
+            _ => false,
+        }
     }
 }
 
@@ -227,6 +234,8 @@ impl<K: Kubeadm, C: Clock> JoinMaterialDuty<K, C> {
 #[derive(Debug)]
 pub struct Duties<K, C> {
     pub join_material: JoinMaterialDuty<K, C>,
+    /// The doctor (docs/doctor.md), when `doctor.enabled` and a provider are configured.
+    pub doctor: Option<Arc<dyn crate::doctor_duty::LeaderDuty>>,
 }
 
 impl<K: Kubeadm, C: Clock> Duties<K, C> {
@@ -238,6 +247,13 @@ impl<K: Kubeadm, C: Clock> Duties<K, C> {
             Ok(()) => {}
             Err(e) if e.is_stale() => return Err(vec![e]),
             Err(e) => failed.push(e),
+        }
+        if let Some(doctor) = &self.doctor {
+            match doctor.pass(term).await {
+                Ok(()) => {}
+                Err(e) if e.is_stale() => return Err(vec![e]),
+                Err(e) => failed.push(e),
+            }
         }
         if failed.is_empty() {
             Ok(())

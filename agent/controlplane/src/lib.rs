@@ -14,6 +14,7 @@
 pub mod actions;
 pub mod bootstrap;
 pub mod coord;
+pub mod doctor_duty;
 pub mod duties;
 pub mod engine;
 pub mod etcd_unit;
@@ -21,6 +22,7 @@ pub mod joinmat;
 pub mod kubeadm;
 pub mod kubeadm_run;
 pub mod kubelet;
+pub mod maintenance;
 pub mod membership;
 pub mod pki;
 pub mod progress;

@@ -185,13 +185,41 @@ pub const ROUTES: &[Route] = &[
         action: "config.reload",
         mutating: true,
     },
+    Route {
+        method: "GET",
+        path: paths::DOCTOR,
+        role: Role::Viewer,
+        action: "doctor.status",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: paths::DOCTOR_HISTORY,
+        role: Role::Viewer,
+        action: "doctor.history",
+        mutating: false,
+    },
+    Route {
+        method: "POST",
+        path: paths::DOCTOR_PAUSE,
+        role: Role::Admin,
+        action: "doctor.pause",
+        mutating: true,
+    },
+    Route {
+        method: "POST",
+        path: paths::DOCTOR_RESUME,
+        role: Role::Admin,
+        action: "doctor.resume",
+        mutating: true,
+    },
 ];
 
 const MAX_BODY: usize = 64 * 1024;
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
+pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
     let bytes = serde_json::to_vec(body).expect("API bodies serialize");
     Response::builder()
         .status(status)
@@ -200,7 +228,11 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
         .expect("static response parts are valid")
 }
 
-fn error(status: StatusCode, message: impl Into<String>, required_role: Option<Role>) -> Resp {
+pub(crate) fn error(
+    status: StatusCode,
+    message: impl Into<String>,
+    required_role: Option<Role>,
+) -> Resp {
     json(
         status,
         &ApiError {
@@ -320,6 +352,10 @@ pub async fn handle(
             }
         }
         paths::LOG_LEVEL => set_log_level(&state, caller, role, &body).await,
+        paths::DOCTOR => crate::doctor::status(&state).await,
+        paths::DOCTOR_HISTORY => crate::doctor::history(&state).await,
+        paths::DOCTOR_PAUSE => crate::doctor::set_pause(&state, caller, role, &body, true).await,
+        paths::DOCTOR_RESUME => crate::doctor::set_pause(&state, caller, role, &body, false).await,
         paths::CONFIG_RELOAD => match reload_config(&state, caller, Some(role)).await {
             Ok(r) => json(StatusCode::OK, &r),
             Err(ReloadError::Audit(m)) => error(StatusCode::SERVICE_UNAVAILABLE, m, None),
@@ -610,7 +646,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn audited(
+pub(crate) async fn audited(
     state: &AppState,
     caller: Caller,
     role: Option<Role>,

@@ -39,13 +39,23 @@ pub const HOSTS_FILE: &str = "/etc/hosts";
 /// How long a request to a peer may take, resends included.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The engine's status once it runs, for `kubedna status`.
+/// The engine's status once it runs, for `kubedna status`, and its doctor (`kubedna doctor`).
 #[derive(Debug, Clone, Default)]
-pub struct NodeSlot(Arc<OnceLock<EngineHandle>>);
+pub struct NodeSlot(Arc<OnceLock<EngineHandle>>, crate::doctor::DoctorSlot);
 
 impl NodeSlot {
     pub fn status(&self) -> Option<Status> {
         self.0.get().map(EngineHandle::status)
+    }
+
+    /// The engine's handle once it runs (`kubedna doctor` reads etcd through it).
+    pub fn handle(&self) -> Option<EngineHandle> {
+        self.0.get().cloned()
+    }
+
+    /// The leader's doctor, when this node runs it.
+    pub fn doctor(&self) -> &crate::doctor::DoctorSlot {
+        &self.1
     }
 }
 
@@ -123,6 +133,7 @@ async fn run(
         mesh: handle.clone(),
         view: view.clone(),
     };
+    let actions = crate::selfaudit::log(audit);
     let cfg = EngineConfig {
         cluster: cluster.clone(),
         secret: ClusterSecret(config.cluster_secret.expose().to_vec().into()),
@@ -146,7 +157,7 @@ async fn run(
         etcd_binary: "/usr/bin/etcd".into(),
         root: "/".into(),
         timings: Timings::default(),
-        actions: crate::selfaudit::log(audit),
+        actions: actions.clone(),
     };
     let kubeadm = KubeadmUnit {
         systemd: systemd.clone(),
@@ -160,7 +171,7 @@ async fn run(
             .map_or_else(|| PathBuf::from("/run/kubedna"), Path::to_path_buf),
     };
     let podnet = (systemd.clone(), kubeadm.out_dir.clone());
-    let engine = match Engine::new(
+    let mut engine = match Engine::new(
         cfg,
         peers,
         systemd,
@@ -174,6 +185,10 @@ async fn run(
             return;
         }
     };
+    if let Some(doctor) = crate::doctor::build(&config, &handle, &slot.1, actions, shutdown.clone())
+    {
+        engine.set_doctor(doctor);
+    }
     let engine_handle = engine.handle();
     let _ = slot.0.set(engine_handle.clone());
     // Keep the view, /etc/hosts and the gossiped state current; answer other nodes.

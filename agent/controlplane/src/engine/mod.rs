@@ -94,6 +94,12 @@ impl std::fmt::Debug for EngineHandle {
 }
 
 impl EngineHandle {
+    /// The etcd connection once this control plane has one (for `kubedna doctor` on any
+    /// control plane); None on a worker or before etcd serves.
+    pub fn coordinator(&self) -> Option<Coordinator> {
+        lock(&self.shared.coord).clone()
+    }
+
     /// A snapshot for `kubedna status`.
     pub fn status(&self) -> Status {
         lock(&self.shared.status).clone()
@@ -283,10 +289,17 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     api_endpoint: cfg_endpoint,
                     upload_config,
                 },
+                doctor: None,
             },
             kubeadm,
             clock,
         })
+    }
+
+    /// Adds the doctor to the leader's duties (docs/doctor.md); the daemon calls this when
+    /// `doctor.enabled` is set and a provider is configured.
+    pub fn set_doctor(&mut self, doctor: Arc<dyn crate::doctor_duty::LeaderDuty>) {
+        self.duties.doctor = Some(doctor);
     }
 
     pub fn handle(&self) -> EngineHandle {
