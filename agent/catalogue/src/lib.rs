@@ -13,6 +13,7 @@
 pub mod bundle;
 pub mod format;
 pub mod object;
+pub mod plan;
 pub mod progress;
 pub mod validate;
 
