@@ -11,10 +11,13 @@
 //! hands in the fence, the progress store and the audit sink.
 
 pub mod bundle;
+pub mod cluster;
+pub mod fakes;
 pub mod format;
 pub mod object;
 pub mod plan;
 pub mod progress;
+pub mod run;
 pub mod validate;
 
 use std::path::PathBuf;
