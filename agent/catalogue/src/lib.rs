@@ -14,6 +14,7 @@ pub mod bundle;
 pub mod cluster;
 pub mod fakes;
 pub mod format;
+pub mod kube_cluster;
 pub mod object;
 pub mod plan;
 pub mod progress;

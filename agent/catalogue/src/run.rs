@@ -585,7 +585,15 @@ pub fn live_object(v: &Value, intent: Option<Value>) -> LiveObject {
         digest: meta["annotations"][DIGEST_ANNOTATION]
             .as_str()
             .map(str::to_string),
-        covers_intent: intent.is_some_and(|i| covers(&i, v)),
+        // A list gives items at the recommended version, maybe not the manifest's, and may
+        // leave apiVersion and kind out: identity is compared by key, not here.
+        covers_intent: intent.is_some_and(|mut i| {
+            if let Some(m) = i.as_object_mut() {
+                m.remove("apiVersion");
+                m.remove("kind");
+            }
+            covers(&i, v)
+        }),
     }
 }
 
