@@ -10,7 +10,7 @@ use kubedna_proto::{
     PeersResponse, ReloadResponse, StatusResponse, VersionResponse,
 };
 
-use crate::cli::{AuditCommand, Cli, Command, Format};
+use crate::cli::{AuditCommand, CatalogueCommand, Cli, Command, Format};
 use crate::client::{check_status, Client, ClientError};
 use crate::exit;
 use crate::output;
@@ -67,6 +67,16 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             Command::Peers => {
                 let p: PeersResponse = client.call("GET", paths::PEERS, None).await?;
                 print(&output::render(format, &p, output::peers_table))?;
+            }
+            Command::Catalogue(CatalogueCommand::Status) => {
+                let r: kubedna_proto::CatalogueStatusResponse =
+                    client.call("GET", paths::CATALOGUE_STATUS, None).await?;
+                print(&output::render(format, &r, output::catalogue_status_table))?;
+            }
+            Command::Catalogue(CatalogueCommand::Diff) => {
+                let r: kubedna_proto::CatalogueDiffResponse =
+                    client.call("GET", paths::CATALOGUE_DIFF, None).await?;
+                print(&output::render(format, &r, output::catalogue_diff_table))?;
             }
             Command::Version { .. } => {
                 let agent: VersionResponse = client.call("GET", paths::VERSION, None).await?;

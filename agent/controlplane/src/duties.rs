@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 use kubedna_host::atomic::write_atomic;
 
+mod catalogue;
+pub use catalogue::{diff as catalogue_diff, CatalogueDuty, CatalogueSettings, Planned};
+
 use crate::coord::{CoordError, Coordinator};
 use crate::engine::{ca_hash_in, Clock, ClusterSecret};
 use crate::joinmat::{self, JoinMaterial};
@@ -36,6 +39,12 @@ impl Term<'_> {
             .fenced_put(self.term, &self.coord.key(name), value)
             .await
     }
+
+    /// Whether this term still holds the seat: the fence a duty checks before a write outside
+    /// etcd (the catalogue's writes to the API server).
+    pub async fn holds(&self) -> Result<bool, CoordError> {
+        self.coord.holds(self.term).await
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +66,11 @@ pub enum DutyError {
         "duty {duty}: `kubeadm token create --print-join-command` printed no CA certificate hash"
     )]
     NoCaHash { duty: &'static str },
+    #[error("duty catalogue")]
+    Catalogue {
+        #[source]
+        source: Box<kubedna_catalogue::run::RunError>,
+    },
     #[error("duty {duty}: cannot write the upload-certs config")]
     Write {
         duty: &'static str,
@@ -68,13 +82,14 @@ pub enum DutyError {
 impl DutyError {
     /// The write was refused because a newer term holds the seat: this node no longer leads.
     pub fn is_stale(&self) -> bool {
-        matches!(
-            self,
+        match self {
             DutyError::Coord {
                 source: CoordError::Stale { .. },
                 ..
-            }
-        )
+            } => true,
+            DutyError::Catalogue { source } => source.is_stale(),
+            _ => false,
+        }
     }
 }
 
@@ -206,6 +221,8 @@ impl<K: Kubeadm, C: Clock> Duty for JoinMaterialDuty<K, C> {
 #[derive(Debug)]
 pub struct Duties<K, C> {
     pub join_material: JoinMaterialDuty<K, C>,
+    /// Set when the agent config has a `catalogue` section.
+    pub catalogue: Option<CatalogueDuty>,
 }
 
 impl<K: Kubeadm, C: Clock> Duties<K, C> {
@@ -217,6 +234,13 @@ impl<K: Kubeadm, C: Clock> Duties<K, C> {
             Ok(()) => {}
             Err(e) if e.is_stale() => return Err(vec![e]),
             Err(e) => failed.push(e),
+        }
+        if let Some(c) = &self.catalogue {
+            match c.pass(term).await {
+                Ok(()) => {}
+                Err(e) if e.is_stale() => return Err(vec![e]),
+                Err(e) => failed.push(e),
+            }
         }
         if failed.is_empty() {
             Ok(())

@@ -118,6 +118,20 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: paths::CATALOGUE_STATUS,
+        role: Role::Viewer,
+        action: "catalogue.status",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: paths::CATALOGUE_DIFF,
+        role: Role::Viewer,
+        action: "catalogue.diff",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
         path: paths::AUDIT_RECORDS,
         role: Role::Operator,
         action: "audit.list",
@@ -258,6 +272,8 @@ pub async fn handle(
         ),
         paths::STATUS => json(StatusCode::OK, &status(&state, &caller, role).await),
         paths::PEERS => json(StatusCode::OK, &peers(&state).await),
+        paths::CATALOGUE_STATUS => json(StatusCode::OK, &state.node.catalogue_status().await),
+        paths::CATALOGUE_DIFF => json(StatusCode::OK, &state.node.catalogue_diff().await),
         paths::AUDIT_RECORDS => audit_records(&state, &query).await,
         paths::AUDIT_VERIFY => {
             let dir = state.audit.dir().to_path_buf();

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod app;
+pub mod catalogue;
 pub mod logging;
 pub mod mesh;
 pub mod node;

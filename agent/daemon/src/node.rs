@@ -47,6 +47,30 @@ impl NodeSlot {
     pub fn status(&self) -> Option<Status> {
         self.0.get().map(EngineHandle::status)
     }
+
+    fn engine(&self) -> Result<&EngineHandle, String> {
+        self.0
+            .get()
+            .ok_or_else(|| "the control-plane engine is not running on this node".to_string())
+    }
+
+    /// `kubedna catalogue status`: the leader's record in etcd.
+    pub async fn catalogue_status(&self) -> kubedna_proto::CatalogueStatusResponse {
+        let r = match self.engine() {
+            Ok(e) => e.catalogue_record().await,
+            Err(e) => Err(e),
+        };
+        crate::catalogue::status(r)
+    }
+
+    /// `kubedna catalogue diff`.
+    pub async fn catalogue_diff(&self) -> kubedna_proto::CatalogueDiffResponse {
+        let r = match self.engine() {
+            Ok(e) => e.catalogue_diff().await,
+            Err(e) => Err(e),
+        };
+        crate::catalogue::diff(r)
+    }
 }
 
 /// `api.<cluster>.kubedna:6443`, every control plane's `controlPlaneEndpoint`.
@@ -157,7 +181,10 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
         SystemClock,
         config.state_dir(),
     ) {
-        Ok(e) => e,
+        Ok(e) => match &config.spec.catalogue {
+            Some(c) => e.with_catalogue(catalogue_duty(c)),
+            None => e,
+        },
         Err(e) => {
             tracing::error!(error = %kubedna_host::error_chain(&e), "control plane: the engine cannot start; fix the configuration and restart the agent");
             return;
@@ -185,6 +212,28 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
     tracing::info!(node = %config.node_name, "control plane: engine running");
     engine.run(shutdown).await;
     tracing::info!("control plane: engine stopped");
+}
+
+/// The catalogue duty from the agent config. Its events go to the log under the target
+/// `audit` with their audit action; the agent's own audit records take them from here.
+fn catalogue_duty(
+    c: &kubedna_config::CatalogueSpec,
+) -> kubedna_controlplane::duties::CatalogueDuty {
+    use kubedna_controlplane::duties::{CatalogueDuty, CatalogueSettings};
+    let settings = CatalogueSettings {
+        bundle: c.bundle.clone(),
+        kubeconfig: c.kubeconfig.clone(),
+        selection: kubedna_catalogue::Selection {
+            optional: c.optional.iter().cloned().collect(),
+        },
+        interval: Duration::from_secs(c.interval_seconds),
+        health_timeout: Duration::from_secs(c.health_timeout_seconds),
+    };
+    let sink: kubedna_catalogue::progress::EventSink = Arc::new(|e| {
+        let detail = serde_json::to_string(e).unwrap_or_default();
+        tracing::info!(target: "audit", action = e.action(), %detail, "catalogue");
+    });
+    CatalogueDuty::new(settings, sink)
 }
 
 /// The live peers by name, refreshed from the mesh (the engine's `alive` is synchronous).
