@@ -227,6 +227,24 @@ mod tests {
         let ok =
             "apiVersion: catalogue.kubedna.io/v1\nkind: Catalogue\nversion: '1'\ncomponents: []\n";
         assert!(parse_catalogue(ok).is_ok());
+        // Health checks as the docs write them: one-key maps, not YAML tags.
+        let health = ok.replace(
+            "components: []",
+            "components:\n- name: a\n  version: '1'\n  manifests: []\n  health:\n  - crdEstablished: {name: w.x.io}\n  - deploymentAvailable: {namespace: n, name: d}\n",
+        );
+        let spec = parse_catalogue(&health).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            spec.components[0].health,
+            vec![
+                HealthCheck::CrdEstablished {
+                    name: "w.x.io".into()
+                },
+                HealthCheck::DeploymentAvailable {
+                    namespace: "n".into(),
+                    name: "d".into()
+                }
+            ]
+        );
         let cases = [
             (ok.replace("components: []", "components: []\nextra: 1"), "extra"),
             (ok.replace("v1\n", "v2\n"), "apiVersion"),
@@ -243,7 +261,7 @@ mod tests {
                     "components: []",
                     "components:\n- {name: a, version: '1', manifests: [], health: [{podReady: {}}]}",
                 ),
-                "components[0].health[0]",
+                "components[0].health[0].podReady",
             ),
         ];
         for (text, field) in cases {

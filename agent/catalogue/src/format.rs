@@ -35,8 +35,9 @@ pub struct ComponentSpec {
     #[serde(default)]
     pub depends_on: Vec<String>,
     pub manifests: Vec<ManifestSpec>,
-    /// Waited for after the component is applied, before the next. None: no wait.
-    #[serde(default)]
+    /// Waited for after the component is applied, before the next. None: no wait. Each
+    /// check is a one-key map (`- crdEstablished: {name: ...}`), not a YAML tag.
+    #[serde(default, with = "serde_yaml_ng::with::singleton_map_recursive")]
     pub health: Vec<HealthCheck>,
     /// Take back fields another field manager took over (server-side apply `force`). Without
     /// it such a conflict is reported and the field left to its new manager.

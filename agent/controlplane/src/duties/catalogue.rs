@@ -82,6 +82,11 @@ impl CatalogueDuty {
         }
     }
 
+    fn last_key(&self) -> Option<String> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref().map(|(k, _)| k.clone())
+    }
+
     fn done(&self, digest: String) {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((digest, Instant::now()));
     }
@@ -92,8 +97,9 @@ impl CatalogueDuty {
         let cat = match kubedna_catalogue::load(&self.settings.bundle) {
             Ok(c) => c,
             Err(e) => {
+                // Audited and recorded once per distinct refusal, not every interval.
                 let text = kubedna_error_chain(&e);
-                if self.due(&text) {
+                if self.last_key().as_deref() != Some(text.as_str()) {
                     self.done(text);
                     self.refused(&ledger, &e).await?;
                 }
