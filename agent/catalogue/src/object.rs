@@ -195,12 +195,15 @@ pub fn covers(intent: &Value, live: &Value) -> bool {
             }
             match l.get(k) {
                 Some(lv) => covers(iv, lv),
-                // An explicit null or empty map/list in the intent: absent live is the same.
+                // A null, an empty map or list, or a zero value in the intent: the API server
+                // leaves such fields out (Go's `omitempty`), so absent live is the same.
                 None => match iv {
                     Value::Null => true,
                     Value::Object(m) => m.is_empty(),
                     Value::Array(a) => a.is_empty(),
-                    _ => false,
+                    Value::Bool(b) => !b,
+                    Value::Number(n) => n.as_f64() == Some(0.0),
+                    Value::String(s) => s.is_empty(),
                 },
             }
         }),
@@ -252,6 +255,11 @@ mod tests {
             (json!({"a": 1}), json!({"a": 1, "b": 2}), true),
             (json!({"a": 1}), json!({"a": 2}), false),
             (json!({"a": 1}), json!({}), false),
+            // Zero values the server omits (`minReadySeconds: 0`, `hostNetwork: false`).
+            (json!({"a": 0}), json!({}), true),
+            (json!({"a": false}), json!({}), true),
+            (json!({"a": ""}), json!({}), true),
+            (json!({"a": true}), json!({}), false),
             (json!({"a": {}}), json!({}), true),
             (json!({"a": null}), json!({}), true),
             (

@@ -23,7 +23,7 @@
 //! control plane's before the catalogue is configured. Lab `p-cat` (198.18.50.0/24).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kubedna_lab::lab::{self, Lab, UpOptions};
@@ -540,7 +540,18 @@ fn catalogue_on_real_kubernetes() {
         established.as_str() <= created,
         "the CR waited for its CRD: Established {established}, CR created {created}"
     );
-    let dep = kubectl(&lab, &["-n", NS, "get", "deployment", "demo"]).expect("deployment");
+    let dep = kubectl(
+        &lab,
+        &[
+            "-n",
+            NS,
+            "get",
+            "deployment",
+            "demo",
+            "--show-managed-fields",
+        ],
+    )
+    .expect("deployment");
     assert_eq!(dep["status"]["availableReplicas"], 1, "{}", dep["status"]);
     let managers: Vec<&str> = dep["metadata"]["managedFields"]
         .as_array()
@@ -726,4 +737,41 @@ EOF
         "journalctl -u kubedna-agent --no-pager -o cat | grep -c 'catalogue applied' || true",
     );
     println!("passes that wrote: {}", writes.trim());
+
+    if let Some(bench) = std::env::var_os("KUBEDNA_LAB_CAT_BENCH") {
+        figures(&lab, Path::new(&bench));
+    }
+}
+
+/// docs/benchmarks.md, "Component catalogue": 50 components of 10 objects, applied by the
+/// catalogue runner (example `bench`, with this node's catalogue kubeconfig) cold and with
+/// nothing to do, and the same objects by `kubectl apply --server-side --prune` (kubectl
+/// v1.30.3, ApplySet) in the same run.
+fn figures(lab: &Lab, bench: &Path) {
+    let to = lab.paths(CP).root.join("root/bench-bin");
+    std::fs::copy(bench, &to).unwrap_or_else(|e| panic!("{}: {e}", bench.display()));
+    let out = sh(
+        lab,
+        r#"set -e
+cd /root
+./bench-bin gen /root/bench-d bench-d 50
+./bench-bin gen /root/bench-k bench-k 50
+./bench-bin run /root/bench-d /etc/kubedna/catalogue.kubeconfig
+K="kubectl --kubeconfig /etc/kubernetes/admin.conf"
+$K create namespace bench-k >/dev/null
+rm /root/bench-k/flat/000-ns.yaml
+for run in cold no-op no-op; do
+  t0=$(date +%s%N)
+  KUBECTL_APPLYSET=true $K apply --server-side --prune --applyset=kubectl-bench -n bench-k -f /root/bench-k/flat/ >/dev/null
+  t1=$(date +%s%N)
+  echo "CATALOGUE BENCH kubectl $run: 500 objects, $(( (t1 - t0) / 1000000 )) ms"
+done
+"#,
+    );
+    print!("{out}");
+    let noop = out
+        .lines()
+        .find(|l| l.contains("kubedna no-op"))
+        .expect("a no-op line");
+    assert!(noop.contains(" 0 writes"), "{noop}");
 }
