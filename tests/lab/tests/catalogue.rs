@@ -748,11 +748,30 @@ EOF
 /// nothing to do, and the same objects by `kubectl apply --server-side --prune` (kubectl
 /// v1.30.3, ApplySet) in the same run.
 fn figures(lab: &Lab, bench: &Path) {
+    // The runner under test shares the agent's ApplySet: empty the catalogue first (which
+    // prunes what is left) and stop the agent, so the two never prune each other's objects.
+    publish(lab, "v5", "5", &[], None);
+    poll(
+        "the empty catalogue applied",
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+        || status(lab).filter(|s| all_healthy(s, "5", &[])),
+        || diagnose(lab),
+    );
+    assert!(ours(lab).is_empty(), "{:#?}", ours(lab));
+    // The CRD still has an object that is not ours, and a namespace is never deleted: both are
+    // released (kept, without our label).
+    let crd = kubectl(lab, &["get", "crd", "widgets.demo.kubedna.io"]).expect("CRD kept");
+    assert!(
+        crd["metadata"]["labels"][APPLYSET_PART_OF].is_null(),
+        "{}",
+        crd["metadata"]
+    );
+    assert!(exists(lab, &["get", "namespace", NS]), "namespace kept");
+    sh(lab, "systemctl stop kubedna-agent");
     let to = lab.paths(CP).root.join("root/bench-bin");
     std::fs::copy(bench, &to).unwrap_or_else(|e| panic!("{}: {e}", bench.display()));
-    let out = sh(
-        lab,
-        r#"set -e
+    let script = r#"set -e
 cd /root
 ./bench-bin gen /root/bench-d bench-d 50
 ./bench-bin gen /root/bench-k bench-k 50
@@ -766,8 +785,12 @@ for run in cold no-op no-op; do
   t1=$(date +%s%N)
   echo "CATALOGUE BENCH kubectl $run: 500 objects, $(( (t1 - t0) / 1000000 )) ms"
 done
-"#,
-    );
+"#;
+    let out = lab
+        .exec(CP, &["sh", "-c", script], Some(Duration::from_secs(900)))
+        .unwrap_or_else(|e| panic!("bench: {e}"));
+    assert!(out.success(), "bench:\n{}{}", out.stdout, out.stderr);
+    let out = out.stdout;
     print!("{out}");
     let noop = out
         .lines()
