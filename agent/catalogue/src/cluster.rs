@@ -60,6 +60,10 @@ pub trait Cluster: Send + Sync {
         uid: &str,
     ) -> impl Future<Output = Result<(), ClusterError>> + Send;
 
+    /// Takes our ApplySet and component labels and our digest annotation off the object (a
+    /// merge patch: every other field stays as it is), so it is no longer ours.
+    fn release(&self, key: &ObjectKey) -> impl Future<Output = Result<(), ClusterError>> + Send;
+
     /// Whether an object of a kind the CRD `crd` defines exists without our ApplySet label.
     fn foreign_objects(&self, crd: &str)
         -> impl Future<Output = Result<bool, ClusterError>> + Send;

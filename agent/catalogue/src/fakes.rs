@@ -194,6 +194,21 @@ impl Cluster for FakeCluster {
         Ok(())
     }
 
+    async fn release(&self, key: &ObjectKey) -> Result<(), ClusterError> {
+        let mut s = lock(&self.state);
+        s.log.push(format!("release {key}"));
+        if let Some(o) = s.objects.get_mut(key) {
+            if let Some(l) = o["metadata"]["labels"].as_object_mut() {
+                l.remove(PART_OF);
+                l.remove(crate::object::COMPONENT_LABEL);
+            }
+            if let Some(a) = o["metadata"]["annotations"].as_object_mut() {
+                a.remove(crate::object::DIGEST_ANNOTATION);
+            }
+        }
+        Ok(())
+    }
+
     async fn foreign_objects(&self, crd: &str) -> Result<bool, ClusterError> {
         let s = lock(&self.state);
         let Some(def) = s

@@ -26,7 +26,9 @@ use tokio::sync::Mutex;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::format::HealthCheck;
-use crate::object::{applyset_id, ObjectKey, FIELD_MANAGER, PART_OF};
+use crate::object::{
+    applyset_id, ObjectKey, COMPONENT_LABEL, DIGEST_ANNOTATION, FIELD_MANAGER, PART_OF,
+};
 use crate::validate::{ClusterFacts, Scope};
 
 pub struct KubeCluster {
@@ -276,6 +278,26 @@ impl Cluster for KubeCluster {
             Ok(_) => Ok(()),
             // Gone already, or replaced by a look-alike since we listed it (uid precondition).
             Err(kube::Error::Api(r)) if r.code == 404 || r.code == 409 => Ok(()),
+            Err(e) => Err(api_err(key.to_string())(e)),
+        }
+    }
+
+    async fn release(&self, key: &ObjectKey) -> Result<(), ClusterError> {
+        let Some(ar) = self.resource_of_group_kind(&key.group_kind()).await? else {
+            return Ok(());
+        };
+        let api = self.dynamic(&ar, key.namespace.is_some(), key.namespace.as_deref());
+        let patch = serde_json::json!({"metadata": {
+            "labels": { PART_OF: null, COMPONENT_LABEL: null },
+            "annotations": { DIGEST_ANNOTATION: null },
+        }});
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        match api.patch(&key.name, &pp, &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(r)) if r.code == 404 => Ok(()),
             Err(e) => Err(api_err(key.to_string())(e)),
         }
     }

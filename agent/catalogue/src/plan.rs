@@ -54,8 +54,8 @@ pub enum Step {
         uid: String,
         guard: Guard,
     },
-    /// An object that left the catalogue and is kept: applied with nothing of ours in it,
-    /// which gives up our fields and labels, so it is no longer ours. A namespace.
+    /// An object that left the catalogue and is kept: our labels and annotation are taken off
+    /// (every other field stays), so it is no longer ours. A namespace.
     Release {
         component: String,
         key: ObjectKey,

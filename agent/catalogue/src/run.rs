@@ -436,22 +436,9 @@ impl<C: Cluster, L: Ledger> Runner<'_, C, L> {
         why: &str,
         report: &mut Report,
     ) -> Result<(), RunError> {
-        let api_version = self.live_api_version(key).unwrap_or_else(|| {
-            if key.group.is_empty() {
-                "v1".into()
-            } else {
-                format!("{}/v1", key.group)
-            }
-        });
-        let mut meta = serde_json::json!({ "name": key.name });
-        if let Some(ns) = &key.namespace {
-            meta["namespace"] = ns.clone().into();
-        }
-        let body =
-            serde_json::json!({"apiVersion": api_version, "kind": key.kind, "metadata": meta});
         self.fence().await?;
         self.cluster
-            .apply(&api_version, key, &body, false, false)
+            .release(key)
             .await
             .map_err(|source| RunError::Write {
                 component: component.to_string(),
@@ -465,16 +452,6 @@ impl<C: Cluster, L: Ledger> Runner<'_, C, L> {
             why: why.to_string(),
         });
         Ok(())
-    }
-
-    fn live_api_version(&self, key: &ObjectKey) -> Option<String> {
-        match (key.group.as_str(), key.kind.as_str()) {
-            ("", _) => Some("v1".into()),
-            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
-                Some("apiextensions.k8s.io/v1".into())
-            }
-            _ => None,
-        }
     }
 
     /// The ApplySet parent (KEP-3659): a ConfigMap whose annotations list every group-kind our
