@@ -413,11 +413,16 @@ systemctl restart kubedna-agent
 
 /// `kubedna catalogue status -o json`, once the agent answers it.
 fn status(lab: &Lab) -> Option<Value> {
+    cli_json(lab, "status")
+}
+
+/// `kubedna catalogue WHAT -o json` on the control plane.
+fn cli_json(lab: &Lab, what: &str) -> Option<Value> {
     let out = lab
         .exec(
             CP,
-            &["kubedna", "catalogue", "status", "-o", "json"],
-            Some(Duration::from_secs(20)),
+            &["kubedna", "catalogue", what, "-o", "json"],
+            Some(Duration::from_secs(30)),
         )
         .ok()?;
     if !out.success() {
@@ -558,6 +563,10 @@ fn catalogue_on_real_kubernetes() {
         .map(|m| m.iter().filter_map(|f| f["manager"].as_str()).collect())
         .unwrap_or_default();
     assert!(managers.contains(&"kubedna"), "{managers:?}");
+    // `kubedna catalogue diff`: the catalogue just applied has nothing left to change.
+    let diff = cli_json(&lab, "diff").expect("catalogue diff");
+    assert!(diff["unavailable"].is_null(), "{diff}");
+    assert_eq!(diff["changes"], serde_json::json!([]), "{diff}");
     let before = ours(&lab);
     assert_eq!(before.len(), 11, "{before:#?}");
     let parent = kubectl(
@@ -668,6 +677,13 @@ EOF
         .as_str()
         .is_some_and(|e| e.contains("demo-app") && e.contains("app/config.yaml")));
     assert_eq!(ours(&lab), snapshot, "nothing changed");
+    let diff = cli_json(&lab, "diff").expect("catalogue diff");
+    assert!(
+        diff["unavailable"]
+            .as_str()
+            .is_some_and(|u| u.contains("SHA-256 mismatch")),
+        "a diff of a corrupt bundle says why there is none: {diff}"
+    );
     assert!(
         !exists(&lab, &["-n", NS, "get", "configmap", "extra-a"]),
         "demo-extra not installed"
