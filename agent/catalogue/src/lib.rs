@@ -12,6 +12,7 @@
 
 pub mod bundle;
 pub mod cluster;
+pub mod credentials;
 pub mod fakes;
 pub mod format;
 pub mod kube_cluster;

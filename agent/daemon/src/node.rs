@@ -228,6 +228,7 @@ fn catalogue_duty(
         },
         interval: Duration::from_secs(c.interval_seconds),
         health_timeout: Duration::from_secs(c.health_timeout_seconds),
+        admin_kubeconfig: Some(PathBuf::from("/etc/kubernetes/admin.conf")),
     };
     let sink: kubedna_catalogue::progress::EventSink = Arc::new(|e| {
         let detail = serde_json::to_string(e).unwrap_or_default();

@@ -2,8 +2,8 @@
 //! control plane and one worker forms a real cluster; the agent on the control plane, as the
 //! elected leader, applies a test catalogue of the project's own manifests (a CRD and its
 //! custom resources, ConfigMaps, RBAC, a Deployment running the pause image) with its own
-//! kubeconfig (a ServiceAccount token bound to a ClusterRole limited to the catalogue's API
-//! groups, never `admin.conf`). Checked as an operator would, with kubectl:
+//! kubeconfig, which it issues itself (a ServiceAccount token bound to a ClusterRole limited to
+//! the catalogue's API groups; `admin.conf` only issues it). Checked as an operator would:
 //! - it installs in order: the CRD is Established before its custom resource exists, the
 //!   Deployment becomes available, every object carries our ApplySet label and is managed by
 //!   the field manager `kubedna`; `kubedna catalogue status` shows every component healthy;
@@ -349,28 +349,6 @@ fn publish(lab: &Lab, name: &str, version: &str, comps: &[Comp], tamper: Option<
 // ---------------------------------------------------------------------------------------------
 // The agent's credentials and config.
 
-const CATALOGUE_RBAC: &str = "apiVersion: v1
-kind: ServiceAccount
-metadata: {name: kubedna-catalogue, namespace: kube-system}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: kubedna-catalogue}
-rules:
-# What the catalogue manages: the API groups its manifests use, nothing else. escalate and bind
-# let it write the RBAC objects of its components.
-- apiGroups: ['', apps, apiextensions.k8s.io, rbac.authorization.k8s.io, demo.kubedna.io]
-  resources: ['*']
-  verbs: [get, list, watch, create, update, patch, delete, escalate, bind]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: kubedna-catalogue}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kubedna-catalogue}
-subjects:
-- {kind: ServiceAccount, name: kubedna-catalogue, namespace: kube-system}
-";
-
 fn configure_agent(lab: &Lab) {
     let root = lab.paths(CP).root;
     if let Some(bin) = std::env::var_os("KUBEDNA_LAB_AGENT_BIN").map(PathBuf::from) {
@@ -381,24 +359,11 @@ fn configure_agent(lab: &Lab) {
             std::fs::rename(&tmp, &to).unwrap_or_else(|e| panic!("{b}: {e}"));
         }
     }
-    std::fs::write(root.join("root/catalogue-rbac.yaml"), CATALOGUE_RBAC).expect("rbac file");
+    // No kubeconfig is given: the leader issues its own from admin.conf (a ServiceAccount, a
+    // ClusterRole limited to the catalogue's API groups, a 24 h token).
     sh(
         lab,
         r#"set -e
-K="kubectl --kubeconfig /etc/kubernetes/admin.conf"
-$K apply -f /root/catalogue-rbac.yaml >/dev/null
-TOKEN=$($K -n kube-system create token kubedna-catalogue --duration=24h)
-SERVER=$($K config view --raw -o jsonpath='{.clusters[0].cluster.server}')
-CA=$($K config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
-umask 077
-cat > /etc/kubedna/catalogue.kubeconfig <<EOF
-apiVersion: v1
-kind: Config
-clusters: [{name: cluster, cluster: {server: "$SERVER", certificate-authority-data: "$CA"}}]
-users: [{name: kubedna-catalogue, user: {token: "$TOKEN"}}]
-contexts: [{name: catalogue, context: {cluster: cluster, user: kubedna-catalogue}}]
-current-context: catalogue
-EOF
 cat >> /etc/kubedna/agent.yaml <<EOF
 catalogue:
   bundle: /etc/kubedna/catalogue
@@ -563,6 +528,27 @@ fn catalogue_on_real_kubernetes() {
         .map(|m| m.iter().filter_map(|f| f["manager"].as_str()).collect())
         .unwrap_or_default();
     assert!(managers.contains(&"kubedna"), "{managers:?}");
+    // The agent's own credentials: a 0600 kubeconfig with a ServiceAccount token, and a role
+    // over the catalogue's groups only.
+    let mode = sh(&lab, "stat -c %a /etc/kubedna/catalogue.kubeconfig");
+    assert_eq!(mode.trim(), "600");
+    let kc = sh(&lab, "cat /etc/kubedna/catalogue.kubeconfig");
+    assert!(
+        kc.contains("\"token\"") && !kc.contains("client-key-data"),
+        "a token, not a certificate"
+    );
+    let role = kubectl(&lab, &["get", "clusterrole", "kubedna-catalogue"]).expect("role");
+    assert_eq!(
+        role["rules"][0]["apiGroups"],
+        serde_json::json!([
+            "",
+            "apiextensions.k8s.io",
+            "apps",
+            "demo.kubedna.io",
+            "rbac.authorization.k8s.io"
+        ]),
+        "{role}"
+    );
     // `kubedna catalogue diff`: the catalogue just applied has nothing left to change.
     let diff = cli_json(&lab, "diff").expect("catalogue diff");
     assert!(diff["unavailable"].is_null(), "{diff}");

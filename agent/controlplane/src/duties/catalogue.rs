@@ -10,10 +10,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kubedna_catalogue::credentials;
 use kubedna_catalogue::kube_cluster::KubeCluster;
 use kubedna_catalogue::progress::{Event, EventSink, Progress, PROGRESS_KEY};
 use kubedna_catalogue::run::{kubedna_error_chain, Ledger, LedgerError, RunError, Runner};
 use kubedna_catalogue::{CatalogueError, Selection};
+use kubedna_host::atomic::write_atomic;
 
 use super::{DutyError, Term};
 use crate::coord::{CoordError, Coordinator};
@@ -31,6 +33,10 @@ pub struct CatalogueSettings {
     pub interval: Duration,
     /// How long one health check may take before the rollout stops.
     pub health_timeout: Duration,
+    /// The cluster admin's kubeconfig (`/etc/kubernetes/admin.conf` on a control plane): used
+    /// only to issue and renew the catalogue's own ServiceAccount, role and token
+    /// ([`kubedna_catalogue::credentials`]) into `kubeconfig`. None: `kubeconfig` is provided.
+    pub admin_kubeconfig: Option<PathBuf>,
 }
 
 pub struct CatalogueDuty {
@@ -108,6 +114,11 @@ impl CatalogueDuty {
                 });
             }
         };
+        if let Some(admin) = self.settings.admin_kubeconfig.as_deref() {
+            if admin.exists() {
+                self.credentials(term, admin, &cat).await?;
+            }
+        }
         if !self.due(&cat.digest) {
             return Ok(());
         }
@@ -139,6 +150,65 @@ impl CatalogueDuty {
                 source: Box::new(e),
             }),
         }
+    }
+
+    /// Issues the catalogue's credentials when due (missing, a third of the token's life left,
+    /// or the catalogue's API groups changed), under the term: a deposed leader does not.
+    async fn credentials(
+        &self,
+        term: Term<'_>,
+        admin: &std::path::Path,
+        cat: &kubedna_catalogue::Catalogue,
+    ) -> Result<(), DutyError> {
+        let kubeconfig = &self.settings.kubeconfig;
+        let sidecar = PathBuf::from(format!("{}.json", kubeconfig.display()));
+        let issued: Option<credentials::Issued> = std::fs::read(&sidecar)
+            .ok()
+            .filter(|_| kubeconfig.exists())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let groups = credentials::groups(cat);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if !credentials::due(issued.as_ref(), &groups, now) {
+            return Ok(());
+        }
+        let read = |e| DutyError::Catalogue {
+            source: Box::new(RunError::Read(e)),
+        };
+        match term.holds().await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(DutyError::Catalogue {
+                    source: Box::new(RunError::Ledger(LedgerError::Stale(
+                        format!("term {} no longer holds the leader seat", term.term).into(),
+                    ))),
+                })
+            }
+            Err(e) => {
+                return Err(DutyError::Catalogue {
+                    source: Box::new(RunError::Ledger(ledger_err(e))),
+                })
+            }
+        }
+        let (text, issued) = credentials::issue(admin, &groups, now)
+            .await
+            .map_err(read)?;
+        let write = |source| DutyError::Write {
+            duty: "catalogue",
+            source,
+        };
+        write_atomic(kubeconfig, text.as_bytes(), 0o600).map_err(write)?;
+        let record = serde_json::to_vec(&issued).unwrap_or_default();
+        write_atomic(&sidecar, &record, 0o600).map_err(write)?;
+        // The next pass connects with the new token.
+        *self.cluster.lock().await = None;
+        tracing::info!(
+            kubeconfig = %kubeconfig.display(),
+            expires_unix = issued.expires_unix,
+            "catalogue credentials issued"
+        );
+        Ok(())
     }
 
     /// A bundle that does not load: the event, and the reason in the record.
