@@ -40,6 +40,9 @@ pub enum Command {
     Peers,
     /// The agent's Prometheus metrics (OpenMetrics text), as its metrics listener serves them.
     Metrics,
+    /// The component catalogue the elected leader applies (read from etcd; ask a control plane).
+    #[command(subcommand)]
+    Catalogue(CatalogueCommand),
     /// The CLI's and the agent's versions.
     Version {
         /// Only the CLI's version; do not ask the agent.
@@ -77,6 +80,14 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogueCommand {
+    /// Each component: wanted and applied version, health, last error.
+    Status,
+    /// What the next pass would change: objects to create, upgrade, correct, prune.
+    Diff,
 }
 
 #[derive(Debug, Subcommand)]

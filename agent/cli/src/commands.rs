@@ -11,7 +11,7 @@ use kubedna_proto::{
     StatusResponse, VersionResponse,
 };
 
-use crate::cli::{AuditCommand, Cli, Command, DoctorCommand, Format};
+use crate::cli::{AuditCommand, CatalogueCommand, Cli, Command, DoctorCommand, Format};
 use crate::client::{check_status, Client};
 use crate::exit;
 use crate::output;
@@ -73,6 +73,16 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 let (status, body) = client.send("GET", paths::METRICS, None).await?;
                 check_status(status, &body)?;
                 print(&String::from_utf8_lossy(&body))?;
+            }
+            Command::Catalogue(CatalogueCommand::Status) => {
+                let r: kubedna_proto::CatalogueStatusResponse =
+                    client.call("GET", paths::CATALOGUE_STATUS, None).await?;
+                print(&output::render(format, &r, output::catalogue_status_table))?;
+            }
+            Command::Catalogue(CatalogueCommand::Diff) => {
+                let r: kubedna_proto::CatalogueDiffResponse =
+                    client.call("GET", paths::CATALOGUE_DIFF, None).await?;
+                print(&output::render(format, &r, output::catalogue_diff_table))?;
             }
             Command::Version { .. } => {
                 let agent: VersionResponse = client.call("GET", paths::VERSION, None).await?;

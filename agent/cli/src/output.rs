@@ -196,6 +196,58 @@ pub fn peers_line(p: &PeersSummary) -> String {
     line
 }
 
+/// `kubedna catalogue status`: one row per component, then the catalogue's version and error.
+pub fn catalogue_status_table(r: &kubedna_proto::CatalogueStatusResponse) -> String {
+    if let Some(why) = &r.unavailable {
+        return format!("catalogue status unavailable on this node: {why}\n");
+    }
+    let dash = || "-".to_string();
+    let rows: Vec<Vec<String>> = r
+        .components
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.wanted_version.clone(),
+                c.applied_version.clone().unwrap_or_else(dash),
+                c.health.clone(),
+                c.last_error.clone().unwrap_or_else(dash),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["COMPONENT", "WANTED", "APPLIED", "HEALTH", "LAST ERROR"],
+        &rows,
+    );
+    match &r.version {
+        Some(v) => out.push_str(&format!(
+            "catalogue {v}, recorded by leader term {}\n",
+            r.term
+        )),
+        None => out.push_str("no catalogue applied yet\n"),
+    }
+    if let Some(e) = &r.last_error {
+        out.push_str(&format!("last error: {e}\n"));
+    }
+    out
+}
+
+/// `kubedna catalogue diff`: one row per change, in the order a pass makes them.
+pub fn catalogue_diff_table(r: &kubedna_proto::CatalogueDiffResponse) -> String {
+    if let Some(why) = &r.unavailable {
+        return format!("catalogue diff unavailable on this node: {why}\n");
+    }
+    if r.changes.is_empty() {
+        return format!("catalogue {}: nothing to change\n", r.version);
+    }
+    let rows: Vec<Vec<String>> = r
+        .changes
+        .iter()
+        .map(|c| vec![c.action.clone(), c.component.clone(), c.object.clone()])
+        .collect();
+    table(&["ACTION", "COMPONENT", "OBJECT"], &rows)
+}
+
 /// `kubedna peers`: one row per peer, kubectl style.
 pub fn peers_table(r: &PeersResponse) -> String {
     let dash = || "-".to_string();

@@ -43,6 +43,10 @@ pub struct AgentConfig {
     pub log: LogSpec,
     #[serde(default)]
     pub metrics: MetricsSpec,
+    /// The component catalogue the elected leader applies (docs/catalogue.md). Absent: the
+    /// leader applies no catalogue.
+    #[serde(default)]
+    pub catalogue: Option<CatalogueSpec>,
 }
 
 /// Prometheus metrics over HTTP (`GET /metrics`, OpenMetrics text).
@@ -72,6 +76,44 @@ pub const DEFAULT_METRICS_PORT: u16 = 9464;
 
 fn default_true() -> bool {
     true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CatalogueSpec {
+    /// The bundle directory holding `catalogue.yaml` and its manifests. Default
+    /// `/usr/share/kubedna/catalogue`.
+    #[serde(default = "default_catalogue_bundle")]
+    pub bundle: PathBuf,
+    /// The agent's own kubeconfig for the API server (never `admin.conf`). Default
+    /// `/etc/kubedna/catalogue.kubeconfig`.
+    #[serde(default = "default_catalogue_kubeconfig")]
+    pub kubeconfig: PathBuf,
+    /// Optional components to install besides the default ones, by name.
+    #[serde(default)]
+    pub optional: Vec<String>,
+    /// Re-apply this often to correct drift (when the bundle did not change). Default 60.
+    #[serde(default = "default_catalogue_interval")]
+    pub interval_seconds: u64,
+    /// How long one health check may take before the rollout stops. Default 300.
+    #[serde(default = "default_catalogue_health_timeout")]
+    pub health_timeout_seconds: u64,
+}
+
+fn default_catalogue_bundle() -> PathBuf {
+    PathBuf::from("/usr/share/kubedna/catalogue")
+}
+
+fn default_catalogue_kubeconfig() -> PathBuf {
+    PathBuf::from("/etc/kubedna/catalogue.kubeconfig")
+}
+
+fn default_catalogue_interval() -> u64 {
+    60
+}
+
+fn default_catalogue_health_timeout() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -448,6 +490,20 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
                      addresses and a port (such as 198.18.0.2:{DEFAULT_METRICS_PORT}), or leave \
                      it out to use the node's mesh address"
                 ),
+            ));
+        }
+    }
+    if let Some(c) = &spec.catalogue {
+        if let Some(bad) = c.optional.iter().find(|n| !is_dns_label(n)) {
+            return Err(invalid(
+                "catalogue.optional",
+                format!("{bad:?} is not a component name (a DNS label: a-z, 0-9, -)"),
+            ));
+        }
+        if c.interval_seconds == 0 || c.health_timeout_seconds == 0 {
+            return Err(invalid(
+                "catalogue",
+                "intervalSeconds and healthTimeoutSeconds must be at least 1".into(),
             ));
         }
     }

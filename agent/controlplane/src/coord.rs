@@ -492,6 +492,24 @@ impl Coordinator {
         Err(CoordError::Stale { term, current })
     }
 
+    /// Whether the seat is still held under `term`: a transaction that only compares, so it
+    /// is answered by the etcd leader with the same linearizability as a fenced write.
+    pub async fn holds(&self, term: i64) -> Result<bool, CoordError> {
+        let leader = self.key("leader");
+        let txn = Txn::new().when([Compare::create_revision(
+            leader.as_str(),
+            CompareOp::Equal,
+            term,
+        )]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(self.err("term check failed"))?;
+        Ok(resp.succeeded())
+    }
+
     /// Empties the leader seat if, and only if, it is still held under `term`: a compare (the
     /// key's create revision) and delete in one transaction, so a seat taken again since (a new
     /// term) is never touched. The old holder's lease lives on without the key; its fenced

@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 use kubedna_host::atomic::write_atomic;
 
+mod catalogue;
+pub use catalogue::{diff as catalogue_diff, CatalogueDuty, CatalogueSettings, Planned};
+
 use crate::coord::{CoordError, Coordinator};
 use crate::engine::{ca_hash_in, Clock, ClusterSecret};
 use crate::joinmat::{self, JoinMaterial};
@@ -37,6 +40,12 @@ impl Term<'_> {
         self.coord
             .fenced_put(self.term, &self.coord.key(name), value)
             .await
+    }
+
+    /// Whether this term still holds the seat: the fence a duty checks before a write outside
+    /// etcd (the catalogue's writes to the API server).
+    pub async fn holds(&self) -> Result<bool, CoordError> {
+        self.coord.holds(self.term).await
     }
 }
 
@@ -65,6 +74,11 @@ pub enum DutyError {
         #[source]
         source: kubedna_doctor::pass::DoctorError,
     },
+    #[error("duty catalogue")]
+    Catalogue {
+        #[source]
+        source: Box<kubedna_catalogue::run::RunError>,
+    },
     #[error("duty {duty}: cannot write the upload-certs config")]
     Write {
         duty: &'static str,
@@ -82,6 +96,7 @@ impl DutyError {
                 ..
             } => true,
             DutyError::Doctor { source, .. } => source.is_stale(),
+            DutyError::Catalogue { source } => source.is_stale(),
             _ => false,
         }
     }
@@ -236,6 +251,8 @@ pub struct Duties<K, C> {
     pub join_material: JoinMaterialDuty<K, C>,
     /// The doctor (docs/doctor.md), when `doctor.enabled` and a provider are configured.
     pub doctor: Option<Arc<dyn crate::doctor_duty::LeaderDuty>>,
+    /// Set when the agent config has a `catalogue` section.
+    pub catalogue: Option<CatalogueDuty>,
 }
 
 impl<K: Kubeadm, C: Clock> Duties<K, C> {
@@ -250,6 +267,13 @@ impl<K: Kubeadm, C: Clock> Duties<K, C> {
         }
         if let Some(doctor) = &self.doctor {
             match doctor.pass(term).await {
+                Ok(()) => {}
+                Err(e) if e.is_stale() => return Err(vec![e]),
+                Err(e) => failed.push(e),
+            }
+        }
+        if let Some(c) = &self.catalogue {
+            match c.pass(term).await {
                 Ok(()) => {}
                 Err(e) if e.is_stale() => return Err(vec![e]),
                 Err(e) => failed.push(e),

@@ -164,6 +164,20 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: paths::CATALOGUE_STATUS,
+        role: Role::Viewer,
+        action: "catalogue.status",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: paths::CATALOGUE_DIFF,
+        role: Role::Viewer,
+        action: "catalogue.diff",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
         path: paths::AUDIT_RECORDS,
         role: Role::Operator,
         action: "audit.list",
@@ -343,6 +357,8 @@ pub async fn handle(
             .header("content-type", crate::metrics::CONTENT_TYPE)
             .body(Full::new(Bytes::from(state.metrics_text().await)))
             .expect("static response parts are valid"),
+        paths::CATALOGUE_STATUS => json(StatusCode::OK, &state.node.catalogue_status().await),
+        paths::CATALOGUE_DIFF => json(StatusCode::OK, &state.node.catalogue_diff().await),
         paths::AUDIT_RECORDS => audit_records(&state, &query).await,
         paths::AUDIT_VERIFY => {
             let dir = state.audit.dir().to_path_buf();

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod app;
+pub mod catalogue;
 pub mod doctor;
 pub mod logging;
 pub mod mesh;

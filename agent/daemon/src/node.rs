@@ -57,6 +57,30 @@ impl NodeSlot {
     pub fn doctor(&self) -> &crate::doctor::DoctorSlot {
         &self.1
     }
+
+    fn engine(&self) -> Result<&EngineHandle, String> {
+        self.0
+            .get()
+            .ok_or_else(|| "the control-plane engine is not running on this node".to_string())
+    }
+
+    /// `kubedna catalogue status`: the leader's record in etcd.
+    pub async fn catalogue_status(&self) -> kubedna_proto::CatalogueStatusResponse {
+        let r = match self.engine() {
+            Ok(e) => e.catalogue_record().await,
+            Err(e) => Err(e),
+        };
+        crate::catalogue::status(r)
+    }
+
+    /// `kubedna catalogue diff`.
+    pub async fn catalogue_diff(&self) -> kubedna_proto::CatalogueDiffResponse {
+        let r = match self.engine() {
+            Ok(e) => e.catalogue_diff().await,
+            Err(e) => Err(e),
+        };
+        crate::catalogue::diff(r)
+    }
 }
 
 /// The API server's port on every control plane.
@@ -179,7 +203,10 @@ async fn run(
         SystemClock,
         config.state_dir(),
     ) {
-        Ok(e) => e,
+        Ok(e) => match &config.spec.catalogue {
+            Some(c) => e.with_catalogue(catalogue_duty(c, actions.clone())),
+            None => e,
+        },
         Err(e) => {
             tracing::error!(error = %kubedna_host::error_chain(&e), "control plane: the engine cannot start; fix the configuration and restart the agent");
             return;
@@ -211,6 +238,46 @@ async fn run(
     tracing::info!(node = %config.node_name, "control plane: engine running");
     engine.run(shutdown).await;
     tracing::info!("control plane: engine stopped");
+}
+
+/// The catalogue duty from the agent config. Each of its events (apply, prune, drift
+/// correction, conflict, failed health check, refusal) is one of the agent's own audit records.
+fn catalogue_duty(
+    c: &kubedna_config::CatalogueSpec,
+    actions: kubedna_controlplane::actions::ActionLog,
+) -> kubedna_controlplane::duties::CatalogueDuty {
+    use kubedna_controlplane::duties::{CatalogueDuty, CatalogueSettings};
+    let settings = CatalogueSettings {
+        bundle: c.bundle.clone(),
+        kubeconfig: c.kubeconfig.clone(),
+        selection: kubedna_catalogue::Selection {
+            optional: c.optional.iter().cloned().collect(),
+        },
+        interval: Duration::from_secs(c.interval_seconds),
+        health_timeout: Duration::from_secs(c.health_timeout_seconds),
+        admin_kubeconfig: Some(PathBuf::from("/etc/kubernetes/admin.conf")),
+    };
+    let sink: kubedna_catalogue::progress::EventSink = Arc::new(move |e| {
+        use kubedna_catalogue::progress::Event;
+        let failed = matches!(
+            e,
+            Event::HealthFailed { .. } | Event::Refused { .. } | Event::Conflict { .. }
+        );
+        let args = serde_json::to_value(e).unwrap_or_default();
+        tracing::info!(action = e.action(), detail = %args, "catalogue");
+        let result = if failed {
+            Err(e.action().to_string())
+        } else {
+            Ok(())
+        };
+        actions.record(
+            e.action(),
+            "the leader keeps the cluster at the catalogue's pinned state",
+            args,
+            result,
+        );
+    });
+    CatalogueDuty::new(settings, sink)
 }
 
 /// The live peers by name, refreshed from the mesh (the engine's `alive` is synchronous).

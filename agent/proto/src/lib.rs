@@ -31,6 +31,8 @@ pub mod paths {
     pub const DOCTOR_HISTORY: &str = "/v1/doctor/history";
     pub const DOCTOR_PAUSE: &str = "/v1/doctor/pause";
     pub const DOCTOR_RESUME: &str = "/v1/doctor/resume";
+    pub const CATALOGUE_STATUS: &str = "/v1/catalogue/status";
+    pub const CATALOGUE_DIFF: &str = "/v1/catalogue/diff";
 }
 
 /// Admin roles, ordered: each role may do everything the roles below it may.
@@ -560,4 +562,52 @@ mod tests {
         let line = r#"{"seq":1,"time":"2026-01-01T00:00:00Z","caller":{"uid":0,"gid":0,"via":"agent"},"role":null,"action":"a","args":{},"result":{"outcome":"ok","status":0},"prev":"","hash":"","extra":1}"#;
         assert!(serde_json::from_str::<AuditRecord>(line).is_err());
     }
+}
+
+/// `GET /v1/catalogue/status`: the component catalogue as the leader recorded it in etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogueStatusResponse {
+    /// Why this node cannot read the record (a worker, etcd not reached); the rest is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    /// The catalogue version and digest of the last pass.
+    pub version: Option<String>,
+    pub digest: Option<String>,
+    /// The leader term that recorded it.
+    pub term: i64,
+    pub last_pass_unix: Option<u64>,
+    pub last_error: Option<String>,
+    pub components: Vec<CatalogueComponentStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogueComponentStatus {
+    pub name: String,
+    pub wanted_version: String,
+    pub applied_version: Option<String>,
+    /// `healthy`, `unhealthy` or `unknown`.
+    pub health: String,
+    pub last_error: Option<String>,
+}
+
+/// `GET /v1/catalogue/diff`: what a pass would change now, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogueDiffResponse {
+    /// Why this node cannot compute a diff (no `catalogue` section, no etcd, the bundle refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    pub version: String,
+    pub changes: Vec<CatalogueChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogueChange {
+    /// `create`, `upgrade`, `drift correction`, `prune` or `release`.
+    pub action: String,
+    pub component: String,
+    pub object: String,
 }

@@ -77,6 +77,8 @@ struct Shared {
     status: Mutex<Status>,
     persisted: Mutex<Persisted>,
     coord: Mutex<Option<Coordinator>>,
+    /// The catalogue settings, when the duty is on (for `catalogue diff`).
+    catalogue: Mutex<Option<crate::duties::CatalogueSettings>>,
 }
 
 /// What the daemon keeps to answer peers and serve status; cheap to clone.
@@ -103,6 +105,31 @@ impl EngineHandle {
     /// A snapshot for `kubedna status`.
     pub fn status(&self) -> Status {
         lock(&self.shared.status).clone()
+    }
+
+    /// The catalogue's progress record in etcd (`kubedna catalogue status`); `Err` says why it
+    /// cannot be read here (a worker, etcd not reached).
+    pub async fn catalogue_record(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(coord) = lock(&self.shared.coord).clone() else {
+            return Err("this node has no etcd connection (a worker, or a control plane not formed yet): ask a control plane".into());
+        };
+        coord
+            .get(&coord.key(kubedna_catalogue::progress::PROGRESS_KEY))
+            .await
+            .map_err(|e| kubedna_host::error_chain(&e))
+    }
+
+    /// What a catalogue pass would change now (`kubedna catalogue diff`).
+    pub async fn catalogue_diff(&self) -> Result<(String, Vec<crate::duties::Planned>), String> {
+        let Some(settings) = lock(&self.shared.catalogue).clone() else {
+            return Err("the agent config has no `catalogue` section".into());
+        };
+        let Some(coord) = lock(&self.shared.coord).clone() else {
+            return Err("this node has no etcd connection (a worker, or a control plane not formed yet): ask a control plane".into());
+        };
+        crate::duties::catalogue_diff(&settings, &coord)
+            .await
+            .map_err(|e| kubedna_host::error_chain(&e))
     }
 
     /// Answers a request from another node (the mesh authenticated it).
@@ -276,6 +303,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 status: Mutex::new(status),
                 persisted: Mutex::new(persisted),
                 coord: Mutex::new(None),
+                catalogue: Mutex::new(None),
             }),
             absence: Mutex::new(None),
             peers: Arc::new(peers),
@@ -290,6 +318,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     upload_config,
                 },
                 doctor: None,
+                catalogue: None,
             },
             kubeadm,
             clock,
@@ -300,6 +329,13 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
     /// `doctor.enabled` is set and a provider is configured.
     pub fn set_doctor(&mut self, doctor: Arc<dyn crate::doctor_duty::LeaderDuty>) {
         self.duties.doctor = Some(doctor);
+    }
+
+    /// Adds the catalogue duty (the agent config has a `catalogue` section).
+    pub fn with_catalogue(mut self, duty: crate::duties::CatalogueDuty) -> Self {
+        *lock(&self.shared.catalogue) = Some(duty.settings.clone());
+        self.duties.catalogue = Some(duty);
+        self
     }
 
     pub fn handle(&self) -> EngineHandle {
