@@ -119,11 +119,16 @@ pub struct ListFilter {
     pub action: Option<String>,
     /// At most this many, the newest; 0 means 1000.
     pub limit: usize,
+    /// Only records whose caller came this way (`agent`: the agent's own actions).
+    pub via: Option<kubedna_proto::Via>,
 }
 
 impl ListFilter {
     fn matches(&self, r: &AuditRecord) -> bool {
         if self.since.is_some_and(|s| r.time < s) {
+            return false;
+        }
+        if self.via.is_some_and(|v| r.caller.via != v) {
             return false;
         }
         match self.action.as_deref() {

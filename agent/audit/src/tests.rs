@@ -261,21 +261,35 @@ fn secrets_in_arguments_never_reach_the_file() {
 }
 
 #[test]
-fn list_filters_by_time_and_action() {
+fn list_filters_by_time_action_and_actor() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut w = Writer::open(dir.path(), 365).expect("open");
+    let mut agents = entry("kubeadm.init", day(3));
+    agents.caller.via = Via::Agent;
+    agents.role = None;
     w.append_batch(vec![
         entry("config.reload", day(1)),
         entry("log.level", day(2)),
         entry("config.reload", day(3)),
+        agents,
     ])
     .expect("append");
     let (all, truncated) = list(dir.path(), &ListFilter::default()).expect("list");
-    assert_eq!((all.len(), truncated), (3, false));
+    assert_eq!((all.len(), truncated), (4, false));
+    let mine = ListFilter {
+        via: Some(Via::Agent),
+        ..Default::default()
+    };
+    let (own, _) = list(dir.path(), &mine).expect("list");
+    assert_eq!(
+        own.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
+        ["kubeadm.init"]
+    );
     let f = ListFilter {
         since: day(2),
         action: Some("config.*".into()),
         limit: 0,
+        via: None,
     };
     let (some, _) = list(dir.path(), &f).expect("list");
     assert_eq!(some.len(), 1);
@@ -290,6 +304,6 @@ fn list_filters_by_time_and_action() {
     .expect("list");
     assert_eq!(
         (last.iter().map(|r| r.seq).collect::<Vec<_>>(), truncated),
-        (vec![2, 3], true)
+        (vec![3, 4], true)
     );
 }

@@ -41,6 +41,8 @@ pub enum Command {
     /// The component catalogue the elected leader applies (read from etcd; ask a control plane).
     #[command(subcommand)]
     Catalogue(CatalogueCommand),
+    /// The agent's Prometheus metrics (OpenMetrics text), as its metrics listener serves them.
+    Metrics,
     /// The CLI's and the agent's versions.
     Version {
         /// Only the CLI's version; do not ask the agent.
@@ -57,6 +59,9 @@ pub enum Command {
     },
     /// Re-read the agent's config file (admin). An invalid file is refused; the old one stays.
     Reload,
+    /// The doctor: dead nodes replaced through the provider (docs/doctor.md). Ask a control plane.
+    #[command(subcommand)]
+    Doctor(DoctorCommand),
     /// Send a raw request to the admin API and print the JSON answer.
     Api {
         /// GET, PUT or POST.
@@ -95,6 +100,9 @@ pub enum AuditCommand {
         /// Only this action, or a prefix ending in * (config.*).
         #[arg(long)]
         action: Option<String>,
+        /// Only what the agent did on its own (agent), admin calls (socket) or signals (signal).
+        #[arg(long, value_parser = ["agent", "socket", "signal"])]
+        actor: Option<String>,
         /// At most this many of the newest records.
         #[arg(long, default_value = "1000")]
         limit: usize,
@@ -105,4 +113,22 @@ pub enum AuditCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DoctorCommand {
+    /// Each node's signals and verdict (on the leader), the decision, the replacement in
+    /// progress with its step, and whether the doctor is paused.
+    Status,
+    /// Finished replacements, oldest first.
+    History,
+    /// Stop the doctor before its next step, cluster-wide (admin). A replacement in progress
+    /// stays where it is and goes on after `resume`.
+    Pause {
+        /// Why, for the audit log and `doctor status`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Let the doctor go on (admin).
+    Resume,
 }

@@ -6,12 +6,13 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use kubedna_proto::{
-    paths, AuditRecordsResponse, AuditVerifyResponse, LogLevelRequest, LogLevelResponse,
-    PeersResponse, ReloadResponse, StatusResponse, VersionResponse,
+    paths, AuditRecordsResponse, AuditVerifyResponse, DoctorHistoryResponse, DoctorPauseRequest,
+    DoctorStatusResponse, LogLevelRequest, LogLevelResponse, PeersResponse, ReloadResponse,
+    StatusResponse, VersionResponse,
 };
 
-use crate::cli::{AuditCommand, CatalogueCommand, Cli, Command, Format};
-use crate::client::{check_status, Client, ClientError};
+use crate::cli::{AuditCommand, CatalogueCommand, Cli, Command, DoctorCommand, Format};
+use crate::client::{check_status, Client};
 use crate::exit;
 use crate::output;
 
@@ -78,6 +79,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     client.call("GET", paths::CATALOGUE_DIFF, None).await?;
                 print(&output::render(format, &r, output::catalogue_diff_table))?;
             }
+            Command::Metrics => {
+                let (status, body) = client.send("GET", paths::METRICS, None).await?;
+                check_status(status, &body)?;
+                print(&String::from_utf8_lossy(&body))?;
+            }
             Command::Version { .. } => {
                 let agent: VersionResponse = client.call("GET", paths::VERSION, None).await?;
                 let v = output::Versions {
@@ -89,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             Command::Audit(AuditCommand::List {
                 since,
                 action,
+                actor,
                 limit,
             }) => {
                 let mut query = vec![format!("limit={limit}")];
@@ -101,6 +108,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 if let Some(a) = action {
                     query.push(format!("action={}", encode(&a)));
+                }
+                if let Some(a) = actor {
+                    query.push(format!("actor={a}"));
                 }
                 let path = format!("{}?{}", paths::AUDIT_RECORDS, query.join("&"));
                 let r: AuditRecordsResponse = client.call("GET", &path, None).await?;
@@ -122,17 +132,40 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     .await?;
                 print(&output::render(format, &r, output::reload_table))?;
             }
+            Command::Doctor(DoctorCommand::Status) => {
+                let r: DoctorStatusResponse = client.call("GET", paths::DOCTOR, None).await?;
+                print(&output::render(format, &r, output::doctor_table))?;
+            }
+            Command::Doctor(DoctorCommand::History) => {
+                let r: DoctorHistoryResponse =
+                    client.call("GET", paths::DOCTOR_HISTORY, None).await?;
+                print(&output::render(format, &r, output::doctor_history_table))?;
+            }
+            Command::Doctor(DoctorCommand::Pause { reason }) => {
+                let body = serde_json::to_vec(&DoctorPauseRequest { reason })?;
+                let r: serde_json::Value =
+                    client.call("POST", paths::DOCTOR_PAUSE, Some(body)).await?;
+                print(&output::render(format, &r, |_| {
+                    "doctor paused: no further step until `kubedna doctor resume`\n".into()
+                }))?;
+            }
+            Command::Doctor(DoctorCommand::Resume) => {
+                let r: serde_json::Value = client
+                    .call("POST", paths::DOCTOR_RESUME, Some(b"{}".to_vec()))
+                    .await?;
+                print(&output::render(format, &r, |_| "doctor resumed\n".into()))?;
+            }
             Command::Api { method, path, data } => {
                 let method = method.to_ascii_uppercase();
                 let (status, body) = client
                     .send(&method, &path, data.map(String::into_bytes))
                     .await?;
                 check_status(status, &body)?;
-                let value: serde_json::Value =
-                    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
-                        socket: cli.socket.clone(),
-                        reason: format!("the answer is not JSON: {e}"),
-                    })?;
+                // A text endpoint (/v1/metrics) is printed as it came.
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                    print(&String::from_utf8_lossy(&body))?;
+                    return Ok(0);
+                };
                 print(&output::render(format, &value, |v| {
                     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
                     s.push('\n');

@@ -2,8 +2,9 @@
 //! Renderers are pure functions of the answer, so golden files pin their output.
 
 use kubedna_proto::{
-    AuditRecordsResponse, AuditVerifyResponse, FormationStatus, LogLevelResponse, PeersResponse,
-    PeersSummary, ReloadResponse, StatusResponse, VersionResponse,
+    AuditRecordsResponse, AuditVerifyResponse, DoctorHistoryResponse, DoctorStatusResponse,
+    FormationStatus, LogLevelResponse, PeersResponse, PeersSummary, ReloadResponse, StatusResponse,
+    VersionResponse,
 };
 use serde::Serialize;
 
@@ -72,6 +73,23 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
+/// `active (running)`, or the state and why: the unit's last journal lines and where to look.
+fn kubelet_line(k: &kubedna_proto::UnitHealth) -> String {
+    let state = format!("{} ({})", k.active_state, k.sub_state);
+    if k.running() {
+        return state;
+    }
+    let mut out = format!(
+        "{state}: NOT RUNNING; last lines of `journalctl -u {}`:",
+        k.unit
+    );
+    for l in &k.journal {
+        out.push_str("\n  ");
+        out.push_str(l);
+    }
+    out
+}
+
 pub fn status_table(s: &StatusResponse) -> String {
     let mut pairs = vec![
         ("Node", format!("{} ({})", s.node.name, s.node.role)),
@@ -106,6 +124,9 @@ pub fn status_table(s: &StatusResponse) -> String {
     match &s.formation {
         Some(f) => pairs.extend(formation_lines(f)),
         None => pairs.push(("Formation", "not running (see the agent's journal)".into())),
+    }
+    if let Some(k) = &s.kubelet {
+        pairs.push(("Kubelet", kubelet_line(k)));
     }
     pairs.push((
         "You",
@@ -331,7 +352,12 @@ pub fn audit_table(r: &AuditRecordsResponse) -> String {
                 rec.role.map_or("-".into(), |r| r.to_string()),
                 rec.action.clone(),
                 rec.result.outcome.as_str().to_string(),
-                rec.result.message.clone().unwrap_or_default(),
+                // The agent's own records say why it acted; an error says what failed.
+                rec.result
+                    .message
+                    .clone()
+                    .or_else(|| rec.args["reason"].as_str().map(str::to_string))
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -375,5 +401,93 @@ pub fn reload_table(r: &ReloadResponse) -> String {
         } else {
             r.changed.join(", ")
         }
+    )
+}
+
+/// Unix seconds as RFC 3339 UTC.
+fn unix(secs: u64) -> String {
+    chrono::DateTime::from_timestamp(secs as i64, 0).map_or(secs.to_string(), |t| {
+        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    })
+}
+
+pub fn doctor_table(r: &DoctorStatusResponse) -> String {
+    let mut out = String::new();
+    if !r.enabled {
+        out.push_str("doctor: disabled on this node (doctor.enabled in agent.yaml)\n");
+    }
+    if let Some(p) = &r.paused {
+        out.push_str(&format!(
+            "doctor: PAUSED by {} since {}{}\n",
+            p.by,
+            unix(p.since),
+            p.reason
+                .as_ref()
+                .map_or(String::new(), |r| format!(" ({r})"))
+        ));
+    }
+    if r.leading {
+        let rows: Vec<Vec<String>> = r
+            .nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    n.role.clone(),
+                    n.verdict.clone(),
+                    n.signals.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["NODE", "ROLE", "VERDICT", "SIGNALS"], &rows));
+        if let Some(d) = &r.decision {
+            out.push_str(&format!("decision: {d}\n"));
+        }
+    } else {
+        out.push_str(
+            "this node does not lead: node signals are on the leader (kubedna status names it)\n",
+        );
+    }
+    match &r.in_flight {
+        Some(p) => out.push_str(&format!(
+            "replacing {} ({}): step {} since {}, started {}, old VM {}, new VM {}; signals: {}\n",
+            p.node,
+            p.role,
+            p.step,
+            unix(p.step_since),
+            unix(p.started),
+            p.old_vm.map_or("-".into(), |v| v.to_string()),
+            p.new_vm.map_or("-".into(), |v| v.to_string()),
+            p.signals
+        )),
+        None => out.push_str("no replacement in progress\n"),
+    }
+    if let Some(e) = &r.error {
+        out.push_str(&format!("last error: {e}\n"));
+    }
+    out
+}
+
+pub fn doctor_history_table(r: &DoctorHistoryResponse) -> String {
+    let rows: Vec<Vec<String>> = r
+        .entries
+        .iter()
+        .map(|h| {
+            vec![
+                h.node.clone(),
+                h.role.clone(),
+                h.outcome.clone(),
+                unix(h.started),
+                format!("{}s", h.ended.saturating_sub(h.started)),
+                h.term.to_string(),
+                h.signals.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE", "ROLE", "OUTCOME", "STARTED", "TOOK", "TERM", "SIGNALS",
+        ],
+        &rows,
     )
 }

@@ -67,6 +67,12 @@ fn status() -> StatusResponse {
             cluster_id: Some("cdf818194e3a8c32".into()),
             last_error: None,
         }),
+        kubelet: Some(UnitHealth {
+            unit: "kubelet.service".into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            journal: Vec::new(),
+        }),
     }
 }
 
@@ -262,6 +268,24 @@ fn status_in_every_format() {
 }
 
 #[test]
+fn a_kubelet_that_cannot_start_shows_why() {
+    let mut s = status();
+    s.kubelet = Some(UnitHealth {
+        unit: "kubelet.service".into(),
+        active_state: "activating".into(),
+        sub_state: "auto-restart".into(),
+        journal: vec![
+            "E1130 15:40:01.000000     812 run.go:74] \"command failed\" err=\"failed to parse kubelet flag: unknown flag: --no-such-flag\"".into(),
+            "kubelet.service: Main process exited, code=exited, status=1/FAILURE".into(),
+        ],
+    });
+    check(
+        "status-kubelet-failing.txt",
+        &output::render(Format::Table, &s, output::status_table),
+    );
+}
+
+#[test]
 fn audit_list_in_every_format() {
     let r = records();
     check(
@@ -427,4 +451,89 @@ fn completions_and_man_pages_render() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
+}
+
+fn doctor_status() -> DoctorStatusResponse {
+    let node = |name: &str, role: &str, verdict: &str, signals: &str| DoctorNode {
+        name: name.into(),
+        role: role.into(),
+        verdict: verdict.into(),
+        signals: signals.into(),
+    };
+    DoctorStatusResponse {
+        enabled: true,
+        leading: true,
+        nodes: vec![
+            node(
+                "cp-1",
+                "control-plane",
+                "healthy",
+                "mesh=alive, node=ready, vm=running",
+            ),
+            node(
+                "w-1",
+                "worker",
+                "dead (by provider)",
+                "mesh=down for 41s, node=unknown for 36s, vm=off for 41s",
+            ),
+        ],
+        decision: Some("continuing the replacement of w-1".into()),
+        in_flight: Some(DoctorReplacement {
+            node: "w-1".into(),
+            role: "worker".into(),
+            step: "create-vm".into(),
+            started: 1_795_000_000,
+            step_since: 1_795_000_020,
+            signals: "mesh=down for 41s, node=unknown for 36s, vm=off for 41s".into(),
+            old_vm: Some(4711),
+            new_vm: None,
+            term: 12,
+        }),
+        paused: None,
+        error: None,
+    }
+}
+
+#[test]
+fn doctor_status_and_history() {
+    let s = doctor_status();
+    check(
+        "doctor.txt",
+        &output::render(Format::Table, &s, output::doctor_table),
+    );
+    check(
+        "doctor.json",
+        &output::render(Format::Json, &s, output::doctor_table),
+    );
+    let follower = DoctorStatusResponse {
+        leading: false,
+        nodes: vec![],
+        decision: None,
+        in_flight: None,
+        paused: Some(DoctorPause {
+            by: "root".into(),
+            since: 1_795_000_000,
+            reason: Some("rack maintenance".into()),
+        }),
+        ..doctor_status()
+    };
+    check(
+        "doctor-follower-paused.txt",
+        &output::render(Format::Table, &follower, output::doctor_table),
+    );
+    let h = DoctorHistoryResponse {
+        entries: vec![DoctorHistoryEntry {
+            node: "w-1".into(),
+            role: "worker".into(),
+            outcome: "replaced".into(),
+            started: 1_795_000_000,
+            ended: 1_795_000_055,
+            signals: "mesh=down for 41s, node=unknown for 36s, vm=off for 41s".into(),
+            term: 12,
+        }],
+    };
+    check(
+        "doctor-history.txt",
+        &output::render(Format::Table, &h, output::doctor_history_table),
+    );
 }

@@ -6,12 +6,14 @@
 //! allowed. This crate never writes anything and never logs a secret: [`Secret`] prints as
 //! `[redacted]`.
 
+mod doctor;
 mod rbac;
 mod secret;
 mod spec;
 
 use std::path::{Path, PathBuf};
 
+pub use doctor::DoctorSpec;
 pub use rbac::{RbacMap, RoleSubjects};
 pub use secret::Secret;
 pub use spec::*;
@@ -103,11 +105,13 @@ impl Config {
         check("discovery", a.discovery != b.discovery);
         check("mesh", a.mesh != b.mesh);
         check("provider", a.provider != b.provider);
+        check("doctor", a.doctor != b.doctor);
         check("rbac", a.rbac != b.rbac || self.rbac != new.rbac);
         check("admin", a.admin != b.admin);
         check("state", a.state != b.state);
         check("audit", a.audit != b.audit);
         check("log", a.log != b.log);
+        check("metrics", a.metrics != b.metrics);
         out
     }
 
@@ -143,6 +147,9 @@ impl Config {
         }
         if new.audit_dir() != self.audit_dir() {
             out.push("audit.dir");
+        }
+        if a.metrics != b.metrics {
+            out.push("metrics");
         }
         out
     }

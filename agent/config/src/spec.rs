@@ -28,6 +28,9 @@ pub struct AgentConfig {
     pub mesh: MeshSpec,
     #[serde(default)]
     pub provider: ProviderSpec,
+    /// The leader's doctor (docs/doctor.md). Default: disabled.
+    #[serde(default)]
+    pub doctor: crate::doctor::DoctorSpec,
     #[serde(default)]
     pub rbac: RbacSpec,
     #[serde(default)]
@@ -42,6 +45,37 @@ pub struct AgentConfig {
     /// leader applies no catalogue.
     #[serde(default)]
     pub catalogue: Option<CatalogueSpec>,
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+}
+
+/// Prometheus metrics over HTTP (`GET /metrics`, OpenMetrics text).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsSpec {
+    /// Off: no TCP listener (`kubedna metrics` still reads them over the admin socket).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `IP:PORT` to listen on. Default: this node's own mesh address, port 9464, so the metrics
+    /// are reachable on the node's network only, never on every interface by accident.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        MetricsSpec {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+/// The metrics port when `metrics.listen` is not set.
+pub const DEFAULT_METRICS_PORT: u16 = 9464;
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -275,6 +309,13 @@ pub struct HetznerSpec {
 pub struct LabSpec {
     /// Name of the lab this node belongs to.
     pub name: String,
+    /// The lab's Hetzner Cloud API subset (`kubedna-lab hcloud-api`), e.g.
+    /// `http://198.18.80.1:8089/v1`; the doctor uses it with the Hetzner client. Needs `tokenFile`.
+    #[serde(default)]
+    pub hcloud_api: Option<String>,
+    /// File (mode 0600) holding the token of `hcloudApi`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Who holds which admin role. Root is always admin.
@@ -454,6 +495,18 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
             ));
         }
     }
+    if let Some(addr) = spec.metrics.listen {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "{addr} is not a listen address for metrics: give one of this node's own \
+                     addresses and a port (such as 198.18.0.2:{DEFAULT_METRICS_PORT}), or leave \
+                     it out to use the node's mesh address"
+                ),
+            ));
+        }
+    }
     if !is_dns_label(&spec.cluster.name) {
         return Err(invalid(
             "cluster.name",
@@ -609,6 +662,30 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
                 .map_err(|m| invalid("provider.hetzner.tokenFile", m))?;
         }
     }
+    if let Some(lab) = spec.provider.lab.as_mut() {
+        match (&lab.hcloud_api, &lab.token_file) {
+            (None, None) => {}
+            (Some(url), Some(token)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || !url.trim_end_matches('/').ends_with("/v1")
+                {
+                    return Err(invalid(
+                        "provider.lab.hcloudApi",
+                        format!("{url:?} is not an API base URL: use http://<lab gateway>:<port>/v1 as `kubedna-lab hcloud-api` prints it"),
+                    ));
+                }
+                let token = absolute(token);
+                read_private_file(&token).map_err(|m| invalid("provider.lab.tokenFile", m))?;
+                lab.token_file = Some(token);
+            }
+            _ => {
+                return Err(invalid(
+                    "provider.lab",
+                    "hcloudApi and tokenFile go together: set both or neither".into(),
+                ))
+            }
+        }
+    }
     if spec.provider.kind != ProviderKind::Lab && spec.provider.lab.is_some() {
         return Err(invalid(
             "provider.lab",
@@ -621,6 +698,8 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
             "needs a provider: set provider.kind to hetzner or lab, or set this to false".into(),
         ));
     }
+
+    crate::doctor::check(&spec).map_err(|(f, m)| invalid(f, m))?;
 
     let rbac = RbacMap {
         admin: resolve_subjects(&spec.rbac.admins, "rbac.admins")

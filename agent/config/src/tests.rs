@@ -329,6 +329,32 @@ fn restart_only_changes_are_detected() {
         .parse(&minimal().replace("name: n1", "name: n2"))
         .expect("c");
     assert_eq!(a.restart_only_changes(&c), vec!["node.name"]);
+    let d = fx
+        .parse(&(minimal() + "metrics:\n  listen: 198.18.0.2:9100\n"))
+        .expect("d");
+    assert_eq!(a.restart_only_changes(&d), vec!["metrics"]);
+}
+
+#[test]
+fn a_metrics_listen_address_that_cannot_be_one_is_refused_naming_the_field() {
+    let fx = Fixture::new();
+    for bad in ["0.0.0.0:9464", "198.18.0.2:0", "[::]:9464"] {
+        let e = fx
+            .parse(&(minimal() + &format!("metrics:\n  listen: \"{bad}\"\n")))
+            .expect_err(bad);
+        assert_eq!(e.field(), Some("metrics.listen"), "{bad}: {e}");
+        assert!(e.to_string().contains("own"), "{bad}: {e}");
+    }
+    for bad in ["nonsense", "198.18.0.2"] {
+        let e = fx
+            .parse(&(minimal() + &format!("metrics:\n  listen: \"{bad}\"\n")))
+            .expect_err(bad);
+        assert!(e.to_string().contains("metrics"), "{bad}: {e}");
+    }
+    let ok = fx
+        .parse(&(minimal() + "metrics:\n  enabled: false\n"))
+        .expect("off");
+    assert!(!ok.spec.metrics.enabled);
 }
 
 #[test]

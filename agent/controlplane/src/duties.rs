@@ -21,11 +21,13 @@ use crate::engine::{ca_hash_in, Clock, ClusterSecret};
 use crate::joinmat::{self, JoinMaterial};
 use crate::kubeadm_run::{Kubeadm, KubeadmError, KubeadmOp};
 
-/// The leader term a duty acts under: reads from etcd, and writes fenced by the term.
+/// The leader term a duty acts under: reads from etcd, writes fenced by the term, and the log
+/// where the duty reports what it changes (each change is an audit record).
 #[derive(Debug, Clone, Copy)]
 pub struct Term<'a> {
     pub coord: &'a Coordinator,
     pub term: i64,
+    pub actions: &'a crate::actions::ActionLog,
 }
 
 impl Term<'_> {
@@ -71,6 +73,12 @@ pub enum DutyError {
         #[source]
         source: Box<kubedna_catalogue::run::RunError>,
     },
+    #[error("duty {duty}")]
+    Doctor {
+        duty: &'static str,
+        #[source]
+        source: kubedna_doctor::pass::DoctorError,
+    },
     #[error("duty {duty}: cannot write the upload-certs config")]
     Write {
         duty: &'static str,
@@ -88,6 +96,7 @@ impl DutyError {
                 ..
             } => true,
             DutyError::Catalogue { source } => source.is_stale(),
+            DutyError::Doctor { source, .. } => source.is_stale(),
             _ => false,
         }
     }
@@ -146,20 +155,39 @@ impl<K: Kubeadm, C: Clock> Duty for JoinMaterialDuty<K, C> {
     async fn pass(&self, term: Term<'_>) -> Result<(), DutyError> {
         let duty = self.name();
         let coord_err = |what| move |source| DutyError::Coord { duty, what, source };
-        let kubeadm_err = |source| DutyError::Kubeadm { duty, source };
         let now = self.clock.now_unix();
         let secret = &self.secret.0;
-        if let Some(sealed) = term
+        let why = match term
             .get(JOIN_MATERIAL)
             .await
             .map_err(coord_err("cannot read the join material"))?
         {
-            if let Ok(m) = joinmat::open(secret, &self.cluster, &sealed) {
-                if !m.needs_renewal(now) {
-                    return Ok(());
-                }
-            }
-        }
+            None => "the cluster has no join material yet",
+            Some(sealed) => match joinmat::open(secret, &self.cluster, &sealed) {
+                Ok(m) if !m.needs_renewal(now) => return Ok(()),
+                Ok(_) => "a third or less of the token's or certificate key's lifetime is left",
+                Err(_) => "the stored join material cannot be opened with the cluster secret",
+            },
+        };
+        let r = self.renew(term, now).await;
+        let args = serde_json::json!({
+            "term": term.term,
+            // Names without "token" or "key", which the audit log would redact.
+            "renewAfterUnix": now + joinmat::TOKEN_TTL_SECS.min(joinmat::CERT_KEY_TTL_SECS) * 2 / 3,
+        });
+        term.actions.done("joinmaterial.renew", why, args, &r);
+        r
+    }
+}
+
+impl<K: Kubeadm, C: Clock> JoinMaterialDuty<K, C> {
+    /// A new token, the certificates uploaded under the cluster's key, and the sealed material
+    /// stored under `term`.
+    async fn renew(&self, term: Term<'_>, now: u64) -> Result<(), DutyError> {
+        let duty = "join-material";
+        let coord_err = |what| move |source| DutyError::Coord { duty, what, source };
+        let kubeadm_err = |source| DutyError::Kubeadm { duty, source };
+        let secret = &self.secret.0;
         let token = joinmat::new_token();
         let certificate_key = joinmat::certificate_key(secret, &self.cluster);
         let out = self
@@ -223,6 +251,8 @@ pub struct Duties<K, C> {
     pub join_material: JoinMaterialDuty<K, C>,
     /// Set when the agent config has a `catalogue` section.
     pub catalogue: Option<CatalogueDuty>,
+    /// The doctor (docs/doctor.md), when `doctor.enabled` and a provider are configured.
+    pub doctor: Option<Arc<dyn crate::doctor_duty::LeaderDuty>>,
 }
 
 impl<K: Kubeadm, C: Clock> Duties<K, C> {
@@ -234,6 +264,13 @@ impl<K: Kubeadm, C: Clock> Duties<K, C> {
             Ok(()) => {}
             Err(e) if e.is_stale() => return Err(vec![e]),
             Err(e) => failed.push(e),
+        }
+        if let Some(doctor) = &self.doctor {
+            match doctor.pass(term).await {
+                Ok(()) => {}
+                Err(e) if e.is_stale() => return Err(vec![e]),
+                Err(e) => failed.push(e),
+            }
         }
         if let Some(c) = &self.catalogue {
             match c.pass(term).await {

@@ -8,10 +8,13 @@
 //! - [`engine`]: the node engine the daemon runs: it sequences the above with etcd and kubelet as
 //!   systemd services ([`etcd_unit`], [`kubelet`]) and kubeadm ([`kubeadm_run`]), from host
 //!   preparation to `member`, deciding its kubeadm steps with [`progress`] and running the
-//!   leader's [`duties`] under its term.
+//!   leader's [`duties`] under its term, and reporting every change it makes on its own through
+//!   [`actions`] for the audit log.
 
+pub mod actions;
 pub mod bootstrap;
 pub mod coord;
+pub mod doctor_duty;
 pub mod duties;
 pub mod engine;
 pub mod etcd_unit;
@@ -19,6 +22,7 @@ pub mod joinmat;
 pub mod kubeadm;
 pub mod kubeadm_run;
 pub mod kubelet;
+pub mod maintenance;
 pub mod membership;
 pub mod pki;
 pub mod progress;

@@ -173,7 +173,9 @@ pub struct KubeadmFacts {
     pub init_evidence: bool,
     /// The join marker and kubelet.conf exist.
     pub join_evidence: bool,
-    /// kubelet.conf exists without join evidence: a join that ran and did not succeed.
+    /// What a join leaves (kubelet.conf, bootstrap-kubelet.conf, the cluster CA, the API
+    /// server's manifest) without join evidence: a join that ran and did not succeed, whose
+    /// files would fail the next join's preflight.
     pub half_joined: bool,
     /// etcd holds a `/registry/` key (Kubernetes wrote data); false where unknown (workers).
     pub kubernetes_data: bool,
@@ -229,12 +231,12 @@ pub fn decide_kubeadm(progress: Progress, f: &KubeadmFacts) -> KubeadmStep {
             (false, false, _) => KubeadmStep::RunInit { reset_first: false },
         };
     }
+    // A join that did not finish is reset and run again even when Kubernetes has data (it
+    // always has, once a cluster was initialised): a node whose join never finished holds
+    // nothing the cluster needs. Its certificates came from the cluster's upload, its etcd member
+    // is the agent's, not kubeadm's, and the join lock was awaited, so no join of its is running.
     if f.join_evidence {
         KubeadmStep::Done
-    } else if f.half_joined && f.kubernetes_data {
-        KubeadmStep::RefuseReset {
-            op: KubeadmOp::Join,
-        }
     } else {
         KubeadmStep::Join {
             reset_first: f.half_joined,
@@ -286,7 +288,7 @@ mod tests {
             ("init-done but no init here: inconsistent, stop", EtcdStarted, with(|f| f.init_done = true), InitInterrupted),
             ("another node's claim: join", EtcdStarted, other, Join { reset_first: false }),
             ("a half-done join is reset", EtcdStarted, with(|f| { f.claim = Some(Claim::Other); f.half_joined = true }), Join { reset_first: true }),
-            ("...never once Kubernetes has data", EtcdStarted, with(|f| { f.claim = Some(Claim::Other); f.half_joined = true; f.kubernetes_data = true }), RefuseReset { op: KubeadmOp::Join }),
+            ("...even once Kubernetes has data (a failed join holds nothing the cluster needs)", EtcdStarted, with(|f| { f.claim = Some(Claim::Other); f.half_joined = true; f.kubernetes_data = true }), Join { reset_first: true }),
             ("a join that succeeded is not run again", EtcdStarted, with(|f| { f.claim = Some(Claim::Other); f.join_evidence = true }), Done),
             ("a claim in my name, not mine, nothing done: stop", EtcdStarted, not_mine, InitInterrupted),
             ("...done: a reinstalled init node joins", EtcdStarted, with(|f| { f.claim = Some(Claim::MyNameNotMine); f.init_done = true }), Join { reset_first: false }),

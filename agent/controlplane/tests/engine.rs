@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kubedna_controlplane::actions::{ActionLog, AgentAction};
 use kubedna_controlplane::coord::{CoordError, Coordinator};
 use kubedna_controlplane::engine::{
     Clock, ClusterSecret, Engine, EngineConfig, EngineHandle, EtcdNetwork, Kubeadm, KubeadmCommand,
@@ -463,6 +464,8 @@ struct Cluster {
     kubeadm: PathBuf,
     hold_after_init: Arc<AtomicBool>,
     clock: TestClock,
+    /// What each node's engine reported for the audit log, in order.
+    actions: Arc<Mutex<Vec<(String, AgentAction)>>>,
 }
 
 impl Cluster {
@@ -483,6 +486,7 @@ impl Cluster {
             .collect();
         let net = Arc::new(Net::default());
         let mut nodes = BTreeMap::new();
+        let actions = Arc::new(Mutex::new(Vec::new()));
         let names = cps
             .iter()
             .map(|n| (n.clone(), Role::ControlPlane))
@@ -509,6 +513,16 @@ impl Cluster {
                     poll: Duration::from_millis(200),
                     retry: Duration::from_millis(500),
                 },
+                actions: {
+                    let (log, mut rx) = ActionLog::channel();
+                    let (all, node) = (actions.clone(), name.clone());
+                    tokio::spawn(async move {
+                        while let Some(a) = rx.recv().await {
+                            lock(&all).push((node.clone(), a));
+                        }
+                    });
+                    log
+                },
             };
             lock(&net.nodes).insert(name.clone(), (role, None));
             nodes.insert(
@@ -531,7 +545,18 @@ impl Cluster {
             kubeadm: kubeadm_double(),
             hold_after_init: Arc::new(AtomicBool::new(false)),
             clock: TestClock::default(),
+            actions,
         }
+    }
+
+    /// The reported actions named `action` (with `phase` when given), by node.
+    fn actions(&self, action: &str, phase: Option<&str>) -> Vec<(String, AgentAction)> {
+        lock(&self.actions)
+            .iter()
+            .filter(|(_, a)| a.action == action)
+            .filter(|(_, a)| phase.is_none_or(|p| a.args["phase"] == p))
+            .cloned()
+            .collect()
     }
 
     /// Sets (or with None removes) one of the double's knobs on a node.
@@ -760,6 +785,40 @@ async fn three_plus_two_form_fail_over_and_a_wiped_node_rejoins_without_init() {
     assert_eq!(calls.joins.len(), 4, "every other node joined: {calls:?}");
     let init_node = calls.inits.keys().next().cloned().expect("init node");
     assert!(!calls.joins.contains_key(&init_node));
+    // The audit trail of the agents' own actions says the same: one init started and finished
+    // on the init node, four joins, etcd started on each control plane, a leader term won, the
+    // join material created; never a secret.
+    let started = c.actions("kubeadm.init", Some("started"));
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0].0, init_node);
+    let finished = c.actions("kubeadm.init", Some("finished"));
+    assert!(
+        finished.len() == 1 && finished[0].1.result.is_ok(),
+        "{finished:?}"
+    );
+    // (A join may fail and be retried on a loaded machine; each node succeeds exactly once.)
+    let joins = c.actions("kubeadm.join", Some("finished"));
+    let joined: Vec<&String> = joins
+        .iter()
+        .filter(|(_, a)| a.result.is_ok())
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(joined.iter().collect::<BTreeSet<_>>().len(), 4, "{joins:?}");
+    assert_eq!(joined.len(), 4, "{joins:?}");
+    let etcd: BTreeSet<String> = c
+        .actions("etcd.start", None)
+        .into_iter()
+        .filter(|(_, a)| a.result.is_ok())
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(etcd.len(), 3, "{etcd:?}");
+    assert!(!c.actions("leader.won", None).is_empty());
+    assert!(c
+        .actions("joinmaterial.renew", None)
+        .iter()
+        .any(|(_, a)| a.result.is_ok()));
+    let text = format!("{:?}", lock(&c.actions));
+    assert!(!text.contains(std::str::from_utf8(SECRET).expect("utf8")));
     // 3 voting members, seen by a fresh client.
     let coord = c.coordinator("cp-1").await;
     let members = coord.members().await.expect("members");
@@ -919,6 +978,19 @@ async fn three_plus_two_form_fail_over_and_a_wiped_node_rejoins_without_init() {
             "{members:?}"
         );
         assert_eq!(voters(&c.status(victim).expect("status")), 3);
+        // The rejoin is in the victim's audit trail: its old member removed, a learner added
+        // and promoted.
+        for action in [
+            "etcd.member.remove",
+            "etcd.member.add",
+            "etcd.member.promote",
+        ] {
+            let mine = c.actions(action, None);
+            assert!(
+                mine.iter().any(|(n, a)| n == victim && a.result.is_ok()),
+                "{victim}: no {action} among {mine:?}"
+            );
+        }
     }
     c.shutdown().await;
 }

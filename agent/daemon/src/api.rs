@@ -23,9 +23,14 @@ use kubedna_proto::{
     paths, AgentStatus, ApiError, AuditRecordsResponse, AuditResult, Caller, CallerStatus,
     LogLevelRequest, LogLevelResponse, MeshKeys, NodeStatus, Outcome, PacketCounters, Peer,
     PeerLiveness, PeersResponse, PeersSummary, ReloadResponse, Role, StatusResponse,
-    VersionResponse, API_VERSION,
+    VersionResponse, Via, API_VERSION,
 };
 use serde::Serialize;
+
+mod views;
+
+pub use views::peers;
+use views::{formation, status};
 
 use crate::logging::LogControl;
 use crate::mesh::{Liveness, MeshSlot};
@@ -44,6 +49,7 @@ pub struct AppState {
     reload_lock: tokio::sync::Mutex<()>,
     mesh: MeshSlot,
     node: crate::node::NodeSlot,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -59,12 +65,45 @@ impl AppState {
             reload_lock: tokio::sync::Mutex::new(()),
             mesh: MeshSlot::default(),
             node: crate::node::NodeSlot::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Appends an audit record, counted and timed for the metrics.
+    pub async fn audit_append(
+        &self,
+        entry: Entry,
+    ) -> Result<kubedna_proto::AuditRecord, kubedna_audit::AuditError> {
+        let started = Instant::now();
+        let r = self.audit.append(entry).await;
+        if r.is_ok() {
+            self.metrics.audit_append(started.elapsed().as_secs_f64());
+        }
+        r
+    }
+
+    /// What a scrape reads off this agent's state.
+    pub async fn metrics_text(&self) -> String {
+        let snapshot = crate::metrics::Snapshot {
+            peers: peers(self).await,
+            formation: self.node.status().map(formation),
+            node: self.config().node_name.clone(),
+        };
+        self.metrics.render(&snapshot)
     }
 
     /// The mesh, once it runs (see [`crate::mesh`]).
     pub fn mesh(&self) -> &MeshSlot {
         &self.mesh
+    }
+
+    /// The audit log, for writers outside the API (the agent's own actions).
+    pub fn audit(&self) -> &AuditHandle {
+        &self.audit
     }
 
     /// The control-plane engine, once it runs (see [`crate::node`]).
@@ -132,6 +171,13 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: paths::METRICS,
+        role: Role::Viewer,
+        action: "metrics.get",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
         path: paths::AUDIT_RECORDS,
         role: Role::Operator,
         action: "audit.list",
@@ -158,13 +204,41 @@ pub const ROUTES: &[Route] = &[
         action: "config.reload",
         mutating: true,
     },
+    Route {
+        method: "GET",
+        path: paths::DOCTOR,
+        role: Role::Viewer,
+        action: "doctor.status",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: paths::DOCTOR_HISTORY,
+        role: Role::Viewer,
+        action: "doctor.history",
+        mutating: false,
+    },
+    Route {
+        method: "POST",
+        path: paths::DOCTOR_PAUSE,
+        role: Role::Admin,
+        action: "doctor.pause",
+        mutating: true,
+    },
+    Route {
+        method: "POST",
+        path: paths::DOCTOR_RESUME,
+        role: Role::Admin,
+        action: "doctor.resume",
+        mutating: true,
+    },
 ];
 
 const MAX_BODY: usize = 64 * 1024;
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
+pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
     let bytes = serde_json::to_vec(body).expect("API bodies serialize");
     Response::builder()
         .status(status)
@@ -173,7 +247,11 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
         .expect("static response parts are valid")
 }
 
-fn error(status: StatusCode, message: impl Into<String>, required_role: Option<Role>) -> Resp {
+pub(crate) fn error(
+    status: StatusCode,
+    message: impl Into<String>,
+    required_role: Option<Role>,
+) -> Resp {
     json(
         status,
         &ApiError {
@@ -235,7 +313,8 @@ pub async fn handle(
             },
             time: None,
         };
-        if let Err(e) = state.audit.append(record).await {
+        state.metrics.api_call(route.action, role, true);
+        if let Err(e) = state.audit_append(record).await {
             tracing::error!(error = %e, uid = caller.uid, "cannot audit a denial");
             return Ok(error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -247,6 +326,7 @@ pub async fn handle(
         return Ok(error(StatusCode::FORBIDDEN, message, Some(route.role)));
     }
     let role = role.unwrap_or(Role::Viewer);
+    state.metrics.api_call(route.action, Some(role), false);
 
     let body = if route.mutating {
         match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -274,6 +354,11 @@ pub async fn handle(
         paths::PEERS => json(StatusCode::OK, &peers(&state).await),
         paths::CATALOGUE_STATUS => json(StatusCode::OK, &state.node.catalogue_status().await),
         paths::CATALOGUE_DIFF => json(StatusCode::OK, &state.node.catalogue_diff().await),
+        paths::METRICS => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", crate::metrics::CONTENT_TYPE)
+            .body(Full::new(Bytes::from(state.metrics_text().await)))
+            .expect("static response parts are valid"),
         paths::AUDIT_RECORDS => audit_records(&state, &query).await,
         paths::AUDIT_VERIFY => {
             let dir = state.audit.dir().to_path_buf();
@@ -288,6 +373,10 @@ pub async fn handle(
             }
         }
         paths::LOG_LEVEL => set_log_level(&state, caller, role, &body).await,
+        paths::DOCTOR => crate::doctor::status(&state).await,
+        paths::DOCTOR_HISTORY => crate::doctor::history(&state).await,
+        paths::DOCTOR_PAUSE => crate::doctor::set_pause(&state, caller, role, &body, true).await,
+        paths::DOCTOR_RESUME => crate::doctor::set_pause(&state, caller, role, &body, false).await,
         paths::CONFIG_RELOAD => match reload_config(&state, caller, Some(role)).await {
             Ok(r) => json(StatusCode::OK, &r),
             Err(ReloadError::Audit(m)) => error(StatusCode::SERVICE_UNAVAILABLE, m, None),
@@ -318,146 +407,6 @@ fn caller_gids(caller: &Caller) -> Vec<u32> {
     gids
 }
 
-/// The mesh's members as the API shows them.
-pub async fn peers(state: &AppState) -> PeersResponse {
-    let Some(handle) = state.mesh.get() else {
-        return PeersResponse {
-            summary: PeersSummary {
-                mesh_running: false,
-                mesh_address: None,
-                alive: 0,
-                suspect: 0,
-                down: 0,
-            },
-            peers: Vec::new(),
-            packets: None,
-            keys: None,
-        };
-    };
-    let members = handle.members().await;
-    let running = members.is_ok();
-    let now = std::time::Instant::now();
-    let mut peers: Vec<Peer> = members
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| {
-            let meta = m.meta.as_ref();
-            Peer {
-                address: m.id.addr.to_string(),
-                name: meta.map(|x| x.name.clone()),
-                role: meta.map(|x| match x.role {
-                    kubedna_mesh::Role::ControlPlane => kubedna_proto::NodeRole::ControlPlane,
-                    kubedna_mesh::Role::Worker => kubedna_proto::NodeRole::Worker,
-                }),
-                state: meta.map(|x| format!("{:?}", x.state).to_lowercase()),
-                liveness: match m.liveness {
-                    Liveness::Alive => PeerLiveness::Alive,
-                    Liveness::Suspect => PeerLiveness::Suspect,
-                    Liveness::Down => PeerLiveness::Down,
-                },
-                incarnation: u64::from(m.incarnation),
-                generation: m.id.generation,
-                last_heard_seconds_ago: m
-                    .last_heard
-                    .map(|t| now.saturating_duration_since(t).as_secs_f64()),
-                rtt_ms: m.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                agent_version: meta.map(|x| x.agent_version.clone()),
-                image_version: meta.map(|x| x.image_version.clone()),
-                addresses: meta
-                    .map(|x| x.addresses.iter().map(ToString::to_string).collect())
-                    .unwrap_or_default(),
-            }
-        })
-        .collect();
-    peers.sort_by(|a, b| (&a.name, &a.address).cmp(&(&b.name, &b.address)));
-    let count = |l: PeerLiveness| peers.iter().filter(|p| p.liveness == l).count();
-    PeersResponse {
-        summary: PeersSummary {
-            mesh_running: running,
-            mesh_address: Some(handle.local_addr().to_string()),
-            alive: count(PeerLiveness::Alive),
-            suspect: count(PeerLiveness::Suspect),
-            down: count(PeerLiveness::Down),
-        },
-        peers,
-        packets: handle.counters().await.ok().map(|c| PacketCounters {
-            accepted: c.accepted,
-            malformed: c.malformed,
-            foreign_cluster: c.foreign_cluster,
-            unknown_key: c.unknown_key,
-            bad_tag: c.bad_tag,
-            replayed: c.replayed,
-            stale: c.stale,
-        }),
-        keys: handle.keys().await.ok().map(|k| MeshKeys {
-            primary: k.primary.to_string(),
-            accepted: k.keys.iter().map(ToString::to_string).collect(),
-            rotating_to: k.rotation.map(|r| r.target.to_string()),
-        }),
-    }
-}
-
-async fn status(state: &AppState, caller: &Caller, role: Role) -> StatusResponse {
-    let config = state.config();
-    let peers = peers(state).await.summary;
-    let formation = state.node.status().map(formation);
-    StatusResponse {
-        peers: Some(peers),
-        formation,
-        node: NodeStatus {
-            name: config.node_name.clone(),
-            cluster: config.spec.cluster.name.clone(),
-            role: config.spec.node.role,
-            node_id: state.node_id().to_string(),
-            state: state
-                .node
-                .status()
-                .map(|s| crate::node::gossip_state(&s))
-                .map_or_else(|| "ready".into(), |s| format!("{s:?}").to_lowercase()),
-        },
-        agent: AgentStatus {
-            version: env!("CARGO_PKG_VERSION").into(),
-            pid: std::process::id(),
-            started_at: state.started_at,
-            uptime_seconds: state.started.elapsed().as_secs(),
-            config_path: config.file.display().to_string(),
-            config_generation: state.generation.load(Ordering::Relaxed),
-            log_filter: state.log.current(),
-        },
-        caller: CallerStatus {
-            uid: caller.uid,
-            role,
-        },
-    }
-}
-
-/// The engine's status as the API shows it.
-fn formation(s: kubedna_controlplane::engine::Status) -> kubedna_proto::FormationStatus {
-    kubedna_proto::FormationStatus {
-        phase: serde_json::to_value(s.phase)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
-        waiting_for: s.waiting_for,
-        etcd_members: s
-            .etcd_members
-            .into_iter()
-            .map(|m| kubedna_proto::EtcdMember {
-                name: m.name,
-                id: m.id,
-                learner: m.learner,
-            })
-            .collect(),
-        leader: s.leader.map(|l| kubedna_proto::Leader {
-            name: l.name,
-            term: l.term,
-        }),
-        init_recorded: s.init_recorded,
-        cluster_id: s.cluster_id,
-        last_error: s.last_error,
-    }
-}
-
 async fn audit_records(state: &AppState, query: &str) -> Resp {
     let mut filter = ListFilter::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -475,6 +424,20 @@ async fn audit_records(state: &AppState, query: &str) -> Resp {
                 }
             },
             "action" => filter.action = Some(v),
+            "actor" => {
+                filter.via = match v.as_str() {
+                    "agent" => Some(Via::Agent),
+                    "socket" => Some(Via::Socket),
+                    "signal" => Some(Via::Signal),
+                    _ => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("actor={v:?} is not one of agent, socket, signal"),
+                            None,
+                        )
+                    }
+                }
+            }
             "limit" => match v.parse::<usize>() {
                 Ok(n) if n <= 100_000 => filter.limit = n,
                 _ => {
@@ -488,7 +451,9 @@ async fn audit_records(state: &AppState, query: &str) -> Resp {
             other => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter {other:?}: allowed are since, action, limit"),
+                    format!(
+                    "unknown query parameter {other:?}: allowed are since, action, actor, limit"
+                ),
                     None,
                 )
             }
@@ -535,7 +500,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn audited(
+pub(crate) async fn audited(
     state: &AppState,
     caller: Caller,
     role: Option<Role>,
@@ -551,7 +516,7 @@ async fn audited(
         result,
         time: None,
     };
-    state.audit.append(entry).await.map(|_| ()).map_err(|e| {
+    state.audit_append(entry).await.map(|_| ()).map_err(|e| {
         tracing::error!(error = %e, action, "cannot write the audit record; the call is refused");
         "the audit log is unavailable, so nothing was changed; check the agent's journal and the disk".to_string()
     })

@@ -209,10 +209,29 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
 
     notify::ready(&format!("ready; admin API on {}", socket_path.display()));
     let mesh = mesh::start(&state.config(), state.mesh().clone());
+    let metrics_task = {
+        let (state, mut stop) = (Arc::clone(&state), shutdown_rx.clone());
+        tokio::spawn(async move {
+            let config = state.config();
+            let Some(addr) = server::metrics_addr(&config, state.mesh(), &mut stop).await else {
+                return;
+            };
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+                    server::serve_metrics(l, state, stop).await;
+                }
+                Err(e) => tracing::error!(%addr, error = %e, file = %config.file.display(),
+                    "cannot listen for metrics: set metrics.listen to one of this node's addresses \
+                     and a free port, or metrics.enabled: false; a change needs a restart"),
+            }
+        })
+    };
     let engine = crate::node::start(
         &state.config(),
         state.mesh().clone(),
         state.node().clone(),
+        state.audit().clone(),
         shutdown_rx.clone(),
     );
     tracing::info!(
@@ -251,6 +270,7 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
             tracing::warn!(deadline = ?drain, "the control-plane engine did not stop in time");
         }
     }
+    let _ = metrics_task.await;
     mesh::stop(mesh, drain).await;
     if let Err(e) = server_task.await {
         tracing::error!(error = %e, "the admin server task failed");

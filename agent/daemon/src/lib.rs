@@ -6,6 +6,9 @@
 //! - [`api`] routes requests, authorizes them by role and audits what must be audited.
 //! - [`mesh`] runs the gossip mesh and discovery, and holds the handle other subsystems use.
 //! - [`node`] runs the control-plane engine (formation, leader, join material) over the mesh.
+//! - [`doctor`] builds the leader's doctor duty and answers `kubedna doctor`.
+//! - [`selfaudit`] writes what the agent changes on its own into the audit log.
+//! - [`metrics`] renders the Prometheus metrics, served on `metrics.listen` and the API.
 //! - [`logging`] sets up tracing and lets the log filter change at run time.
 
 #![forbid(unsafe_code)]
@@ -13,7 +16,10 @@
 pub mod api;
 pub mod app;
 pub mod catalogue;
+pub mod doctor;
 pub mod logging;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
+pub mod selfaudit;
 pub mod server;

@@ -39,9 +39,9 @@ pub const HOSTS_FILE: &str = "/etc/hosts";
 /// How long a request to a peer may take, resends included.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The engine's status once it runs, for `kubedna status`.
+/// The engine's status once it runs, for `kubedna status`, and its doctor (`kubedna doctor`).
 #[derive(Debug, Clone, Default)]
-pub struct NodeSlot(Arc<OnceLock<EngineHandle>>);
+pub struct NodeSlot(Arc<OnceLock<EngineHandle>>, crate::doctor::DoctorSlot);
 
 impl NodeSlot {
     pub fn status(&self) -> Option<Status> {
@@ -71,7 +71,20 @@ impl NodeSlot {
         };
         crate::catalogue::diff(r)
     }
+
+    /// The engine's handle once it runs (`kubedna doctor` reads etcd through it).
+    pub fn handle(&self) -> Option<EngineHandle> {
+        self.0.get().cloned()
+    }
+
+    /// The leader's doctor, when this node runs it.
+    pub fn doctor(&self) -> &crate::doctor::DoctorSlot {
+        &self.1
+    }
 }
+
+/// The API server's port on every control plane.
+const API_PORT: u16 = 6443;
 
 /// `api.<cluster>.kubedna:6443`, every control plane's `controlPlaneEndpoint`.
 pub fn api_name(cluster: &str) -> String {
@@ -84,6 +97,7 @@ pub fn start(
     config: &Config,
     mesh: MeshSlot,
     slot: NodeSlot,
+    audit: kubedna_audit::AuditHandle,
     shutdown: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
     let Some(cps) = config.spec.cluster.control_planes.as_ref() else {
@@ -105,11 +119,17 @@ pub fn start(
     }
     let config = config.clone();
     Some(tokio::spawn(async move {
-        run(config, mesh, slot, shutdown).await;
+        run(config, mesh, slot, audit, shutdown).await;
     }))
 }
 
-async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    config: Config,
+    mesh: MeshSlot,
+    slot: NodeSlot,
+    audit: kubedna_audit::AuditHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let handle = loop {
         if let Some(h) = mesh.get() {
             break h.clone();
@@ -137,6 +157,7 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
         mesh: handle.clone(),
         view: view.clone(),
     };
+    let actions = crate::selfaudit::log(audit);
     let cfg = EngineConfig {
         cluster: cluster.clone(),
         secret: ClusterSecret(config.cluster_secret.expose().to_vec().into()),
@@ -153,13 +174,14 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
             .map(|c| c.members.clone())
             .unwrap_or_default(),
         advertise_address: handle.local_addr().ip().to_string(),
-        control_plane_endpoint: format!("{}:6443", api_name(&cluster)),
+        control_plane_endpoint: format!("{}:{API_PORT}", api_name(&cluster)),
         pod_subnet: POD_SUBNET.into(),
         service_subnet: SERVICE_SUBNET.into(),
         etcd: EtcdNetwork::Named,
         etcd_binary: "/usr/bin/etcd".into(),
         root: "/".into(),
         timings: Timings::default(),
+        actions: actions.clone(),
     };
     let kubeadm = KubeadmUnit {
         systemd: systemd.clone(),
@@ -173,7 +195,7 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
             .map_or_else(|| PathBuf::from("/run/kubedna"), Path::to_path_buf),
     };
     let podnet = (systemd.clone(), kubeadm.out_dir.clone());
-    let engine = match Engine::new(
+    let mut engine = match Engine::new(
         cfg,
         peers,
         systemd,
@@ -190,6 +212,10 @@ async fn run(config: Config, mesh: MeshSlot, slot: NodeSlot, mut shutdown: watch
             return;
         }
     };
+    if let Some(doctor) = crate::doctor::build(&config, &handle, &slot.1, actions, shutdown.clone())
+    {
+        engine.set_doctor(doctor);
+    }
     let engine_handle = engine.handle();
     let _ = slot.0.set(engine_handle.clone());
     // Keep the view, /etc/hosts and the gossiped state current; answer other nodes.
@@ -298,7 +324,10 @@ async fn keep_view(
             *view.lock() = next;
         }
         let status = engine.status();
-        let own_api = status.role == Role::ControlPlane && Path::new(LOCAL_API_MANIFEST).exists();
+        let own_api = status.role == Role::ControlPlane
+            && Path::new(LOCAL_API_MANIFEST).exists()
+            && (status.phase == kubedna_controlplane::engine::Phase::Initialising
+                || api_listens(local.1.ip()).await);
         let hosts = hosts_entries(&cluster, &local, &known, &view, &status, own_api, &serving);
         if hosts != last_hosts {
             match update_hosts(Path::new(HOSTS_FILE), &hosts) {
@@ -318,6 +347,18 @@ async fn keep_view(
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// Whether this node's own API server accepts connections. A joining control plane's API name
+/// points at it only then: a join that failed after writing the manifest must not send the next
+/// join's discovery to an API server that does not run. (`kubeadm init` is different: there is
+/// no other API, and init waits for its own.)
+async fn api_listens(ip: IpAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(SocketAddr::new(ip, API_PORT));
+    matches!(
+        tokio::time::timeout(Duration::from_millis(300), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 /// The lifecycle state this node gossips for its engine phase.

@@ -122,3 +122,70 @@ pub async fn serve(
         }
     }
 }
+
+/// Where the metrics listener binds: `metrics.listen`, else this node's mesh address on the
+/// default port once the mesh runs; None when metrics are off.
+pub async fn metrics_addr(
+    config: &Config,
+    mesh: &crate::mesh::MeshSlot,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<std::net::SocketAddr> {
+    if !config.spec.metrics.enabled {
+        return None;
+    }
+    if let Some(a) = config.spec.metrics.listen {
+        return Some(a);
+    }
+    loop {
+        if let Some(h) = mesh.get() {
+            let ip = h.local_addr().ip();
+            return Some(std::net::SocketAddr::new(
+                ip,
+                kubedna_config::DEFAULT_METRICS_PORT,
+            ));
+        }
+        tokio::select! {
+            h = mesh.wait(Duration::from_secs(5)) => if h.is_some() { continue },
+            _ = shutdown.wait_for(|s| *s) => return None,
+        }
+    }
+}
+
+/// Serves `GET /metrics` (OpenMetrics text; anything else is 404) on `listener` until
+/// `shutdown`. Unauthenticated, like every Prometheus endpoint: it carries no secret, and it
+/// listens on the node's own address, not on every interface.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = Arc::clone(&state);
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let state = Arc::clone(&state);
+                    async move {
+                        let resp = if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+                            hyper::Response::builder()
+                                .header("content-type", crate::metrics::CONTENT_TYPE)
+                                .body(Full::new(Bytes::from(state.metrics_text().await)))
+                        } else {
+                            hyper::Response::builder()
+                                .status(hyper::StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"only GET /metrics is served here\n")))
+                        };
+                        Ok::<_, std::convert::Infallible>(resp.expect("static response parts are valid"))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}

@@ -224,6 +224,23 @@ impl DbusSystemd {
     }
 }
 
+impl DbusSystemd {
+    /// A loaded unit's (ActiveState, SubState), such as ("activating", "auto-restart") for a
+    /// service that keeps failing; None when systemd has not loaded it.
+    pub async fn unit_state(&self, unit: &str) -> Result<Option<(String, String)>, SystemdError> {
+        let rows = self
+            .manager
+            .list_units_by_patterns(&[], &[unit])
+            .await
+            .map_err(|e| SystemdError::Call {
+                method: "ListUnitsByPatterns",
+                unit: unit.to_string(),
+                source: Box::new(e),
+            })?;
+        Ok(rows.into_iter().next().map(|r| (r.3, r.4)))
+    }
+}
+
 /// The last lines of a unit's journal, for error messages.
 pub async fn journal_tail(unit: &str) -> String {
     match tokio::process::Command::new("journalctl")

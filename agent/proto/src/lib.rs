@@ -27,6 +27,12 @@ pub mod paths {
     pub const PEERS: &str = "/v1/peers";
     pub const CATALOGUE_STATUS: &str = "/v1/catalogue/status";
     pub const CATALOGUE_DIFF: &str = "/v1/catalogue/diff";
+    /// Prometheus metrics (OpenMetrics text), as on `metrics.listen`.
+    pub const METRICS: &str = "/v1/metrics";
+    pub const DOCTOR: &str = "/v1/doctor";
+    pub const DOCTOR_HISTORY: &str = "/v1/doctor/history";
+    pub const DOCTOR_PAUSE: &str = "/v1/doctor/pause";
+    pub const DOCTOR_RESUME: &str = "/v1/doctor/resume";
 }
 
 /// Admin roles, ordered: each role may do everything the roles below it may.
@@ -136,6 +142,29 @@ pub struct StatusResponse {
     /// Control-plane formation as this node's engine sees it; absent until the engine runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub formation: Option<FormationStatus>,
+    /// kubelet.service as systemd sees it, once the engine installed it; absent before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet: Option<UnitHealth>,
+}
+
+/// A systemd unit's state, and why it is not running when it is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitHealth {
+    pub unit: String,
+    /// systemd's ActiveState: active, activating, deactivating, inactive, failed.
+    pub active_state: String,
+    /// systemd's SubState: running, auto-restart, dead, failed, ...
+    pub sub_state: String,
+    /// The unit's last journal lines, when it is not active and running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journal: Vec<String>,
+}
+
+impl UnitHealth {
+    /// Whether the unit runs as it should (a long-running service: active and running).
+    pub fn running(&self) -> bool {
+        self.active_state == "active" && self.sub_state == "running"
+    }
 }
 
 /// This node's part in forming the cluster (issue 6; see docs/control-plane.md).
@@ -421,6 +450,86 @@ pub struct ReloadResponse {
     pub generation: u64,
     /// Top-level config sections whose value changed.
     pub changed: Vec<String>,
+}
+
+/// One node as the doctor judges it (docs/doctor.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorNode {
+    pub name: String,
+    pub role: String,
+    /// `healthy`, `suspect` or `dead (by provider|unreachable|hung)`.
+    pub verdict: String,
+    /// Each signal and how long it has been bad: `mesh=down for 40s, node=unknown for 35s, vm=off for 40s`.
+    pub signals: String,
+}
+
+/// The replacement in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorReplacement {
+    pub node: String,
+    pub role: String,
+    /// lease, fence, remove-member, delete-node, create-vm, wait-ready or release.
+    pub step: String,
+    pub started: u64,
+    pub step_since: u64,
+    pub signals: String,
+    pub old_vm: Option<u64>,
+    pub new_vm: Option<u64>,
+    pub term: i64,
+}
+
+/// An admin's pause of the doctor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorPause {
+    pub by: String,
+    pub since: u64,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/doctor`. The node signals and the decision come from the leader's last pass and
+/// are present only when asked on the leader; the replacement and the pause come from etcd
+/// and are present on every control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorStatusResponse {
+    /// `doctor.enabled` on this node.
+    pub enabled: bool,
+    /// Whether this node leads (its doctor runs).
+    pub leading: bool,
+    pub nodes: Vec<DoctorNode>,
+    /// The last decision in words (nothing to do, replacing X, waiting because ...).
+    pub decision: Option<String>,
+    pub in_flight: Option<DoctorReplacement>,
+    pub paused: Option<DoctorPause>,
+    /// The last error of the leader's pass.
+    pub error: Option<String>,
+}
+
+/// One finished replacement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorHistoryEntry {
+    pub node: String,
+    pub role: String,
+    /// `replaced`, or `abandoned: <why>`.
+    pub outcome: String,
+    pub started: u64,
+    pub ended: u64,
+    pub signals: String,
+    pub term: i64,
+}
+
+/// `GET /v1/doctor/history`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorHistoryResponse {
+    pub entries: Vec<DoctorHistoryEntry>,
+}
+
+/// `POST /v1/doctor/pause`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DoctorPauseRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// The body of every non-2xx answer.

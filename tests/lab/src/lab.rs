@@ -555,6 +555,16 @@ impl Lab {
         role: Role,
         labels: BTreeMap<String, String>,
     ) -> Result<NodeRecord, LabError> {
+        self.plan_named_node(None, role, labels)
+    }
+
+    /// [`Lab::plan_node`] under a given name (the doctor recreates a node under its old name).
+    fn plan_named_node(
+        &mut self,
+        wanted: Option<&str>,
+        role: Role,
+        labels: BTreeMap<String, String>,
+    ) -> Result<NodeRecord, LabError> {
         let index = self.state.next_index;
         let address = self
             .state
@@ -573,12 +583,16 @@ impl Lab {
             })?;
         let n = self.state.nodes.iter().filter(|n| n.role == role).count();
         let mut k = n + 1;
-        let name = loop {
-            let candidate = format!("{}-{k}", role.prefix());
-            if self.state.nodes.iter().all(|n| n.name != candidate) {
-                break candidate;
+        let name = if let Some(w) = wanted {
+            w.to_string()
+        } else {
+            loop {
+                let candidate = format!("{}-{k}", role.prefix());
+                if self.state.nodes.iter().all(|n| n.name != candidate) {
+                    break candidate;
+                }
+                k += 1;
             }
-            k += 1;
         };
         let mut labels = labels;
         labels.insert("kubedna.io/cluster".into(), self.state.name.clone());
@@ -1106,6 +1120,30 @@ impl Lab {
         user_data: Option<&str>,
     ) -> Result<NodeRecord, LabError> {
         let record = self.plan_node(role, labels)?;
+        self.save()?;
+        if let Err(e) = self.provision(&record.name, user_data) {
+            let _ = self.remove_node(&record.name);
+            return Err(e);
+        }
+        Ok(self.node(&record.name)?.clone())
+    }
+
+    /// [`Lab::add_node`] under `name` (refused if a node of that name exists).
+    pub fn add_named_node(
+        &mut self,
+        name: &str,
+        role: Role,
+        labels: BTreeMap<String, String>,
+        user_data: Option<&str>,
+    ) -> Result<NodeRecord, LabError> {
+        if self.state.nodes.iter().any(|n| n.name == name) {
+            return Err(LabError::BadValue {
+                what: "node name",
+                value: name.to_string(),
+                allowed: "a name no node of the lab has (remove the old node first)",
+            });
+        }
+        let record = self.plan_named_node(Some(name), role, labels)?;
         self.save()?;
         if let Err(e) = self.provision(&record.name, user_data) {
             let _ = self.remove_node(&record.name);

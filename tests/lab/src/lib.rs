@@ -7,6 +7,7 @@
 
 pub mod cmd;
 pub mod delay;
+pub mod hcloud;
 pub mod image;
 pub mod kube;
 pub mod lab;

@@ -137,6 +137,16 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Serve the lab's Hetzner Cloud API subset on the lab bridge (the gateway address), backed
+    /// by this lab's nodes, until interrupted. Agents use it with `provider.lab.hcloudApi`.
+    HcloudApi {
+        /// TCP port on the gateway address.
+        #[arg(long, default_value_t = 8089)]
+        port: u16,
+        /// File holding the token callers must present (agents' `provider.lab.tokenFile`).
+        #[arg(long)]
+        token_file: PathBuf,
+    },
     /// Check the lab cannot reach beyond its bridge (routes, bridge ports, firewall, NAT).
     Check,
     /// List labs.
@@ -280,6 +290,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Instant::now() + Duration::from_secs(timeout),
             )?;
             println!("{} {}", record.name, record.address);
+        }
+        Cmd::HcloudApi { port, token_file } => {
+            let lab = Lab::open(&root, &name)?;
+            let token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("cannot read the token file {}", token_file.display()))?;
+            // Only on the lab bridge: the gateway address exists on no other interface.
+            let listen = format!("{}:{port}", lab.gateway());
+            let backend = std::sync::Arc::new(kubedna_lab::hcloud::LabBackend {
+                root: root.clone(),
+                lab: name.clone(),
+            });
+            let api = kubedna_lab::hcloud::HcloudApi::serve(&listen, token.trim(), backend)
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("{}", api.base_url);
+            std::io::stdout().flush().ok();
+            loop {
+                std::thread::park();
+            }
         }
         Cmd::Check => {
             let lab = Lab::open(&root, &name)?;

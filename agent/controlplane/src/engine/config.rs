@@ -94,6 +94,8 @@ pub struct EngineConfig {
     /// configs are written under it.
     pub root: PathBuf,
     pub timings: Timings,
+    /// Where the engine and its duties report what they change on their own (the audit log).
+    pub actions: crate::actions::ActionLog,
 }
 
 impl EngineConfig {

@@ -19,6 +19,11 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         }
     }
 
+    fn lost_term(&self, term: i64, why: &str) {
+        let args = serde_json::json!({ "term": term });
+        self.actions().record("leader.lost", why, args, Ok(()));
+    }
+
     pub(super) fn coordinator(&self) -> Option<Coordinator> {
         lock(&self.shared.coord).clone()
     }
@@ -38,6 +43,12 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             Some(mut leadership) => {
                 let term = leadership.term;
                 tracing::info!(node = %self.cfg().node, term, "leading");
+                self.actions().record(
+                    "leader.won",
+                    "the leader seat was empty; this control plane's campaign took it",
+                    serde_json::json!({ "term": term }),
+                    Ok(()),
+                );
                 lock(&self.shared.status).leader = Some(LeaderStatus {
                     name: self.node(),
                     term,
@@ -48,6 +59,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     if let Ok(seat) = coord.leader().await {
                         if seat.as_ref().map(|(_, t)| *t) != Some(term) {
                             tracing::warn!(node = %self.cfg().node, term, "leader seat lost");
+                            self.lost_term(term, "the seat in etcd no longer holds this term");
                             lock(&self.shared.status).leader = None;
                             return Ok(());
                         }
@@ -59,11 +71,12 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                         biased;
                         () = leadership.lost() => {
                             tracing::warn!(node = %self.cfg().node, term, "leadership lost during a duty; stopped it");
+                            self.lost_term(term, "the lease ran out or the seat was taken during a duty; the duty was stopped");
                             lock(&self.shared.status).leader = None;
                             self.after_term().await;
                             return Ok(());
                         }
-                        r = self.duties.run(Term { coord: &coord, term }) => r,
+                        r = self.duties.run(Term { coord: &coord, term, actions: self.actions() }) => r,
                     };
                     match duty {
                         Ok(()) => lock(&self.shared.status).last_error = None,
@@ -78,6 +91,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                                 .collect();
                             if stale {
                                 // A newer term holds the seat: this term is over.
+                                self.lost_term(term, "a duty's fenced write found a newer term");
                                 lock(&self.shared.status).leader = None;
                                 return Err(errors.remove(0));
                             }
@@ -92,6 +106,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     tokio::select! {
                         _ = leadership.lost() => {
                             tracing::warn!(node = %self.cfg().node, term, "leadership lost");
+                            self.lost_term(term, "the lease ran out or the seat was taken");
                             lock(&self.shared.status).leader = None;
                             self.after_term().await;
                             return Ok(());
@@ -114,6 +129,12 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     {
                         tracing::warn!(node = %self.cfg().node, leader = %r.node, term,
                             "the leader's node is gone from the mesh: emptied its seat");
+                        self.actions().record(
+                            "leader.vacate",
+                            "the leader's node is gone from the mesh",
+                            serde_json::json!({ "leader": r.node, "term": term }),
+                            Ok(()),
+                        );
                         lock(&self.shared.status).leader = None;
                         return Ok(());
                     }

@@ -53,6 +53,7 @@ use crate::progress::{decide_kubeadm, Claim, KubeadmFacts, KubeadmStep, Persiste
 
 pub mod config;
 mod formation;
+mod kubeadm_steps;
 mod leader;
 pub mod status;
 pub mod wire;
@@ -95,6 +96,12 @@ impl std::fmt::Debug for EngineHandle {
 }
 
 impl EngineHandle {
+    /// The etcd connection once this control plane has one (for `kubedna doctor` on any
+    /// control plane); None on a worker or before etcd serves.
+    pub fn coordinator(&self) -> Option<Coordinator> {
+        lock(&self.shared.coord).clone()
+    }
+
     /// A snapshot for `kubedna status`.
     pub fn status(&self) -> Status {
         lock(&self.shared.status).clone()
@@ -311,6 +318,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     upload_config,
                 },
                 catalogue: None,
+                doctor: None,
             },
             kubeadm,
             clock,
@@ -322,6 +330,12 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         *lock(&self.shared.catalogue) = Some(duty.settings.clone());
         self.duties.catalogue = Some(duty);
         self
+    }
+
+    /// Adds the doctor to the leader's duties (docs/doctor.md); the daemon calls this when
+    /// `doctor.enabled` is set and a provider is configured.
+    pub fn set_doctor(&mut self, doctor: Arc<dyn crate::doctor_duty::LeaderDuty>) {
+        self.duties.doctor = Some(doctor);
     }
 
     pub fn handle(&self) -> EngineHandle {
@@ -436,6 +450,11 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         }
     }
 
+    /// Where this engine reports what it changes on its own ([`crate::actions`]).
+    pub(super) fn actions(&self) -> &crate::actions::ActionLog {
+        &self.cfg().actions
+    }
+
     fn kubeadm_err(&self) -> impl FnOnce(KubeadmError) -> EngineError + '_ {
         move |source| EngineError::Kubeadm {
             node: self.node(),
@@ -445,12 +464,27 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
 
     async fn prepare(&self) -> Result<(), EngineError> {
         self.set_phase(Phase::PreparingHost, None);
-        kubedna_host::prepare::prepare(&*self.sd, &self.cfg().root)
-            .await
-            .map_err(|source| EngineError::Prepare {
-                node: self.node(),
-                source: Box::new(source),
-            })?;
+        let prepared = kubedna_host::prepare::prepare(&*self.sd, &self.cfg().root).await;
+        match &prepared {
+            // Nothing changed (a restart on a prepared host): nothing to audit.
+            Ok(r) if *r == Default::default() => {}
+            _ => self.actions().done(
+                "host.prepare",
+                "the node needs kernel settings, containerd's config and its units for Kubernetes",
+                prepared.as_ref().map_or(serde_json::Value::Null, |r| {
+                    serde_json::json!({
+                        "filesWritten": r.files_written,
+                        "restarted": r.restarted,
+                        "stopped": r.stopped,
+                    })
+                }),
+                &prepared,
+            ),
+        }
+        prepared.map_err(|source| EngineError::Prepare {
+            node: self.node(),
+            source: Box::new(source),
+        })?;
         kubelet::install(&*self.sd, &self.cfg().root)
             .await
             .map_err(|source| EngineError::Kubelet {
