@@ -204,7 +204,7 @@ async fn run(
         config.state_dir(),
     ) {
         Ok(e) => match &config.spec.catalogue {
-            Some(c) => e.with_catalogue(catalogue_duty(c)),
+            Some(c) => e.with_catalogue(catalogue_duty(c, actions.clone())),
             None => e,
         },
         Err(e) => {
@@ -240,10 +240,11 @@ async fn run(
     tracing::info!("control plane: engine stopped");
 }
 
-/// The catalogue duty from the agent config. Its events go to the log under the target
-/// `audit` with their audit action; the agent's own audit records take them from here.
+/// The catalogue duty from the agent config. Its events (each apply, prune, drift correction,
+/// conflict, failed health check, refusal) are the agent's own actions in the audit log.
 fn catalogue_duty(
     c: &kubedna_config::CatalogueSpec,
+    actions: kubedna_controlplane::actions::ActionLog,
 ) -> kubedna_controlplane::duties::CatalogueDuty {
     use kubedna_controlplane::duties::{CatalogueDuty, CatalogueSettings};
     let settings = CatalogueSettings {
@@ -256,9 +257,15 @@ fn catalogue_duty(
         health_timeout: Duration::from_secs(c.health_timeout_seconds),
         admin_kubeconfig: Some(PathBuf::from("/etc/kubernetes/admin.conf")),
     };
-    let sink: kubedna_catalogue::progress::EventSink = Arc::new(|e| {
-        let detail = serde_json::to_string(e).unwrap_or_default();
+    let sink: kubedna_catalogue::progress::EventSink = Arc::new(move |e| {
+        let detail = serde_json::to_value(e).unwrap_or_default();
         tracing::info!(target: "audit", action = e.action(), %detail, "catalogue");
+        actions.record(
+            e.action(),
+            e.reason(),
+            detail,
+            e.failure().map_or(Ok(()), Err),
+        );
     });
     CatalogueDuty::new(settings, sink)
 }
