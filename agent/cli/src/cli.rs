@@ -38,11 +38,11 @@ pub enum Command {
     Status,
     /// The cluster's nodes as this node's mesh sees them: liveness, state, last heard, RTT.
     Peers,
+    /// The agent's Prometheus metrics (OpenMetrics text), as its metrics listener serves them.
+    Metrics,
     /// The component catalogue the elected leader applies (read from etcd; ask a control plane).
     #[command(subcommand)]
     Catalogue(CatalogueCommand),
-    /// The agent's Prometheus metrics (OpenMetrics text), as its metrics listener serves them.
-    Metrics,
     /// The CLI's and the agent's versions.
     Version {
         /// Only the CLI's version; do not ask the agent.

@@ -69,6 +69,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 let p: PeersResponse = client.call("GET", paths::PEERS, None).await?;
                 print(&output::render(format, &p, output::peers_table))?;
             }
+            Command::Metrics => {
+                let (status, body) = client.send("GET", paths::METRICS, None).await?;
+                check_status(status, &body)?;
+                print(&String::from_utf8_lossy(&body))?;
+            }
             Command::Catalogue(CatalogueCommand::Status) => {
                 let r: kubedna_proto::CatalogueStatusResponse =
                     client.call("GET", paths::CATALOGUE_STATUS, None).await?;
@@ -78,11 +83,6 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 let r: kubedna_proto::CatalogueDiffResponse =
                     client.call("GET", paths::CATALOGUE_DIFF, None).await?;
                 print(&output::render(format, &r, output::catalogue_diff_table))?;
-            }
-            Command::Metrics => {
-                let (status, body) = client.send("GET", paths::METRICS, None).await?;
-                check_status(status, &body)?;
-                print(&String::from_utf8_lossy(&body))?;
             }
             Command::Version { .. } => {
                 let agent: VersionResponse = client.call("GET", paths::VERSION, None).await?;

@@ -41,12 +41,12 @@ pub struct AgentConfig {
     pub audit: AuditSpec,
     #[serde(default)]
     pub log: LogSpec,
+    #[serde(default)]
+    pub metrics: MetricsSpec,
     /// The component catalogue the elected leader applies (docs/catalogue.md). Absent: the
     /// leader applies no catalogue.
     #[serde(default)]
     pub catalogue: Option<CatalogueSpec>,
-    #[serde(default)]
-    pub metrics: MetricsSpec,
 }
 
 /// Prometheus metrics over HTTP (`GET /metrics`, OpenMetrics text).
@@ -481,6 +481,18 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
             format!("{:?} is not supported: use {KIND:?}", spec.kind),
         ));
     }
+    if let Some(addr) = spec.metrics.listen {
+        if addr.port() == 0 || addr.ip().is_unspecified() {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "{addr} is not a listen address for metrics: give one of this node's own \
+                     addresses and a port (such as 198.18.0.2:{DEFAULT_METRICS_PORT}), or leave \
+                     it out to use the node's mesh address"
+                ),
+            ));
+        }
+    }
     if let Some(c) = &spec.catalogue {
         if let Some(bad) = c.optional.iter().find(|n| !is_dns_label(n)) {
             return Err(invalid(
@@ -492,18 +504,6 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
             return Err(invalid(
                 "catalogue",
                 "intervalSeconds and healthTimeoutSeconds must be at least 1".into(),
-            ));
-        }
-    }
-    if let Some(addr) = spec.metrics.listen {
-        if addr.port() == 0 || addr.ip().is_unspecified() {
-            return Err(invalid(
-                "metrics.listen",
-                format!(
-                    "{addr} is not a listen address for metrics: give one of this node's own \
-                     addresses and a port (such as 198.18.0.2:{DEFAULT_METRICS_PORT}), or leave \
-                     it out to use the node's mesh address"
-                ),
             ));
         }
     }

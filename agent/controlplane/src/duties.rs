@@ -68,16 +68,16 @@ pub enum DutyError {
         "duty {duty}: `kubeadm token create --print-join-command` printed no CA certificate hash"
     )]
     NoCaHash { duty: &'static str },
-    #[error("duty catalogue")]
-    Catalogue {
-        #[source]
-        source: Box<kubedna_catalogue::run::RunError>,
-    },
     #[error("duty {duty}")]
     Doctor {
         duty: &'static str,
         #[source]
         source: kubedna_doctor::pass::DoctorError,
+    },
+    #[error("duty catalogue")]
+    Catalogue {
+        #[source]
+        source: Box<kubedna_catalogue::run::RunError>,
     },
     #[error("duty {duty}: cannot write the upload-certs config")]
     Write {
@@ -95,8 +95,8 @@ impl DutyError {
                 source: CoordError::Stale { .. },
                 ..
             } => true,
-            DutyError::Catalogue { source } => source.is_stale(),
             DutyError::Doctor { source, .. } => source.is_stale(),
+            DutyError::Catalogue { source } => source.is_stale(),
             _ => false,
         }
     }
@@ -249,10 +249,10 @@ impl<K: Kubeadm, C: Clock> JoinMaterialDuty<K, C> {
 #[derive(Debug)]
 pub struct Duties<K, C> {
     pub join_material: JoinMaterialDuty<K, C>,
-    /// Set when the agent config has a `catalogue` section.
-    pub catalogue: Option<CatalogueDuty>,
     /// The doctor (docs/doctor.md), when `doctor.enabled` and a provider are configured.
     pub doctor: Option<Arc<dyn crate::doctor_duty::LeaderDuty>>,
+    /// Set when the agent config has a `catalogue` section.
+    pub catalogue: Option<CatalogueDuty>,
 }
 
 impl<K: Kubeadm, C: Clock> Duties<K, C> {

@@ -157,6 +157,13 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: paths::METRICS,
+        role: Role::Viewer,
+        action: "metrics.get",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
         path: paths::CATALOGUE_STATUS,
         role: Role::Viewer,
         action: "catalogue.status",
@@ -167,13 +174,6 @@ pub const ROUTES: &[Route] = &[
         path: paths::CATALOGUE_DIFF,
         role: Role::Viewer,
         action: "catalogue.diff",
-        mutating: false,
-    },
-    Route {
-        method: "GET",
-        path: paths::METRICS,
-        role: Role::Viewer,
-        action: "metrics.get",
         mutating: false,
     },
     Route {
@@ -352,13 +352,13 @@ pub async fn handle(
         ),
         paths::STATUS => json(StatusCode::OK, &status(&state, &caller, role).await),
         paths::PEERS => json(StatusCode::OK, &peers(&state).await),
-        paths::CATALOGUE_STATUS => json(StatusCode::OK, &state.node.catalogue_status().await),
-        paths::CATALOGUE_DIFF => json(StatusCode::OK, &state.node.catalogue_diff().await),
         paths::METRICS => Response::builder()
             .status(StatusCode::OK)
             .header("content-type", crate::metrics::CONTENT_TYPE)
             .body(Full::new(Bytes::from(state.metrics_text().await)))
             .expect("static response parts are valid"),
+        paths::CATALOGUE_STATUS => json(StatusCode::OK, &state.node.catalogue_status().await),
+        paths::CATALOGUE_DIFF => json(StatusCode::OK, &state.node.catalogue_diff().await),
         paths::AUDIT_RECORDS => audit_records(&state, &query).await,
         paths::AUDIT_VERIFY => {
             let dir = state.audit.dir().to_path_buf();

@@ -48,6 +48,16 @@ impl NodeSlot {
         self.0.get().map(EngineHandle::status)
     }
 
+    /// The engine's handle once it runs (`kubedna doctor` reads etcd through it).
+    pub fn handle(&self) -> Option<EngineHandle> {
+        self.0.get().cloned()
+    }
+
+    /// The leader's doctor, when this node runs it.
+    pub fn doctor(&self) -> &crate::doctor::DoctorSlot {
+        &self.1
+    }
+
     fn engine(&self) -> Result<&EngineHandle, String> {
         self.0
             .get()
@@ -70,16 +80,6 @@ impl NodeSlot {
             Err(e) => Err(e),
         };
         crate::catalogue::diff(r)
-    }
-
-    /// The engine's handle once it runs (`kubedna doctor` reads etcd through it).
-    pub fn handle(&self) -> Option<EngineHandle> {
-        self.0.get().cloned()
-    }
-
-    /// The leader's doctor, when this node runs it.
-    pub fn doctor(&self) -> &crate::doctor::DoctorSlot {
-        &self.1
     }
 }
 
@@ -240,8 +240,8 @@ async fn run(
     tracing::info!("control plane: engine stopped");
 }
 
-/// The catalogue duty from the agent config. Its events (each apply, prune, drift correction,
-/// conflict, failed health check, refusal) are the agent's own actions in the audit log.
+/// The catalogue duty from the agent config. Each of its events (apply, prune, drift
+/// correction, conflict, failed health check, refusal) is one of the agent's own audit records.
 fn catalogue_duty(
     c: &kubedna_config::CatalogueSpec,
     actions: kubedna_controlplane::actions::ActionLog,
@@ -259,7 +259,9 @@ fn catalogue_duty(
     };
     let sink: kubedna_catalogue::progress::EventSink = Arc::new(move |e| {
         let detail = serde_json::to_value(e).unwrap_or_default();
-        tracing::info!(target: "audit", action = e.action(), %detail, "catalogue");
+        tracing::info!(action = e.action(), %detail, "catalogue");
+        // The reason says why in words; a conflict, a failed health check or a refusal carries
+        // its message as the failure.
         actions.record(
             e.action(),
             e.reason(),

@@ -25,14 +25,14 @@ pub mod paths {
     pub const LOG_LEVEL: &str = "/v1/log-level";
     pub const CONFIG_RELOAD: &str = "/v1/config/reload";
     pub const PEERS: &str = "/v1/peers";
-    pub const CATALOGUE_STATUS: &str = "/v1/catalogue/status";
-    pub const CATALOGUE_DIFF: &str = "/v1/catalogue/diff";
     /// Prometheus metrics (OpenMetrics text), as on `metrics.listen`.
     pub const METRICS: &str = "/v1/metrics";
     pub const DOCTOR: &str = "/v1/doctor";
     pub const DOCTOR_HISTORY: &str = "/v1/doctor/history";
     pub const DOCTOR_PAUSE: &str = "/v1/doctor/pause";
     pub const DOCTOR_RESUME: &str = "/v1/doctor/resume";
+    pub const CATALOGUE_STATUS: &str = "/v1/catalogue/status";
+    pub const CATALOGUE_DIFF: &str = "/v1/catalogue/diff";
 }
 
 /// Admin roles, ordered: each role may do everything the roles below it may.

@@ -317,12 +317,18 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                     api_endpoint: cfg_endpoint,
                     upload_config,
                 },
-                catalogue: None,
                 doctor: None,
+                catalogue: None,
             },
             kubeadm,
             clock,
         })
+    }
+
+    /// Adds the doctor to the leader's duties (docs/doctor.md); the daemon calls this when
+    /// `doctor.enabled` is set and a provider is configured.
+    pub fn set_doctor(&mut self, doctor: Arc<dyn crate::doctor_duty::LeaderDuty>) {
+        self.duties.doctor = Some(doctor);
     }
 
     /// Adds the catalogue duty (the agent config has a `catalogue` section).
@@ -330,12 +336,6 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         *lock(&self.shared.catalogue) = Some(duty.settings.clone());
         self.duties.catalogue = Some(duty);
         self
-    }
-
-    /// Adds the doctor to the leader's duties (docs/doctor.md); the daemon calls this when
-    /// `doctor.enabled` is set and a provider is configured.
-    pub fn set_doctor(&mut self, doctor: Arc<dyn crate::doctor_duty::LeaderDuty>) {
-        self.duties.doctor = Some(doctor);
     }
 
     pub fn handle(&self) -> EngineHandle {
