@@ -146,5 +146,34 @@ impl Event {
     }
 }
 
+impl Event {
+    /// Why the agent did it, for an audit record.
+    pub fn reason(&self) -> String {
+        match self {
+            Event::Applied { change, .. } => {
+                format!("the catalogue's pinned state ({change})")
+            }
+            Event::Pruned { .. } => "the object left the catalogue".into(),
+            Event::PruneKept { why, .. } => format!("left the catalogue; kept: {why}"),
+            Event::Conflict { .. } => {
+                "another field manager holds a field of ours; the component has no force".into()
+            }
+            Event::HealthFailed { .. } => "a health check failed; the rollout stopped".into(),
+            Event::Refused { .. } => "the catalogue was refused; nothing applied".into(),
+        }
+    }
+
+    /// The failure an audit record carries, if the event is one.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Event::Conflict { message, .. } | Event::HealthFailed { message, .. } => {
+                Some(message.clone())
+            }
+            Event::Refused { problems } => Some(problems.join("; ")),
+            _ => None,
+        }
+    }
+}
+
 /// Where events go: the daemon hands in a closure that writes audit records.
 pub type EventSink = std::sync::Arc<dyn Fn(&Event) + Send + Sync>;

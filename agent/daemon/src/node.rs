@@ -258,23 +258,15 @@ fn catalogue_duty(
         admin_kubeconfig: Some(PathBuf::from("/etc/kubernetes/admin.conf")),
     };
     let sink: kubedna_catalogue::progress::EventSink = Arc::new(move |e| {
-        use kubedna_catalogue::progress::Event;
-        let failed = matches!(
-            e,
-            Event::HealthFailed { .. } | Event::Refused { .. } | Event::Conflict { .. }
-        );
-        let args = serde_json::to_value(e).unwrap_or_default();
-        tracing::info!(action = e.action(), detail = %args, "catalogue");
-        let result = if failed {
-            Err(e.action().to_string())
-        } else {
-            Ok(())
-        };
+        let detail = serde_json::to_value(e).unwrap_or_default();
+        tracing::info!(action = e.action(), %detail, "catalogue");
+        // The reason says why in words; a conflict, a failed health check or a refusal carries
+        // its message as the failure.
         actions.record(
             e.action(),
-            "the leader keeps the cluster at the catalogue's pinned state",
-            args,
-            result,
+            e.reason(),
+            detail,
+            e.failure().map_or(Ok(()), Err),
         );
     });
     CatalogueDuty::new(settings, sink)
