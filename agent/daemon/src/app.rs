@@ -62,6 +62,28 @@ pub enum AgentCommand {
     },
 }
 
+/// An explicit `metrics.listen` must be one of this node's addresses with a free port: a bind
+/// test before anything starts, and for `--check-config` (where a port in use is no error: the
+/// running agent holds it). The default address, the node's mesh address, is bound later.
+fn check_metrics_listen(config: &Config, checking: bool) -> Result<(), StartError> {
+    let m = &config.spec.metrics;
+    let Some(addr) = m.listen.filter(|_| m.enabled) else {
+        return Ok(());
+    };
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if checking && e.kind() == std::io::ErrorKind::AddrInUse => Ok(()),
+        Err(e) => Err(StartError::Config(kubedna_config::ConfigError::Invalid {
+            file: config.file.clone(),
+            field: "metrics.listen".into(),
+            message: format!(
+                "cannot listen on {addr}: {e}; give one of this node's own addresses and a free \
+                 port, leave it out to use the node's mesh address, or set metrics.enabled: false"
+            ),
+        })),
+    }
+}
+
 /// Why the agent did not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -136,6 +158,7 @@ pub fn main(opts: Options) -> Result<(), StartError> {
         return Ok(());
     }
     let config = kubedna_config::load(&opts.config)?;
+    check_metrics_listen(&config, opts.check_config)?;
     if opts.check_config {
         println!(
             "{}: valid (cluster {}, node {}, role {})",

@@ -81,6 +81,22 @@ fn a_bad_config_exits_78_naming_file_and_field_and_touches_nothing() {
 }
 
 #[test]
+fn a_metrics_address_that_is_not_this_nodes_exits_78_naming_the_field() {
+    // 203.0.113.0/24 is TEST-NET-3: never an address of this host. Nothing is sent to it.
+    let mut agent = Agent::prepare("metrics:\n  listen: 203.0.113.7:9464\n", "");
+    agent.spawn();
+    let (status, stderr) = agent.wait();
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("metrics.listen"), "{stderr}");
+    assert!(stderr.contains("203.0.113.7:9464"), "{stderr}");
+    assert!(
+        !agent.state_dir.exists(),
+        "state created despite a bad metrics address"
+    );
+    assert!(!agent.socket.exists());
+}
+
+#[test]
 fn a_second_agent_on_the_same_state_is_refused() {
     let agent = Agent::start("", "");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubedna-agent"))
