@@ -132,6 +132,38 @@ fn find(dir: &Path, cache: &Path) -> Result<Option<PathBuf>, ImageError> {
     Ok(None)
 }
 
+/// Extracted images kept besides the one being extracted, newest first by last use...
+const KEEP_CACHED: usize = 4;
+/// ...and any used within this long (a lab may still run on it).
+const KEEP_YOUNGER_THAN: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Marks a cached rootfs as just used (its directory's mtime), for [`prune_cache`].
+fn touch(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes extracted images beyond the `keep` most recently used, unless used within `young`.
+/// Best effort: an entry that cannot be removed stays.
+fn prune_cache(cache: &Path, keep: usize, young: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
+    let now = std::time::SystemTime::now();
+    for (when, dir) in dirs.into_iter().skip(keep) {
+        if now.duration_since(when).is_ok_and(|age| age > young) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
 fn extract_cached(tar: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -150,8 +182,11 @@ fn extract_cached(tar: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
     ));
     let dest = cache.join(&key[..16]);
     if is_rootfs(&dest) {
+        touch(&dest);
         return Ok(dest);
     }
+    // Every image build is a new key: without pruning the cache grew to 29 GiB in a day.
+    prune_cache(cache, KEEP_CACHED, KEEP_YOUNGER_THAN);
     std::fs::create_dir_all(cache).map_err(io(cache))?;
     let tmp = cache.join(format!(".{}.tmp-{}", &key[..16], std::process::id()));
     if tmp.exists() {
@@ -181,5 +216,40 @@ fn extract_cached(tar: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
             return Err(io(&dest)(e));
         }
     }
+    touch(&dest);
     Ok(dest)
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_and_the_recently_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            let p = dir.path().join(name);
+            std::fs::create_dir(&p).expect("mkdir");
+            let f = std::fs::File::open(&p).expect("open");
+            // a is the oldest; d the newest; all two hours old but d.
+            let t = old + std::time::Duration::from_secs(i as u64);
+            f.set_modified(if *name == "d" {
+                std::time::SystemTime::now()
+            } else {
+                t
+            })
+            .expect("mtime");
+        }
+        std::fs::create_dir(dir.path().join(".x.tmp-1")).expect("mkdir");
+        prune_cache(dir.path(), 2, std::time::Duration::from_secs(3600));
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // d (newest) and c (next) are kept; a and b are old and beyond 2: gone; a temp stays.
+        assert_eq!(left, [".x.tmp-1", "c", "d"]);
+    }
 }
