@@ -10,6 +10,7 @@ mod doctor;
 mod rbac;
 mod secret;
 mod spec;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
@@ -193,7 +194,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
             message,
         }
     })?;
-    spec::validate(file, spec)
+    validate::validate(file, spec)
 }
 
 /// serde_yaml appends " at line L column C"; we report the location ourselves.

@@ -206,7 +206,7 @@ fn disabled_paused_and_in_flight() {
 }
 
 #[test]
-fn backoff_doubles_per_failure_up_to_the_cap_and_resets_on_success() {
+fn backoff_grows_twofold_per_failure_up_to_the_cap_and_resets_on_success() {
     let cfg = enabled();
     let b1 = backoff_after(None, false, &cfg, 0);
     assert_eq!((b1.until, b1.failures), (1200, 1));
