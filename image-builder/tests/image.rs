@@ -9,7 +9,8 @@
 //! (TCG, OVMF, 2 GiB, 2 vCPUs, no network device) with a seed ISO from `kubedna-image seed`.
 //! Build outputs live under /var/tmp/kubedna-image-test; the base cache is the default one,
 //! /var/tmp/kubedna-image-cache, so reruns skip mmdebstrap. With KUBEDNA_IMAGE_COLD_REPRO=1 the
-//! reproducibility build also redoes mmdebstrap into a fresh cache.
+//! reproducibility build also redoes mmdebstrap into a fresh cache. A passing run removes its
+//! outputs; a failing one leaves them for inspection.
 
 mod common;
 
@@ -137,6 +138,8 @@ fn debian12_image_builds_reads_reproduces_and_boots() {
     }
 
     boot(&a, &ids);
+    // Several GiB of outputs: a passing run leaves nothing behind (a failing one keeps them).
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// dl.k8s.io is unreachable here, so the install path of the pinned artifacts is exercised with
