@@ -13,3 +13,4 @@ pub mod cmd;
 pub mod disk;
 pub mod oci;
 pub mod seed;
+pub mod seed_doctor;

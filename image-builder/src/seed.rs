@@ -37,6 +37,9 @@ pub struct ClusterSeed {
     #[serde(default)]
     pub network: Option<NetworkDefaults>,
     pub nodes: Vec<NodeSeed>,
+    /// The doctor on the control planes (docs/doctor.md); off when absent.
+    #[serde(default)]
+    pub doctor: Option<crate::seed_doctor::DoctorSeed>,
 }
 
 fn default_provider() -> String {
@@ -185,6 +188,9 @@ fn validate(c: &ClusterSeed, path: &Path) -> Result<(), SeedError> {
             ));
         }
     }
+    if let Some(d) = &c.doctor {
+        crate::seed_doctor::validate(d, &c.provider).map_err(|(f, m)| bad(&f, m))?;
+    }
     if c.nodes.is_empty() {
         return Err(bad("nodes", "at least one node is required".into()));
     }
@@ -265,53 +271,26 @@ pub fn render(cluster: &ClusterSeed, cluster_path: &Path, node: &str) -> Result<
             ),
         });
     }
-    // Discovery seeds: every control-plane node with a static address other than this one.
-    let seeds: Vec<String> = cluster
-        .nodes
-        .iter()
-        .filter(|o| o.role == "control-plane" && o.name != n.name)
-        .filter_map(|o| o.address.map(|a| a.to_string()))
-        .collect();
-    let control_plane_members: Vec<String> = cluster
-        .nodes
-        .iter()
-        .filter(|o| o.role == "control-plane")
-        .map(|o| o.name.clone())
-        .collect();
-    let template = if n.role == "control-plane" {
-        CONTROL_PLANE_TEMPLATE
-    } else {
-        WORKER_TEMPLATE
+    let token = match &cluster.doctor {
+        Some(d) if n.role == "control-plane" => Some(
+            crate::seed_doctor::read_token(d, cluster_path).map_err(|(field, message)| {
+                SeedError::Invalid {
+                    path: cluster_path.to_path_buf(),
+                    field,
+                    message,
+                }
+            })?,
+        ),
+        _ => None,
     };
-    let json_list = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-    // cloud-init's schema refuses an empty key list: no keys, no line.
-    let keys_line = "ssh_authorized_keys: [\"{{ssh_authorized_keys}}\"]\n";
-    let template = if cluster.ssh_authorized_keys.is_empty() {
-        template.replace(keys_line, "")
-    } else {
-        template.replace(
-            keys_line,
-            &format!(
-                "ssh_authorized_keys: {}\n",
-                json_list(&cluster.ssh_authorized_keys)
-            ),
-        )
-    };
-    let user_data = template
-        .replace("[\"{{seeds}}\"]", &json_list(&seeds))
-        .replace(
-            "[\"{{control_plane_members}}\"]",
-            &json_list(&control_plane_members),
-        )
-        .replace(
-            "\"{{control_plane_count}}\"",
-            &control_plane_members.len().to_string(),
-        )
-        .replace("\"{{multicast}}\"", &cluster.multicast.to_string())
-        .replace("{{node_name}}", &n.name)
-        .replace("{{cluster_name}}", &cluster.name)
-        .replace("{{provider}}", &cluster.provider)
-        .replace("{{cluster_secret_b64}}", &base64(&secret));
+    let user_data =
+        render_user_data(cluster, n, &secret, token.as_deref(), true).map_err(|message| {
+            SeedError::Invalid {
+                path: cluster_path.to_path_buf(),
+                field: "doctor".into(),
+                message,
+            }
+        })?;
     let digest = hex::encode(Sha256::digest(user_data.as_bytes()));
     let meta_data = format!(
         "instance-id: iid-kubedna-{}-{}-{}\nlocal-hostname: {}\n",
@@ -352,6 +331,98 @@ pub fn render(cluster: &ClusterSeed, cluster_path: &Path, node: &str) -> Result<
         files.push(("network-config".to_string(), nc));
     }
     Ok(Seed { files })
+}
+
+/// The user-data of node `n`. A control plane of a cluster with `doctor:` also gets the
+/// provider token and, with `templates`, the two role templates: the user-data of a node of
+/// each role named `{{node_name}}`, rendered the same way without templates of their own (the
+/// doctor adds them to a control plane's replacement seed, `kubedna_doctor::seeds`).
+fn render_user_data(
+    cluster: &ClusterSeed,
+    n: &NodeSeed,
+    secret: &[u8],
+    token: Option<&[u8]>,
+    templates: bool,
+) -> Result<String, String> {
+    // Discovery seeds: every control-plane node with a static address other than this one.
+    let seeds: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|o| o.role == "control-plane" && o.name != n.name)
+        .filter_map(|o| o.address.map(|a| a.to_string()))
+        .collect();
+    let control_plane_members: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|o| o.role == "control-plane")
+        .map(|o| o.name.clone())
+        .collect();
+    let template = if n.role == "control-plane" {
+        CONTROL_PLANE_TEMPLATE
+    } else {
+        WORKER_TEMPLATE
+    };
+    let json_list = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    // cloud-init's schema refuses an empty key list: no keys, no line.
+    let keys_line = "ssh_authorized_keys: [\"{{ssh_authorized_keys}}\"]\n";
+    let template = if cluster.ssh_authorized_keys.is_empty() {
+        template.replace(keys_line, "")
+    } else {
+        template.replace(
+            keys_line,
+            &format!(
+                "ssh_authorized_keys: {}\n",
+                json_list(&cluster.ssh_authorized_keys)
+            ),
+        )
+    };
+    let mut user_data = template
+        .replace("[\"{{seeds}}\"]", &json_list(&seeds))
+        .replace(
+            "[\"{{control_plane_members}}\"]",
+            &json_list(&control_plane_members),
+        )
+        .replace(
+            "\"{{control_plane_count}}\"",
+            &control_plane_members.len().to_string(),
+        )
+        .replace("\"{{multicast}}\"", &cluster.multicast.to_string())
+        .replace("{{node_name}}", &n.name)
+        .replace("{{cluster_name}}", &cluster.name)
+        .replace("{{provider}}", &cluster.provider)
+        .replace("{{cluster_secret_b64}}", &base64(&secret));
+    let (Some(doctor), Some(token), true) = (&cluster.doctor, token, n.role == "control-plane")
+    else {
+        return Ok(user_data);
+    };
+    let kind_line = format!("        kind: \"{}\"\n", cluster.provider);
+    user_data = user_data.replacen(
+        &kind_line,
+        &format!(
+            "{kind_line}{}",
+            crate::seed_doctor::agent_yaml(doctor, &cluster.provider, &cluster.name)
+        ),
+        1,
+    );
+    let mut files = vec![(crate::seed_doctor::TOKEN_PATH.to_string(), token.to_vec())];
+    if templates {
+        for role in ["control-plane", "worker"] {
+            let generic = NodeSeed {
+                name: "{{node_name}}".into(),
+                role: role.into(),
+                address: None,
+            };
+            let t = render_user_data(cluster, &generic, secret, Some(token), false)?;
+            files.push((
+                format!(
+                    "{}/user-data.{role}.tmpl",
+                    kubedna_doctor::seeds::TEMPLATE_DIR
+                ),
+                t.into_bytes(),
+            ));
+        }
+    }
+    kubedna_doctor::seeds::embed_files(&user_data, &files)
 }
 
 /// Writes the seed files into `dir` (user-data mode 0600: it carries the secret).
@@ -417,45 +488,11 @@ pub fn write_iso(seed: &Seed, iso: &Path, epoch: Option<u64>) -> Result<(), Seed
     Ok(())
 }
 
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
+use kubedna_doctor::seeds::base64;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-    }
 
     #[test]
     fn dns_labels() {

@@ -1,9 +1,12 @@
 //! A node's fresh cloud-init for its replacement, rendered from the cluster's user-data template
 //! for that role: `{{node_name}}` becomes the node's name, nothing else changes (the template
-//! carries the cluster's settings, rendered once by `kubedna-image seed`). The template is read
-//! at each render, so a re-rendered template takes effect without a restart. Refuses a name that
-//! is not a DNS label, a template without `{{node_name}}`, and a result over the provider's
-//! 32 KiB. Never logs the template or the result: both hold the cluster secret.
+//! carries the cluster's settings, rendered once by `kubedna-image seed`). A control plane's
+//! seed also carries both templates themselves ([`embed_files`]), as `kubedna-image seed` gives
+//! them to the first control planes: a replacement control plane can lead, and then replace,
+//! like any other. The template is read at each render, so a re-rendered template takes effect
+//! without a restart. Refuses a name that is not a DNS label, a template without
+//! `{{node_name}}`, and a result over the provider's 32 KiB. Never logs the template or the
+//! result: both hold the cluster secret.
 
 use std::path::PathBuf;
 
@@ -35,14 +38,58 @@ fn dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-impl Seeds for TemplateSeeds {
-    fn render(&self, node: &str, role: Role) -> Result<String, String> {
-        if !dns_label(node) {
-            return Err(format!(
-                "{node:?} is not a DNS label; cannot name a VM after it"
-            ));
+/// The file name of a role's template in [`TEMPLATE_DIR`].
+pub fn template_name(role: Role) -> String {
+    format!("user-data.{role}.tmpl")
+}
+
+/// Adds `files` (absolute path, content) to the `write_files:` list of `user_data`, each owned
+/// by root, mode 0600, its content base64-encoded so that no byte of it can change the YAML
+/// around it. The list must exist (both role templates have one).
+pub fn embed_files(user_data: &str, files: &[(String, Vec<u8>)]) -> Result<String, String> {
+    const LIST: &str = "\nwrite_files:\n";
+    let Some(at) = user_data.find(LIST) else {
+        return Err("the user-data has no top-level write_files: list to add files to".into());
+    };
+    let at = at + LIST.len();
+    let mut entries = String::new();
+    for (path, content) in files {
+        if !path.starts_with('/') || path.contains(['"', '\\', '\n']) {
+            return Err(format!("{path:?} is not a plain absolute path"));
         }
-        let path = self.dir.join(format!("user-data.{role}.tmpl"));
+        entries.push_str(&format!(
+            "  - path: {path}\n    owner: root:root\n    permissions: \"0600\"\n    encoding: b64\n    content: \"{}\"\n",
+            base64(content)
+        ));
+    }
+    Ok(format!("{}{entries}{}", &user_data[..at], &user_data[at..]))
+}
+
+/// RFC 4648 base64 with padding.
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl TemplateSeeds {
+    fn template(&self, role: Role) -> Result<String, String> {
+        let path = self.dir.join(template_name(role));
         let template = std::fs::read_to_string(&path).map_err(|e| {
             format!(
                 "cannot read {} ({e}): write it from `kubedna-image seed` output on every control plane",
@@ -55,7 +102,36 @@ impl Seeds for TemplateSeeds {
                 path.display()
             ));
         }
-        let out = template.replace("{{node_name}}", node);
+        Ok(template)
+    }
+}
+
+impl Seeds for TemplateSeeds {
+    fn render(&self, node: &str, role: Role) -> Result<String, String> {
+        if !dns_label(node) {
+            return Err(format!(
+                "{node:?} is not a DNS label; cannot name a VM after it"
+            ));
+        }
+        let template = self.template(role)?;
+        let mut out = template.replace("{{node_name}}", node);
+        if role == Role::ControlPlane {
+            // The new control plane can lead: it gets the templates, placeholders intact.
+            let mut files = Vec::new();
+            for r in [Role::ControlPlane, Role::Worker] {
+                let t = self.template(r)?;
+                files.push((
+                    format!("{TEMPLATE_DIR}/{}", template_name(r)),
+                    t.into_bytes(),
+                ));
+            }
+            out = embed_files(&out, &files).map_err(|e| {
+                format!(
+                    "{}: {e}",
+                    self.dir.join(template_name(Role::ControlPlane)).display()
+                )
+            })?;
+        }
         if out.len() > USER_DATA_MAX {
             return Err(format!(
                 "the rendered seed of {node} is {} bytes, above the provider's {USER_DATA_MAX}",
@@ -114,5 +190,70 @@ mod tests {
             .render("w-1", Role::Worker)
             .expect_err("missing")
             .contains("kubedna-image seed"));
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn a_control_plane_seed_carries_both_templates_with_their_placeholders() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cp = "#cloud-config\nhostname: {{node_name}}\nwrite_files:\n  - path: /etc/a\n    content: a\nruncmd: []\n";
+        let w = "#cloud-config\nhostname: {{node_name}}\nwrite_files: []\n";
+        std::fs::write(dir.path().join("user-data.control-plane.tmpl"), cp).expect("write");
+        std::fs::write(dir.path().join("user-data.worker.tmpl"), w).expect("write");
+        let s = TemplateSeeds {
+            dir: dir.path().to_path_buf(),
+        };
+        let out = s.render("cp-2", Role::ControlPlane).expect("render");
+        assert!(out.starts_with("#cloud-config\nhostname: cp-2\nwrite_files:\n  - path: /etc/kubedna/doctor/user-data.control-plane.tmpl\n"), "{out}");
+        assert!(
+            out.contains(&format!(
+                "    encoding: b64\n    content: \"{}\"\n",
+                base64(cp.as_bytes())
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("content: \"{}\"", base64(w.as_bytes()))),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("  - path: /etc/a\n    content: a\nruncmd: []\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("{{node_name}}"),
+            "placeholders only inside the base64: {out}"
+        );
+        // A worker's seed carries no templates; a template without a write_files list cannot
+        // carry them and is refused with its file named.
+        assert!(!s
+            .render("w-3", Role::Worker)
+            .expect("worker")
+            .contains("b64"));
+        std::fs::write(
+            dir.path().join("user-data.control-plane.tmpl"),
+            "#cloud-config\nhostname: {{node_name}}\n",
+        )
+        .expect("write");
+        let e = s.render("cp-2", Role::ControlPlane).expect_err("no list");
+        assert!(
+            e.contains("user-data.control-plane.tmpl") && e.contains("write_files"),
+            "{e}"
+        );
+        assert!(embed_files("#cloud-config\nwrite_files:\n", &[("etc/x".into(), vec![])]).is_err());
     }
 }
