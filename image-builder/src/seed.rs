@@ -390,7 +390,7 @@ fn render_user_data(
         .replace("{{node_name}}", &n.name)
         .replace("{{cluster_name}}", &cluster.name)
         .replace("{{provider}}", &cluster.provider)
-        .replace("{{cluster_secret_b64}}", &base64(&secret));
+        .replace("{{cluster_secret_b64}}", &base64(secret));
     let (Some(doctor), Some(token), true) = (&cluster.doctor, token, n.role == "control-plane")
     else {
         return Ok(user_data);

@@ -212,6 +212,8 @@ struct Shared {
     next_action: Mutex<u64>,
     /// Names being created (their action still running): a second create is refused.
     creating: Mutex<Vec<String>>,
+    /// Injected faults: the next authenticated requests are answered with these statuses.
+    faults: Mutex<std::collections::VecDeque<u16>>,
 }
 
 /// The API, serving until the process exits.
@@ -219,7 +221,14 @@ struct Shared {
 pub struct HcloudApi {
     pub addr: SocketAddr,
     pub base_url: String,
+    shared: Arc<Shared>,
     _thread: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared(<token redacted>)")
+    }
 }
 
 impl HcloudApi {
@@ -234,7 +243,9 @@ impl HcloudApi {
             actions: Mutex::new(BTreeMap::new()),
             next_action: Mutex::new(1),
             creating: Mutex::new(Vec::new()),
+            faults: Mutex::new(std::collections::VecDeque::new()),
         });
+        let served = shared.clone();
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let shared = shared.clone();
@@ -246,8 +257,21 @@ impl HcloudApi {
         Ok(HcloudApi {
             addr,
             base_url: format!("http://{addr}/v1"),
+            shared: served,
             _thread: thread,
         })
+    }
+
+    /// Answers the next authenticated requests, one each, with these statuses instead of doing
+    /// them: 429 as Hetzner's rate limit (`rate_limit_exceeded`, `RateLimit-Remaining: 0`, a
+    /// reset 2 s ahead), anything else as `unavailable`. Nothing is changed by a faulted request.
+    pub fn fail_next(&self, statuses: &[u16]) {
+        lock(&self.shared.faults).extend(statuses.iter().copied());
+    }
+
+    /// Injected faults not yet answered.
+    pub fn faults_left(&self) -> usize {
+        lock(&self.shared.faults).len()
     }
 }
 
@@ -310,7 +334,25 @@ fn read_request(stream: &TcpStream) -> std::io::Result<Request> {
 
 fn handle(shared: &Arc<Shared>, mut stream: TcpStream) -> std::io::Result<()> {
     let req = read_request(&stream)?;
-    let (status, body) = answer(shared, &req);
+    let authorized = req.auth.as_deref() == Some(&format!("Bearer {}", shared.token));
+    let fault = if authorized {
+        lock(&shared.faults).pop_front()
+    } else {
+        None
+    };
+    let (status, body) = match fault {
+        Some(429) => error(
+            429,
+            "rate_limit_exceeded",
+            "limit of 3600 requests per hour reached",
+        ),
+        Some(s) => error(
+            s,
+            "unavailable",
+            "the service is unavailable (injected by the lab)",
+        ),
+        None => answer(shared, &req),
+    };
     let body = body.to_string();
     let reason = match status {
         200 => "OK",
@@ -319,15 +361,17 @@ fn handle(shared: &Arc<Shared>, mut stream: TcpStream) -> std::io::Result<()> {
         401 => "Unauthorized",
         404 => "Not Found",
         409 => "Conflict",
+        429 => "Too Many Requests",
         _ => "Error",
     };
+    let (remaining, ahead) = if status == 429 { (0, 2) } else { (3599, 1) };
     let reset = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-        + 1;
+        + ahead;
     write!(
         stream,
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nratelimit-limit: 3600\r\nratelimit-remaining: 3599\r\nratelimit-reset: {reset}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nratelimit-limit: 3600\r\nratelimit-remaining: {remaining}\r\nratelimit-reset: {reset}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )?;
     stream.flush()

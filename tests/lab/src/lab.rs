@@ -177,6 +177,37 @@ pub struct LabState {
     /// The image's disk every VM's overlay is backed by (qemu provisioner only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_disk: Option<PathBuf>,
+    /// The doctor, when the control planes' seeds run it (`Lab::up_with_doctor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doctor: Option<LabDoctor>,
+}
+
+/// The doctor's part of the lab's cluster description (`doctor:` in the cluster.yaml given to
+/// `kubedna-image seed`): the control planes replace dead nodes through `kubedna-lab
+/// hcloud-api` at `hcloud_api`, with `token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabDoctor {
+    /// `http://<gateway>:<port>/v1`.
+    pub hcloud_api: String,
+    pub token: Secret,
+    /// agent.yaml `doctor:` values by name (`backoffSeconds`, ...).
+    pub settings: BTreeMap<String, u64>,
+}
+
+impl LabDoctor {
+    pub fn new(hcloud_api: String, token: String, settings: BTreeMap<String, u64>) -> Self {
+        LabDoctor {
+            hcloud_api,
+            token: Secret(token),
+            settings,
+        }
+    }
+
+    /// The token, for the API server the caller runs.
+    pub fn token(&self) -> &str {
+        &self.token.0
+    }
 }
 
 /// How a lab's agents find each other (docs/lab.md, "Discovery").
@@ -294,12 +325,27 @@ impl Lab {
         Self::up_provisioned(opts, discovery, Provisioner::Nspawn)
     }
 
+    /// Like [`Lab::up`], with the doctor on in the control planes' seeds (docs/doctor.md): the
+    /// caller serves the lab's API subset at `doctor.hcloud_api` (`hcloud::HcloudApi`).
+    pub fn up_with_doctor(opts: &UpOptions, doctor: LabDoctor) -> Result<Lab, LabError> {
+        Self::up_full(opts, Discovery::Seeds, Provisioner::Nspawn, Some(doctor))
+    }
+
     /// Like [`Lab::up_with`], booting the nodes with `provisioner`: for qemu, `opts.image` must
     /// hold the image's disk (`disk.qcow2` of `kubedna-image build --outputs tar,disk`).
     pub fn up_provisioned(
         opts: &UpOptions,
         discovery: Discovery,
         provisioner: Provisioner,
+    ) -> Result<Lab, LabError> {
+        Self::up_full(opts, discovery, provisioner, None)
+    }
+
+    fn up_full(
+        opts: &UpOptions,
+        discovery: Discovery,
+        provisioner: Provisioner,
+        doctor: Option<LabDoctor>,
     ) -> Result<Lab, LabError> {
         require_root()?;
         names::validate_lab_name(&opts.name)?;
@@ -328,7 +374,7 @@ impl Lab {
             path: dir.clone(),
             source,
         })?;
-        let result = Self::up_inner(opts, dir, rootfs, discovery, provisioner, disk);
+        let result = Self::up_inner(opts, dir, rootfs, (discovery, provisioner, doctor), disk);
         if result.is_err() {
             let _ = down(&opts.root, &opts.name);
         }
@@ -339,8 +385,7 @@ impl Lab {
         opts: &UpOptions,
         dir: PathBuf,
         rootfs: PathBuf,
-        discovery: Discovery,
-        provisioner: Provisioner,
+        (discovery, provisioner, doctor): (Discovery, Provisioner, Option<LabDoctor>),
         image_disk: Option<PathBuf>,
     ) -> Result<Lab, LabError> {
         let lock = lock(&dir)?;
@@ -359,6 +404,7 @@ impl Lab {
                 discovery,
                 provisioner,
                 image_disk,
+                doctor,
             },
             _lock: lock,
         };
@@ -468,6 +514,11 @@ impl Lab {
                 .map(|n| (n.name.clone(), n.role, n.address))
                 .collect(),
             discovery: self.state.discovery,
+            doctor: self
+                .state
+                .doctor
+                .as_ref()
+                .map(|d| (d.hcloud_api.clone(), d.settings.clone())),
         }
     }
 
@@ -653,7 +704,10 @@ impl Lab {
                         &builder,
                         &self.dir.join("seed"),
                         &desc,
-                        &self.state.cluster_secret.0,
+                        (
+                            &self.state.cluster_secret.0,
+                            self.state.doctor.as_ref().map(LabDoctor::token),
+                        ),
                         name,
                     )?;
                     (rendered, SeedSource::KubednaImage)

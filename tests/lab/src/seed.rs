@@ -54,6 +54,8 @@ pub struct ClusterDesc {
     pub nodes: Vec<(String, Role, Ipv4Addr)>,
     /// How the nodes find each other (`Seeds` unless a test asks otherwise).
     pub discovery: crate::lab::Discovery,
+    /// The doctor on the control planes: the lab API's URL and agent.yaml `doctor:` values.
+    pub doctor: Option<(String, std::collections::BTreeMap<String, u64>)>,
 }
 
 impl ClusterDesc {
@@ -84,6 +86,18 @@ impl ClusterDesc {
                 let _ = writeln!(y, "    address: {addr}");
             }
         }
+        if let Some((api, settings)) = &self.doctor {
+            let _ = write!(
+                y,
+                "doctor:\n  tokenFile: hcloud-token\n  hcloudApi: {api}\n  settings: {{}}\n"
+            );
+            if !settings.is_empty() {
+                y = y.replace("  settings: {}\n", "  settings:\n");
+                for (k, v) in settings {
+                    let _ = writeln!(y, "    {k}: {v}");
+                }
+            }
+        }
         y
     }
 }
@@ -101,12 +115,12 @@ fn write_private(path: &Path, content: &str) -> Result<(), SeedError> {
 
 /// Renders `node`'s seed with `builder seed --cluster WORK/cluster.yaml --node NODE --out
 /// WORK/NODE`. `work` is a root-only directory of the lab. The network-config is replaced by
-/// [`NETWORK_CONFIG`].
+/// [`NETWORK_CONFIG`]. `secrets` are the cluster secret and the provider token (with a doctor).
 pub fn render_with_kubedna_image(
     builder: &str,
     work: &Path,
     cluster: &ClusterDesc,
-    secret: &str,
+    (secret, token): (&str, Option<&str>),
     node: &str,
 ) -> Result<Seed, SeedError> {
     let werr = |source| SeedError::Write {
@@ -116,6 +130,9 @@ pub fn render_with_kubedna_image(
     std::fs::create_dir_all(work).map_err(werr)?;
     std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o700)).map_err(werr)?;
     write_private(&work.join("cluster-secret"), secret)?;
+    if let Some(t) = token {
+        write_private(&work.join("hcloud-token"), t)?;
+    }
     let cluster_yaml = work.join("cluster.yaml");
     write_private(&cluster_yaml, &cluster.to_yaml())?;
     let out = work.join(node);

@@ -39,6 +39,7 @@ fn cluster_description_is_accepted_and_renders_every_node() {
             ),
         ],
         discovery: Discovery::Seeds,
+        doctor: None,
     };
     let path = dir.path().join("cluster.yaml");
     std::fs::write(&path, desc.to_yaml()).unwrap_or_else(|e| panic!("{e}"));
@@ -92,6 +93,7 @@ fn a_multicast_lab_renders_no_seeds_and_multicast_on() {
             ),
         ],
         discovery: Discovery::Multicast,
+        doctor: None,
     };
     let path = dir.path().join("cluster.yaml");
     std::fs::write(&path, desc.to_yaml()).unwrap_or_else(|e| panic!("{e}"));
@@ -109,5 +111,64 @@ fn a_multicast_lab_renders_no_seeds_and_multicast_on() {
             .unwrap_or_else(|| panic!("{name}: no user-data"));
         assert!(user_data.contains("seeds: []"), "{name}: {user_data}");
         assert!(user_data.contains("enabled: true"), "{name}: {user_data}");
+    }
+}
+
+#[test]
+fn a_doctor_lab_gives_its_control_planes_the_doctor_and_its_workers_nothing() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let desc = ClusterDesc {
+        name: "p-doc".into(),
+        prefix: 24,
+        gateway: Ipv4Addr::new(198, 18, 80, 1),
+        nodes: vec![
+            (
+                "cp-1".into(),
+                Role::ControlPlane,
+                Ipv4Addr::new(198, 18, 80, 2),
+            ),
+            (
+                "worker-1".into(),
+                Role::Worker,
+                Ipv4Addr::new(198, 18, 80, 3),
+            ),
+        ],
+        discovery: Discovery::Seeds,
+        doctor: Some((
+            "http://198.18.80.1:8089/v1".into(),
+            [("backoffSeconds".to_string(), 60)].into(),
+        )),
+    };
+    let path = dir.path().join("cluster.yaml");
+    std::fs::write(&path, desc.to_yaml()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("cluster-secret"), "0".repeat(64))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("hcloud-token"), "t0ken").unwrap_or_else(|e| panic!("{e}"));
+    let cluster = kubedna_image::seed::load_cluster(&path).unwrap_or_else(|e| panic!("{e}"));
+    for (name, doctor) in [("cp-1", true), ("worker-1", false)] {
+        let seed = kubedna_image::seed::render(&cluster, &path, name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let user_data = &seed
+            .files
+            .iter()
+            .find(|(f, _)| f == "user-data")
+            .unwrap_or_else(|| panic!("{name}: no user-data"))
+            .1;
+        assert_eq!(
+            user_data.contains("/etc/kubedna/provider-token"),
+            doctor,
+            "{name}"
+        );
+        assert_eq!(
+            user_data.contains("hcloudApi: \"http://198.18.80.1:8089/v1\""),
+            doctor,
+            "{name}"
+        );
+        assert_eq!(user_data.contains("backoffSeconds: 60"), doctor, "{name}");
+        assert_eq!(
+            user_data.contains("user-data.worker.tmpl"),
+            doctor,
+            "{name}"
+        );
     }
 }
