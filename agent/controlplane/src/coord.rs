@@ -115,6 +115,9 @@ pub struct Coordinator {
     client: Client,
     endpoints: Vec<String>,
     prefix: String,
+    /// The member certificate it connected with (None: plain, for tests' etcd): probes of
+    /// single members use the same.
+    files: Option<crate::pki::MemberFiles>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -135,7 +138,39 @@ impl Coordinator {
                 what: "cannot connect",
                 source,
             })?;
-        Ok(Coordinator::with_client(client, endpoints, cluster))
+        Ok(Coordinator::with_client(client, endpoints, cluster, None))
+    }
+
+    /// The members that answer a status call on one of their client URLs within `timeout`,
+    /// reached with this coordinator's own credentials (mutual TLS in production).
+    pub async fn probe_health(
+        &self,
+        members: &[crate::membership::MemberInfo],
+        timeout: Duration,
+    ) -> std::collections::BTreeSet<u64> {
+        let mut healthy = std::collections::BTreeSet::new();
+        for m in members {
+            for url in &m.client_urls {
+                let probe = async {
+                    let endpoint = std::slice::from_ref(url);
+                    let mut c = match &self.files {
+                        Some(files) => Self::connect_tls(endpoint, "", files).await.ok()?,
+                        None => Self::connect(endpoint, "").await.ok()?,
+                    };
+                    c.client.status().await.ok()
+                };
+                if tokio::time::timeout(timeout, probe)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    healthy.insert(m.id);
+                    break;
+                }
+            }
+        }
+        healthy
     }
 
     /// [`Coordinator::connect_tls`] to the endpoints that answer a status call within 2 s each
@@ -206,14 +241,25 @@ impl Coordinator {
                 what: "cannot connect with TLS",
                 source,
             })?;
-        Ok(Coordinator::with_client(client, endpoints, cluster))
+        Ok(Coordinator::with_client(
+            client,
+            endpoints,
+            cluster,
+            Some(files.clone()),
+        ))
     }
 
-    fn with_client(client: Client, endpoints: &[String], cluster: &str) -> Self {
+    fn with_client(
+        client: Client,
+        endpoints: &[String],
+        cluster: &str,
+        files: Option<crate::pki::MemberFiles>,
+    ) -> Self {
         Coordinator {
             client,
             endpoints: endpoints.to_vec(),
             prefix: format!("/kubedna/{cluster}/"),
+            files,
         }
     }
 

@@ -23,7 +23,7 @@ use kubedna_doctor::DoctorEvents;
 use crate::coord::{CoordError, Coordinator};
 use crate::duties::{DutyError, Term};
 use crate::maintenance::{MaintenanceHold, Take};
-use crate::membership::{probe_health, RemoveRefused};
+use crate::membership::RemoveRefused;
 
 pub const PROGRESS_KEY: &str = "doctor/replacement";
 pub const HISTORY_KEY: &str = "doctor/history";
@@ -230,7 +230,11 @@ impl Store for EtcdStore<'_> {
             .members()
             .await
             .map_err(stale_or("cannot list etcd's members"))?;
-        let healthy = probe_health(&members, Duration::from_secs(2)).await;
+        let healthy = self
+            .term
+            .coord
+            .probe_health(&members, Duration::from_secs(2))
+            .await;
         Ok(members
             .into_iter()
             .map(|m| Voter {
@@ -249,7 +253,7 @@ impl Store for EtcdStore<'_> {
             .members()
             .await
             .map_err(stale_or("cannot list etcd's members"))?;
-        let healthy: BTreeSet<u64> = probe_health(&members, Duration::from_secs(2)).await;
+        let healthy: BTreeSet<u64> = coord.probe_health(&members, Duration::from_secs(2)).await;
         match coord
             .remove_member_within(id, &healthy, Duration::from_secs(10))
             .await

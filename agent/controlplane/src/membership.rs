@@ -168,34 +168,6 @@ fn etcd_not_ready(message: &str) -> bool {
     message.contains("unhealthy cluster") || message.contains("not enough started members")
 }
 
-/// The members that answer a status call on one of their client URLs within `timeout`.
-pub async fn probe_health(members: &[MemberInfo], timeout: std::time::Duration) -> BTreeSet<u64> {
-    let mut healthy = BTreeSet::new();
-    for m in members {
-        for url in &m.client_urls {
-            let options = etcd_client::ConnectOptions::new()
-                .with_connect_timeout(timeout)
-                .with_timeout(timeout);
-            let ok = async {
-                let mut c = etcd_client::Client::connect([url.as_str()], Some(options))
-                    .await
-                    .ok()?;
-                c.status().await.ok()
-            };
-            if tokio::time::timeout(timeout, ok)
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                healthy.insert(m.id);
-                break;
-            }
-        }
-    }
-    healthy
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

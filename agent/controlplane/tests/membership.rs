@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::EtcdMember;
 use kubedna_controlplane::coord::{CoordError, Coordinator};
-use kubedna_controlplane::membership::{probe_health, RemoveRefused};
+use kubedna_controlplane::membership::RemoveRefused;
 
 /// etcd offers no event for "the learner caught up", so promotion is retried until it is
 /// accepted, with a deadline.
@@ -95,7 +95,7 @@ async fn control_planes_join_one_at_a_time_and_quorum_is_never_dropped() {
 
     // cp-3 dies. Removing healthy cp-2 would leave one healthy voter of two: refused.
     others[1].kill();
-    let healthy = probe_health(&members, Duration::from_secs(2)).await;
+    let healthy = c.probe_health(&members, Duration::from_secs(2)).await;
     let id = |name: &str| {
         members
             .iter()

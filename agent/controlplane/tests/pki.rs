@@ -103,6 +103,17 @@ async fn etcd_with_mutual_tls_from_our_pki_serves_us_and_refuses_strangers() {
         ours.init_once("cp-1", "n1").await.expect("init"),
         InitDecision::Won { .. }
     ));
+    // The doctor's quorum guard probes each member with the same credentials: a TLS member
+    // answers as healthy (a plain probe never did, so it refused every removal in the lab).
+    let members = ours.members().await.expect("members");
+    let healthy = ours
+        .probe_health(&members, std::time::Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        healthy.len(),
+        1,
+        "the one TLS member probes healthy: {members:?}"
+    );
 
     // A client certificate from another cluster's CA is refused at the handshake or first call.
     let stranger_ca = EtcdCa::derive("lab", b"a-different-cluster-secret-value").expect("ca");
