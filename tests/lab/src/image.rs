@@ -188,7 +188,11 @@ fn extract_cached(tar: &Path, cache: &Path) -> Result<PathBuf, ImageError> {
     // Every image build is a new key: without pruning the cache grew to 29 GiB in a day.
     prune_cache(cache, KEEP_CACHED, KEEP_YOUNGER_THAN);
     std::fs::create_dir_all(cache).map_err(io(cache))?;
-    let tmp = cache.join(format!(".{}.tmp-{}", &key[..16], std::process::id()));
+    // Unique per extraction, not only per process: labs brought up by two threads of one test
+    // binary extract the same new image at once (they collided in one directory before).
+    static EXTRACTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = EXTRACTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache.join(format!(".{}.tmp-{}-{n}", &key[..16], std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
