@@ -34,8 +34,8 @@ use wire::{Asker, AuditExport, AuditQuery, ViewAnswer, ViewRequest, CHUNK};
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Opening an audit export verifies the node's whole chain first.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Chunks of one export read at once.
-const CHUNKS_IN_FLIGHT: usize = 8;
+/// Chunks of one export asked for at once (each node serves 64 requests waiting at most).
+const CHUNKS_IN_FLIGHT: usize = 16;
 /// Longest `last_error` in a status line.
 const LAST_ERROR_CHARS: usize = 300;
 
@@ -463,7 +463,7 @@ pub async fn audit_view(
     decide::merge_audit(&state.config().node_name, nodes, limit)
 }
 
-/// Opens an export on `addr` and reads it in chunks, a few at a time.
+/// Opens an export on `addr` and reads it in chunks, [`CHUNKS_IN_FLIGHT`] at a time.
 async fn remote_audit(
     h: &MeshHandle,
     addr: SocketAddr,
@@ -478,35 +478,40 @@ async fn remote_audit(
         other => return refused_answer(other),
     };
     let offsets: Vec<u64> = (0..len).step_by(CHUNK).collect();
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    for batch in offsets.chunks(CHUNKS_IN_FLIGHT) {
-        let mut set = JoinSet::new();
-        for (i, offset) in batch.iter().copied().enumerate() {
-            let h = h.clone();
+    let mut chunks: Vec<Vec<u8>> = vec![Vec::new(); offsets.len()];
+    // A sliding window: a new chunk is asked for as soon as one arrives. Returning early drops
+    // the set, which aborts the chunks still in flight.
+    let mut set = JoinSet::new();
+    let mut next = 0;
+    loop {
+        while set.len() < CHUNKS_IN_FLIGHT && next < offsets.len() {
+            let (h, i, offset) = (h.clone(), next, offsets[next]);
             set.spawn(async move {
                 let req = ViewRequest::AuditChunk { export, offset };
                 (i, offset, ask(&h, addr, &req, ASK_TIMEOUT).await)
             });
+            next += 1;
         }
-        let mut got = set.join_all().await;
-        got.sort_by_key(|(i, ..)| *i);
-        for (_, offset, o) in got {
-            match o {
-                Outcome::Answered(chunk) => bytes.extend_from_slice(&chunk),
-                Outcome::Unreachable(m) => {
-                    return Outcome::Unreachable(format!(
-                        "reading its records at byte {offset}: {m}"
-                    ))
-                }
-                other => {
-                    return Outcome::Failed(format!(
-                        "reading its records at byte {offset}: {}",
-                        other.message().unwrap_or_default()
-                    ))
-                }
+        let Some(done) = set.join_next().await else {
+            break;
+        };
+        let Ok((i, offset, o)) = done else {
+            return Outcome::Failed("a task reading its records failed".into());
+        };
+        match o {
+            Outcome::Answered(chunk) => chunks[i] = chunk,
+            Outcome::Unreachable(m) => {
+                return Outcome::Unreachable(format!("reading its records at byte {offset}: {m}"))
+            }
+            other => {
+                return Outcome::Failed(format!(
+                    "reading its records at byte {offset}: {}",
+                    other.message().unwrap_or_default()
+                ))
             }
         }
     }
+    let bytes = chunks.concat();
     match serde_json::from_slice(&bytes) {
         Ok(export) => Outcome::Answered(export),
         Err(e) => Outcome::Failed(format!(

@@ -126,9 +126,29 @@ fn two_agents_each_apply_rbac_show_broken_chains_and_unreachable_nodes() {
         (VIEWER, Via::Socket)
     );
 
-    // Root (admin) gets both logs merged in time order, each record with its node.
+    // Root (admin) gets both logs merged in time order, each record with its node; b's log is
+    // made long enough (40 audited calls more) to travel in many chunks.
+    for _ in 0..40 {
+        let out = b
+            .kubedna()
+            .args(["log-level", "info"])
+            .output()
+            .expect("cli");
+        assert!(out.status.success());
+    }
     let (code, r): (i32, ClusterAuditResponse) = view(&a, 0, &["audit", "list", "--cluster"]);
     assert_eq!(code, 0, "{r:#?}");
+    let b_row = r
+        .nodes
+        .iter()
+        .find(|n| n.node == "view-b")
+        .expect("b's row");
+    assert_eq!(
+        b_row.records,
+        b.records().len(),
+        "every record of b, across chunks"
+    );
+    assert!(b_row.records > 40);
     assert!(
         r.nodes
             .iter()
