@@ -297,8 +297,18 @@ async fn local_audit(
 /// Whom to ask: this node and every member the mesh knows.
 async fn plan(state: &AppState) -> (Option<MeshHandle>, Vec<Target>) {
     let config = state.config();
+    let expected: Vec<String> = config
+        .spec
+        .cluster
+        .control_planes
+        .as_ref()
+        .map(|c| c.members.clone())
+        .unwrap_or_default();
     let Some(handle) = state.mesh().get().cloned() else {
-        return (None, decide::targets(&config.node_name, None, &[]));
+        return (
+            None,
+            decide::targets(&config.node_name, None, &[], &expected),
+        );
     };
     let members: Vec<MemberView> = handle
         .members()
@@ -316,7 +326,12 @@ async fn plan(state: &AppState) -> (Option<MeshHandle>, Vec<Target>) {
             generation: m.id.generation,
         })
         .collect();
-    let targets = decide::targets(&config.node_name, Some(handle.local_addr()), &members);
+    let targets = decide::targets(
+        &config.node_name,
+        Some(handle.local_addr()),
+        &members,
+        &expected,
+    );
     (Some(handle), targets)
 }
 

@@ -49,11 +49,14 @@ pub struct Target {
 /// Every node of the view, sorted by name, this node first among equals: one target per node
 /// name (a node that rejoined shows as several members, the old generations down; the live one
 /// is asked). A node whose every member entry is down is unreachable without asking, so a
-/// powered-off node costs no timeout once the failure detector has seen it.
+/// powered-off node costs no timeout once the failure detector has seen it. An expected control
+/// plane (`cluster.controlPlanes.members`) the mesh does not know at all (never seen, or down so
+/// long the mesh forgot it) is a row too, unreachable.
 pub fn targets(
     self_name: &str,
     self_addr: Option<SocketAddr>,
     members: &[MemberView],
+    expected: &[String],
 ) -> Vec<Target> {
     let mut by_node: BTreeMap<String, Vec<&MemberView>> = BTreeMap::new();
     for m in members {
@@ -91,6 +94,17 @@ pub fn targets(
             address: Some(best.addr),
             plan,
         });
+    }
+    for name in expected {
+        if !out.iter().any(|t| t.node == *name) {
+            out.push(Target {
+                node: name.clone(),
+                address: None,
+                plan: Plan::Unreachable(
+                    "an expected control plane (cluster.controlPlanes.members) this node's mesh does not know: never seen, or down for over an hour".into(),
+                ),
+            });
+        }
     }
     out.sort_by(|a, b| a.node.cmp(&b.node));
     out

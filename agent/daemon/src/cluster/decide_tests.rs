@@ -71,7 +71,7 @@ fn targets_by_table() {
         ),
     ];
     for (name, members, want) in cases {
-        let got: Vec<(String, Plan)> = targets("cp-1", Some(addr(2)), &members)
+        let got: Vec<(String, Plan)> = targets("cp-1", Some(addr(2)), &members, &[])
             .into_iter()
             .map(|t| (t.node, t.plan))
             .collect();
@@ -85,12 +85,30 @@ fn targets_by_table() {
             member(Some("w-1"), 4, Down, 0),
             member(Some("w-1"), 8, Down, 1),
         ],
+        &[],
     );
     assert_eq!(
         t[1].address,
         Some(addr(8)),
         "the newest generation's address"
     );
+    // Expected control planes: known ones once, an unknown one as a row of its own.
+    let expected = ["cp-1".to_string(), "cp-2".to_string(), "cp-3".to_string()];
+    let t = targets(
+        "cp-1",
+        Some(addr(2)),
+        &[member(Some("cp-2"), 3, Alive, 0)],
+        &expected,
+    );
+    let plans: Vec<(&str, bool)> = t
+        .iter()
+        .map(|t| (t.node.as_str(), matches!(t.plan, Plan::Unreachable(_))))
+        .collect();
+    assert_eq!(plans, [("cp-1", false), ("cp-2", false), ("cp-3", true)]);
+    assert!(
+        matches!(&t[2].plan, Plan::Unreachable(m) if m.contains("cluster.controlPlanes.members"))
+    );
+    assert_eq!(t[2].address, None);
 }
 
 #[test]
