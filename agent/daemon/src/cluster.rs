@@ -279,6 +279,8 @@ async fn local_audit(
     let dir = state.audit().dir().to_path_buf();
     let read = tokio::task::spawn_blocking(move || {
         let (lines, truncated) = kubedna_audit::list_lines(&dir, &filter)?;
+        let (lines, cut) = decide::newest_within(lines, wire::MAX_EXPORT_BYTES);
+        let truncated = truncated || cut;
         let verify = kubedna_audit::verify(&dir).map_err(|e| e.to_string());
         Ok::<_, kubedna_audit::AuditError>(AuditExport {
             lines,

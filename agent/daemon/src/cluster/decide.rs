@@ -278,6 +278,23 @@ pub fn merge_audit(asked_by: &str, nodes: Vec<NodeAudit>, limit: usize) -> Clust
     }
 }
 
+/// The newest lines whose bytes sum to at most `max_bytes` (an export is held in memory for a
+/// minute, so its size is bounded whatever `limit` asks); true when older lines were cut.
+pub fn newest_within(mut lines: Vec<String>, max_bytes: usize) -> (Vec<String>, bool) {
+    let mut total = 0;
+    let keep = lines
+        .iter()
+        .rev()
+        .take_while(|l| {
+            total += l.len() + 1;
+            total <= max_bytes
+        })
+        .count();
+    let cut = keep < lines.len();
+    lines.drain(..lines.len() - keep);
+    (lines, cut)
+}
+
 /// `s` cut to at most `max` characters, marked when cut (an answer must fit one datagram).
 pub fn cut(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {

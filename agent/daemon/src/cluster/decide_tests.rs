@@ -396,3 +396,22 @@ fn cut_keeps_short_text_and_marks_long_text() {
     assert_eq!(cut("abcd", 3), "abc…");
     assert_eq!(cut("ééé", 2), "éé…");
 }
+
+#[test]
+fn an_export_keeps_the_newest_lines_that_fit() {
+    let lines = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cases: [(&[&str], usize, &[&str], bool); 5] = [
+        (&["aaa", "bb", "c"], 100, &["aaa", "bb", "c"], false),
+        (&["aaa", "bb", "c"], 5, &["bb", "c"], true),
+        (&["aaa", "bb", "c"], 2, &["c"], true),
+        (&["aaa", "bb", "c"], 1, &[], true),
+        (&[], 0, &[], false),
+    ];
+    for (input, max, want, cut) in cases {
+        assert_eq!(
+            newest_within(lines(input), max),
+            (lines(want), cut),
+            "{input:?} in {max}"
+        );
+    }
+}

@@ -20,6 +20,9 @@ pub const CHUNK: usize = 1024;
 pub const EXPORT_TTL: Duration = Duration::from_secs(60);
 /// Exports kept at once per node; the oldest is dropped first.
 pub const MAX_EXPORTS: usize = 16;
+/// Largest export: the newest lines that fit are sent, the answer marked truncated (about
+/// 18,000 records; the whole memory held by exports stays under 16 x this).
+pub const MAX_EXPORT_BYTES: usize = 8 << 20;
 
 /// Who asks, as the asking node's admin socket established it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
