@@ -18,9 +18,9 @@ mod log;
 mod read;
 mod redact;
 
-pub use chain::{genesis, line_for, GENESIS};
+pub use chain::{check_segment, genesis, line_for, SegmentBreak, GENESIS};
 pub use log::{AuditHandle, Entry, Writer};
-pub use read::{list, verify, ListFilter};
+pub use read::{list, list_lines, verify, ListFilter};
 pub use redact::redact;
 
 use std::path::PathBuf;

@@ -177,3 +177,39 @@ pub fn list(dir: &Path, filter: &ListFilter) -> Result<(Vec<AuditRecord>, bool),
     }
     Ok((out.into(), truncated))
 }
+
+/// Like [`list`], but each matching record as the exact line on disk (so another node can check
+/// its hash without trusting a re-serialization). A line that is not a record at all matches
+/// every filter: it is sent so the asker sees the break, never silently skipped.
+pub fn list_lines(dir: &Path, filter: &ListFilter) -> Result<(Vec<String>, bool), AuditError> {
+    let limit = if filter.limit == 0 {
+        1000
+    } else {
+        filter.limit
+    };
+    let since_date = filter.since.map(|s| s.date_naive());
+    let mut out = VecDeque::new();
+    let mut truncated = false;
+    for (date, path) in daily_files(dir)? {
+        if since_date.is_some_and(|s| date < s) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| AuditError::Io {
+            path: path.clone(),
+            what: "cannot read",
+            source,
+        })?;
+        for line in text.lines() {
+            let keep = serde_json::from_str::<AuditRecord>(line)
+                .map_or(true, |record| filter.matches(&record));
+            if keep {
+                out.push_back(line.to_string());
+                if out.len() > limit {
+                    out.pop_front();
+                    truncated = true;
+                }
+            }
+        }
+    }
+    Ok((out.into(), truncated))
+}

@@ -307,3 +307,72 @@ fn list_filters_by_time_action_and_actor() {
         (vec![3, 4], true)
     );
 }
+
+/// (a run of lines as another node sent it) → the first break the asker finds, by table.
+#[test]
+fn a_received_run_of_lines_is_checked_for_hashes_and_links() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_n(dir.path(), 5);
+    let (lines, truncated) = list_lines(dir.path(), &ListFilter::default()).expect("lines");
+    assert_eq!((lines.len(), truncated), (5, false));
+    let changed = |i: usize| {
+        let mut l = lines.clone();
+        l[i] = l[i].replace("test.", "tEst.");
+        l
+    };
+    let swapped = {
+        let mut l = lines.clone();
+        l.swap(1, 2);
+        l
+    };
+    let relinked = {
+        // Record 3 made to follow record 1 directly: a removed record 2, hashes recomputed.
+        let mut r: kubedna_proto::AuditRecord = serde_json::from_str(&lines[2]).expect("record");
+        r.seq = 2;
+        let (line, _) = line_for(&r);
+        vec![lines[0].clone(), line]
+    };
+    let mut not_a_record = lines.clone();
+    not_a_record.insert(3, "{garbage".into());
+    let every_other: Vec<String> = lines.iter().step_by(2).cloned().collect();
+    type Case = (
+        &'static str,
+        Vec<String>,
+        Option<(usize, Option<u64>, &'static str)>,
+    );
+    let cases: Vec<Case> = vec![
+        ("intact", lines.clone(), None),
+        ("filtered, so not consecutive", every_other, None),
+        (
+            "a changed byte",
+            changed(3),
+            Some((3, Some(4), "does not match its hash")),
+        ),
+        ("reordered", swapped, Some((2, Some(2), "follows seq 3"))),
+        (
+            "relinked",
+            relinked,
+            Some((1, Some(2), "prev does not match")),
+        ),
+        (
+            "not a record",
+            not_a_record,
+            Some((3, None, "not a valid record")),
+        ),
+        ("empty", Vec::new(), None),
+    ];
+    for (name, run, want) in cases {
+        let (records, bad, first) = check_segment(&run);
+        assert_eq!(records.len(), run.len(), "{name}");
+        let got = first.as_ref().map(|b| (b.index, b.seq, b.reason.as_str()));
+        match (got, want) {
+            (None, None) => assert!(bad.is_empty(), "{name}: {bad:?}"),
+            (Some((i, seq, reason)), Some((wi, wseq, wreason))) => {
+                assert_eq!((i, seq), (wi, wseq), "{name}: {reason}");
+                assert!(reason.contains(wreason), "{name}: {reason}");
+                assert_eq!(bad.first(), Some(&wi), "{name}");
+            }
+            (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+        }
+    }
+}

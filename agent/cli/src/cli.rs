@@ -34,8 +34,13 @@ pub enum Format {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// This node and its agent.
-    Status,
+    /// This node and its agent; with --cluster, one line per node of the cluster.
+    Status {
+        /// Ask every node over the mesh: phase, role, leader, versions, maintenance, last error;
+        /// unreachable and refusing nodes are shown as such.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// The cluster's nodes as this node's mesh sees them: liveness, state, last heard, RTT.
     Peers,
     /// The agent's Prometheus metrics (OpenMetrics text), as its metrics listener serves them.
@@ -100,12 +105,17 @@ pub enum AuditCommand {
         /// Only this action, or a prefix ending in * (config.*).
         #[arg(long)]
         action: Option<String>,
-        /// Only what the agent did on its own (agent), admin calls (socket) or signals (signal).
-        #[arg(long, value_parser = ["agent", "socket", "signal"])]
+        /// Only what the agent did on its own (agent), admin calls (socket), signals (signal) or
+        /// other nodes' requests (mesh).
+        #[arg(long, value_parser = ["agent", "socket", "signal", "mesh"])]
         actor: Option<String>,
-        /// At most this many of the newest records.
+        /// At most this many of the newest records (per node and merged, with --cluster).
         #[arg(long, default_value = "1000")]
         limit: usize,
+        /// Every reachable node's records over the mesh, merged in time order with the node
+        /// named; each node applies its own RBAC; exit 5 if a node's chain is broken.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Check the hash chain of the whole audit log (operator); exit 5 if broken.
     Verify {

@@ -6,15 +6,15 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use kubedna_proto::{
-    paths, AuditRecordsResponse, AuditVerifyResponse, DoctorHistoryResponse, DoctorPauseRequest,
-    DoctorStatusResponse, LogLevelRequest, LogLevelResponse, PeersResponse, ReloadResponse,
-    StatusResponse, VersionResponse,
+    paths, AuditRecordsResponse, AuditVerifyResponse, ClusterAuditResponse, ClusterStatusResponse,
+    DoctorHistoryResponse, DoctorPauseRequest, DoctorStatusResponse, LogLevelRequest,
+    LogLevelResponse, PeersResponse, ReloadResponse, StatusResponse, VersionResponse,
 };
 
 use crate::cli::{AuditCommand, CatalogueCommand, Cli, Command, DoctorCommand, Format};
 use crate::client::{check_status, Client};
 use crate::exit;
-use crate::output;
+use crate::{cluster_output, output};
 
 /// Runs `cli`; returns the exit code for outcomes that are not errors (audit verify's).
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -61,9 +61,18 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let format = cli.output;
     runtime.block_on(async move {
         match cli.command {
-            Command::Status => {
+            Command::Status { cluster: false } => {
                 let s: StatusResponse = client.call("GET", paths::STATUS, None).await?;
                 print(&output::render(format, &s, output::status_table))?;
+            }
+            Command::Status { cluster: true } => {
+                let s: ClusterStatusResponse =
+                    client.call("GET", paths::CLUSTER_STATUS, None).await?;
+                print(&output::render(
+                    format,
+                    &s,
+                    cluster_output::cluster_status_table,
+                ))?;
             }
             Command::Peers => {
                 let p: PeersResponse = client.call("GET", paths::PEERS, None).await?;
@@ -97,6 +106,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 action,
                 actor,
                 limit,
+                cluster,
             }) => {
                 let mut query = vec![format!("limit={limit}")];
                 if let Some(s) = since {
@@ -111,6 +121,19 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 if let Some(a) = actor {
                     query.push(format!("actor={a}"));
+                }
+                if cluster {
+                    let path = format!("{}?{}", paths::CLUSTER_AUDIT_RECORDS, query.join("&"));
+                    let r: ClusterAuditResponse = client.call("GET", &path, None).await?;
+                    print(&output::render(
+                        format,
+                        &r,
+                        cluster_output::cluster_audit_table,
+                    ))?;
+                    if r.nodes.iter().any(|n| n.chain_break.is_some()) {
+                        return Ok(exit::AUDIT_BROKEN);
+                    }
+                    return Ok(exit::OK);
                 }
                 let path = format!("{}?{}", paths::AUDIT_RECORDS, query.join("&"));
                 let r: AuditRecordsResponse = client.call("GET", &path, None).await?;

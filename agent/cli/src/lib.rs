@@ -1,11 +1,12 @@
 //! The admin CLI as a library: [`cli`] defines the command line, [`client`] speaks the admin API
 //! over the agent's Unix socket, [`output`] renders answers as tables, JSON or YAML, and
-//! [`commands`] ties them together. It depends on the protocol crate, never on the daemon.
+//! [`commands`] ties them together ([`cluster_output`] renders the cluster-wide views). It depends on the protocol crate, never on the daemon.
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod client;
+pub mod cluster_output;
 pub mod commands;
 pub mod output;
 

@@ -29,8 +29,9 @@ use serde::Serialize;
 
 mod views;
 
+pub(crate) use views::formation;
 pub use views::peers;
-use views::{formation, status};
+use views::status;
 
 use crate::logging::LogControl;
 use crate::mesh::{Liveness, MeshSlot};
@@ -181,6 +182,20 @@ pub const ROUTES: &[Route] = &[
         path: paths::AUDIT_RECORDS,
         role: Role::Operator,
         action: "audit.list",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: paths::CLUSTER_STATUS,
+        role: Role::Viewer,
+        action: "cluster.status",
+        mutating: false,
+    },
+    Route {
+        method: "GET",
+        path: paths::CLUSTER_AUDIT_RECORDS,
+        role: Role::Viewer,
+        action: "cluster.audit.list",
         mutating: false,
     },
     Route {
@@ -359,7 +374,21 @@ pub async fn handle(
             .expect("static response parts are valid"),
         paths::CATALOGUE_STATUS => json(StatusCode::OK, &state.node.catalogue_status().await),
         paths::CATALOGUE_DIFF => json(StatusCode::OK, &state.node.catalogue_diff().await),
-        paths::AUDIT_RECORDS => audit_records(&state, &query).await,
+        paths::AUDIT_RECORDS => match audit_filter(&query) {
+            Ok(filter) => audit_records(&state, filter).await,
+            Err(m) => error(StatusCode::BAD_REQUEST, m, None),
+        },
+        paths::CLUSTER_STATUS => json(
+            StatusCode::OK,
+            &crate::cluster::status_view(&state, &caller, role).await,
+        ),
+        paths::CLUSTER_AUDIT_RECORDS => match audit_filter(&query) {
+            Ok(filter) => json(
+                StatusCode::OK,
+                &crate::cluster::audit_view(&state, &caller, role, filter).await,
+            ),
+            Err(m) => error(StatusCode::BAD_REQUEST, m, None),
+        },
         paths::AUDIT_VERIFY => {
             let dir = state.audit.dir().to_path_buf();
             match tokio::task::spawn_blocking(move || kubedna_audit::verify(&dir)).await {
@@ -407,7 +436,8 @@ fn caller_gids(caller: &Caller) -> Vec<u32> {
     gids
 }
 
-async fn audit_records(state: &AppState, query: &str) -> Resp {
+/// The filter of `GET /v1/audit/records` (and of the cluster view), or why it is a bad request.
+fn audit_filter(query: &str) -> Result<ListFilter, String> {
     let mut filter = ListFilter::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -416,11 +446,9 @@ async fn audit_records(state: &AppState, query: &str) -> Resp {
             "since" => match DateTime::parse_from_rfc3339(&v) {
                 Ok(t) => filter.since = Some(t.with_timezone(&Utc)),
                 Err(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("since={v:?} is not an RFC 3339 time such as 2026-11-23T00:00:00Z"),
-                        None,
-                    )
+                    return Err(format!(
+                        "since={v:?} is not an RFC 3339 time such as 2026-11-23T00:00:00Z"
+                    ))
                 }
             },
             "action" => filter.action = Some(v),
@@ -429,36 +457,29 @@ async fn audit_records(state: &AppState, query: &str) -> Resp {
                     "agent" => Some(Via::Agent),
                     "socket" => Some(Via::Socket),
                     "signal" => Some(Via::Signal),
+                    "mesh" => Some(Via::Mesh),
                     _ => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            format!("actor={v:?} is not one of agent, socket, signal"),
-                            None,
-                        )
+                        return Err(format!(
+                            "actor={v:?} is not one of agent, socket, signal, mesh"
+                        ))
                     }
                 }
             }
             "limit" => match v.parse::<usize>() {
                 Ok(n) if n <= 100_000 => filter.limit = n,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("limit={v:?} is not a number from 0 to 100000"),
-                        None,
-                    )
-                }
+                _ => return Err(format!("limit={v:?} is not a number from 0 to 100000")),
             },
             other => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
+                return Err(format!(
                     "unknown query parameter {other:?}: allowed are since, action, actor, limit"
-                ),
-                    None,
-                )
+                ))
             }
         }
     }
+    Ok(filter)
+}
+
+async fn audit_records(state: &AppState, filter: ListFilter) -> Resp {
     let dir = state.audit.dir().to_path_buf();
     match tokio::task::spawn_blocking(move || kubedna_audit::list(&dir, &filter)).await {
         Ok(Ok((records, truncated))) => {

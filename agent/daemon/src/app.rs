@@ -250,6 +250,7 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
             }
         })
     };
+    let view_task = crate::cluster::spawn_serve(Arc::clone(&state), shutdown_rx.clone());
     let engine = crate::node::start(
         &state.config(),
         state.mesh().clone(),
@@ -294,6 +295,7 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
         }
     }
     let _ = metrics_task.await;
+    let _ = view_task.await;
     mesh::stop(mesh, drain).await;
     if let Err(e) = server_task.await {
         tracing::error!(error = %e, "the admin server task failed");

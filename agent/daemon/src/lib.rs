@@ -4,6 +4,7 @@
 //!   signal loop and the drain. It is the one place that spawns long-lived tasks.
 //! - [`server`] accepts connections on the admin socket and reads each peer's credentials.
 //! - [`api`] routes requests, authorizes them by role and audits what must be audited.
+//! - [`cluster`] answers the cluster-wide views by asking every node over the mesh.
 //! - [`mesh`] runs the gossip mesh and discovery, and holds the handle other subsystems use.
 //! - [`node`] runs the control-plane engine (formation, leader, join material) over the mesh.
 //! - [`doctor`] builds the leader's doctor duty and answers `kubedna doctor`.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod app;
 pub mod catalogue;
+pub mod cluster;
 pub mod doctor;
 pub mod logging;
 pub mod mesh;

@@ -50,6 +50,9 @@ pub mod request_kind {
     /// The control-plane engine's requests (`Started`, `JoinMaterial`, `Leader`; see
     /// [`crate::node`]), postcard-encoded.
     pub const CONTROL_PLANE: u8 = 2;
+    /// The cluster-wide views (`kubedna status --cluster`, `audit list --cluster`; see
+    /// [`crate::cluster`]), JSON.
+    pub const CLUSTER_VIEW: u8 = 3;
 }
 
 /// Where the image records its version.

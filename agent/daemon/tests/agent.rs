@@ -176,6 +176,13 @@ fn rbac_matrix_every_role_by_every_endpoint() {
                 if route.mutating {
                     mutations += 1;
                 }
+                // The cluster audit view is open to viewers, but each node, this one too,
+                // refuses its own part to a role below operator, and audits that refusal.
+                if route.path == kubedna_proto::paths::CLUSTER_AUDIT_RECORDS
+                    && role.is_some_and(|r| r < Role::Operator)
+                {
+                    denials += 1;
+                }
             } else {
                 assert_eq!(
                     out.status.code(),

@@ -11,6 +11,13 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod cluster;
+
+pub use cluster::{
+    ChainBreak, ClusterAuditNode, ClusterAuditRecord, ClusterAuditResponse, ClusterStatusResponse,
+    ClusterStatusRow, NodeAnswer, NodeLine,
+};
+
 /// The API version this crate describes; the first segment of every path.
 pub const API_VERSION: &str = "v1";
 /// Where the agent listens unless configured otherwise.
@@ -33,6 +40,10 @@ pub mod paths {
     pub const DOCTOR_RESUME: &str = "/v1/doctor/resume";
     pub const CATALOGUE_STATUS: &str = "/v1/catalogue/status";
     pub const CATALOGUE_DIFF: &str = "/v1/catalogue/diff";
+    /// One line per node of the cluster, each asked over the mesh (`kubedna status --cluster`).
+    pub const CLUSTER_STATUS: &str = "/v1/cluster/status";
+    /// Every node's audit records merged in time order (`kubedna audit list --cluster`).
+    pub const CLUSTER_AUDIT_RECORDS: &str = "/v1/cluster/audit/records";
 }
 
 /// Admin roles, ordered: each role may do everything the roles below it may.
@@ -109,6 +120,9 @@ pub enum Via {
     Signal,
     /// The agent itself (start-up repairs, retention).
     Agent,
+    /// Another node's agent over the authenticated mesh, on behalf of a caller of that node's
+    /// admin socket (uid, gid and role as that node established them; pid unknown here).
+    Mesh,
 }
 
 /// Who made a call, as the kernel reported it.

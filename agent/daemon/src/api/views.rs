@@ -145,7 +145,7 @@ async fn unit_health(unit: &str) -> Option<kubedna_proto::UnitHealth> {
 }
 
 /// The engine's status as the API shows it.
-pub(super) fn formation(s: kubedna_controlplane::engine::Status) -> kubedna_proto::FormationStatus {
+pub(crate) fn formation(s: kubedna_controlplane::engine::Status) -> kubedna_proto::FormationStatus {
     kubedna_proto::FormationStatus {
         phase: serde_json::to_value(s.phase)
             .ok()
