@@ -8,7 +8,8 @@
 //! - [`engine`]: the node engine the daemon runs: it sequences the above with etcd and kubelet as
 //!   systemd services ([`etcd_unit`], [`kubelet`]) and kubeadm ([`kubeadm_run`]), from host
 //!   preparation to `member`, deciding its kubeadm steps with [`progress`] and running the
-//!   leader's [`duties`] under its term, and reporting every change it makes on its own through
+//!   leader's [`duties`] under its term (a follower empties a dead leader's seat by the
+//!   [`takeover`] rule), and reporting every change it makes on its own through
 //!   [`actions`] for the audit log.
 
 pub mod actions;
@@ -26,3 +27,4 @@ pub mod maintenance;
 pub mod membership;
 pub mod pki;
 pub mod progress;
+pub mod takeover;

@@ -426,6 +426,12 @@ impl Peers for NetPeers {
             .collect()
     }
 
+    /// This in-memory mesh has no suspicion: a killed or cut-off node is down at once, as the
+    /// real mesh declares it once its pause tolerance has passed.
+    fn suspect(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     async fn ask(&self, peer: &str, req: Request) -> Result<Response, PeerError> {
         let err = |reason: &str| PeerError {
             peer: peer.into(),

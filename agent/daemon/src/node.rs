@@ -272,13 +272,21 @@ fn catalogue_duty(
     CatalogueDuty::new(settings, sink)
 }
 
-/// The live peers by name, refreshed from the mesh (the engine's `alive` is synchronous).
+/// The live peers by name, and the names of the suspect ones (none of them alive), refreshed
+/// from the mesh (the engine's `alive` and `suspect` are synchronous).
 #[derive(Debug, Clone, Default)]
-struct PeerView(Arc<Mutex<BTreeMap<String, (PeerInfo, SocketAddr)>>>);
+struct PeerView(
+    Arc<Mutex<BTreeMap<String, (PeerInfo, SocketAddr)>>>,
+    Arc<Mutex<std::collections::BTreeSet<String>>>,
+);
 
 impl PeerView {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (PeerInfo, SocketAddr)>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn suspects(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.1.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn by_addr(&self, addr: SocketAddr) -> Option<String> {
@@ -305,6 +313,7 @@ async fn keep_view(
     loop {
         if let Ok(members) = mesh.members().await {
             let mut next = BTreeMap::new();
+            let mut suspects = std::collections::BTreeSet::new();
             serving.clear();
             for m in members {
                 let Some(meta) = m.meta else { continue };
@@ -313,6 +322,9 @@ async fn keep_view(
                 }
                 // Names stay resolvable while a node is down: etcd keeps dialling its peers.
                 known.insert(meta.name.clone(), m.id.addr.ip());
+                if m.liveness == Liveness::Suspect {
+                    suspects.insert(meta.name.clone());
+                }
                 if m.liveness != Liveness::Alive {
                     continue;
                 }
@@ -330,7 +342,11 @@ async fn keep_view(
                 };
                 next.insert(meta.name, (info, m.id.addr));
             }
+            // A restarted node can be listed twice (its old identity suspect, its new one
+            // alive): alive wins.
+            suspects.retain(|n| !next.contains_key(n));
             *view.lock() = next;
+            *view.suspects() = suspects;
         }
         let status = engine.status();
         let own_api = status.role == Role::ControlPlane
@@ -478,6 +494,10 @@ struct MeshPeers {
 impl Peers for MeshPeers {
     fn alive(&self) -> Vec<PeerInfo> {
         self.view.lock().values().map(|(p, _)| p.clone()).collect()
+    }
+
+    fn suspect(&self) -> Vec<String> {
+        self.view.suspects().iter().cloned().collect()
     }
 
     async fn ask(&self, peer: &str, req: Request) -> Result<Response, PeerError> {

@@ -3,7 +3,10 @@
 //! (SIGSTOP/SIGCONT, a VM frozen by live migration) of each length. Median and range over seeds.
 //! See docs/benchmarks.md, section "Mesh: pauses and crashes".
 //!
-//! `cargo run --release -p kubedna-mesh --example pause-bench`
+//! `cargo run --release -p kubedna-mesh --example pause-bench [-- OPTIONS]`, options (defaults
+//! in brackets): `--nodes 5,50` cluster sizes, `--seeds 5` seeds per cell, `--crashes 10`
+//! crashes per seed, `--pauses 0.5,1,2,3,4,4.5,4.9,5.5,6,8` pause lengths in seconds,
+//! `--lossy 0,1` nodes with 15% loss on their link. Each pause length gets 10 pauses per seed.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +14,54 @@ use kubedna_mesh::sim::{Sim, SimConfig};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-const SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
+/// What to run, from the command line.
+struct Opts {
+    nodes: Vec<usize>,
+    seeds: Vec<u64>,
+    crashes: u64,
+    pauses_ms: Vec<u64>,
+    lossy: Vec<usize>,
+}
+
+fn list<T: std::str::FromStr>(v: &str, what: &str) -> Vec<T> {
+    v.split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{what}: cannot read {x:?}"))
+        })
+        .collect()
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        nodes: vec![5, 50],
+        seeds: (1..=5).collect(),
+        crashes: 10,
+        pauses_ms: vec![500, 1000, 2000, 3000, 4000, 4500, 4900, 5500, 6000, 8000],
+        lossy: vec![0, 1],
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let [flag, value] = pair else {
+            panic!("usage: pause-bench [--nodes 5,50] [--seeds 5] [--crashes 10] [--pauses 0.5,1,2] [--lossy 0,1]");
+        };
+        match flag.as_str() {
+            "--nodes" => o.nodes = list(value, "--nodes"),
+            "--seeds" => o.seeds = (1..=list::<u64>(value, "--seeds")[0]).collect(),
+            "--crashes" => o.crashes = list(value, "--crashes")[0],
+            "--pauses" => {
+                o.pauses_ms = list::<f64>(value, "--pauses")
+                    .into_iter()
+                    .map(|s| (s * 1000.0).round() as u64)
+                    .collect()
+            }
+            "--lossy" => o.lossy = list(value, "--lossy"),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    o
+}
 
 fn cluster(n: usize, seed: u64) -> Sim {
     let mut sim = Sim::new(SimConfig {
@@ -33,13 +83,13 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Time until the last other node saw a crash, per seed (10 crashes of different nodes each).
-fn crash_detection(n: usize, lossy: usize) {
+fn crash_detection(o: &Opts, n: usize, lossy: usize) {
     let mut all = Vec::new();
     let mut per_seed = Vec::new();
-    for seed in SEEDS {
+    for &seed in &o.seeds {
         let mut seen_by_all = Vec::new();
         let mut rng = StdRng::seed_from_u64(seed ^ 0xc4a5);
-        for k in 0..10 {
+        for k in 0..o.crashes {
             let mut sim = cluster(n, seed * 100 + k);
             for i in 0..lossy {
                 sim.set_link_loss(n - 1 - i, 0.15);
@@ -70,8 +120,8 @@ fn crash_detection(n: usize, lossy: usize) {
 }
 
 /// Live identities declared down for 10 pauses of `pause` each, per seed.
-fn false_deaths(n: usize, pause: Duration, lossy: usize) -> Vec<usize> {
-    SEEDS
+fn false_deaths(o: &Opts, n: usize, pause: Duration, lossy: usize) -> Vec<usize> {
+    o.seeds
         .iter()
         .map(|&seed| {
             let mut sim = cluster(n, seed);
@@ -92,21 +142,23 @@ fn false_deaths(n: usize, pause: Duration, lossy: usize) -> Vec<usize> {
 }
 
 fn main() {
+    let o = opts();
     let t = Instant::now();
-    for n in [5, 50] {
-        crash_detection(n, 0);
-        crash_detection(n, 1);
+    for &n in &o.nodes {
+        for &lossy in &o.lossy {
+            crash_detection(&o, n, lossy);
+        }
     }
-    for n in [5, 50] {
-        for lossy in [0, 1] {
-            for ms in [500, 1000, 2000, 3000, 4000, 4500, 4900, 5500, 6000, 8000] {
-                let deaths = false_deaths(n, Duration::from_millis(ms), lossy);
+    for &n in &o.nodes {
+        for &lossy in &o.lossy {
+            for &ms in &o.pauses_ms {
+                let deaths = false_deaths(&o, n, Duration::from_millis(ms), lossy);
                 let total: usize = deaths.iter().sum();
                 println!(
                     "false deaths, {n} nodes{}, pause {:.1} s: {total} of {} pauses (per seed {deaths:?})",
                     if lossy > 0 { ", 15% loss on one other node" } else { "" },
                     ms as f64 / 1000.0,
-                    10 * SEEDS.len(),
+                    10 * o.seeds.len(),
                 );
             }
         }

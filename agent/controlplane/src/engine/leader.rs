@@ -159,38 +159,32 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         self.clock.sleep(self.cfg().timings.poll * 2).await;
     }
 
-    /// Whether the leader's node (seat held under `term`) is gone as far as the mesh can tell:
-    /// seen alive during this term, absent from the alive peers now and not seen alive for a
-    /// third of the lease TTL, while this node sees a majority of the control-plane set (itself
+    /// Whether the leader's node (seat held under `term`) is gone as far as the mesh can tell,
+    /// by the [`crate::takeover`] rule: seen alive during this term, declared down by the mesh
+    /// now (a suspect is not enough: the mesh keeps a paused node suspect up to its pause
+    /// tolerance), while this node sees a majority of the control-plane set alive (itself
     /// included). The majority rule keeps a node cut off from the mesh from emptying seats;
     /// having seen the leader alive keeps a node whose mesh has not converged yet (just started)
-    /// from it. "Not seen for" counts from the last sighting, so time this node spent on failed
-    /// etcd calls (the dead leader's etcd member, say) counts too.
+    /// from it.
     pub(super) fn leader_gone(&self, node: &str, term: i64) -> bool {
-        if node == self.cfg().node {
-            return false;
-        }
+        use crate::takeover::{empty_the_seat, Facts, LeaderLiveness, Sightings};
         let alive = self.peers.alive();
-        let now = self.clock.instant();
-        let mut slot = lock(&self.absence);
-        let a = match slot.as_mut() {
-            Some(a) if a.node == node && a.term == term => a,
-            _ => slot.insert(Absence {
-                node: node.to_string(),
-                term,
-                seen_alive: None,
-            }),
+        let now = if alive.iter().any(|p| p.name == node) {
+            LeaderLiveness::Alive
+        } else if self.peers.suspect().iter().any(|p| p == node) {
+            LeaderLiveness::Suspect
+        } else {
+            LeaderLiveness::Down
         };
-        if alive.iter().any(|p| p.name == node) {
-            a.seen_alive = Some(now);
-            return false;
-        }
-        let Some(seen) = a.seen_alive else {
-            return false;
-        };
+        let mut slot = lock(&self.sightings);
+        Sightings::observe(&mut slot, node, term, now);
         let set = self.set();
-        let control_planes_seen = 1 + alive.iter().filter(|p| set.contains(&p.name)).count();
-        control_planes_seen >= set.quorum()
-            && now.duration_since(seen) >= self.cfg().timings.lease_ttl / 3
+        empty_the_seat(&Facts {
+            own_seat: node == self.cfg().node,
+            seen_alive_this_term: slot.as_ref().is_some_and(|s| s.seen_alive),
+            leader: now,
+            control_planes_alive: 1 + alive.iter().filter(|p| set.contains(&p.name)).count(),
+            quorum: set.quorum(),
+        })
     }
 }

@@ -199,20 +199,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What a follower has seen of the leader's node in the mesh during one term (see
-/// `Engine::leader_gone`).
-#[derive(Debug)]
-struct Absence {
-    node: String,
-    term: i64,
-    /// When this node last saw the leader's node among its alive peers (during this term).
-    seen_alive: Option<tokio::time::Instant>,
-}
-
 /// One node's formation. See the module documentation for how the daemon runs it.
 pub struct Engine<P, S, K, C> {
     shared: Arc<Shared>,
-    absence: Mutex<Option<Absence>>,
+    /// What this follower saw of the leader's node in the leader's current term.
+    sightings: Mutex<Option<crate::takeover::Sightings>>,
     peers: Arc<P>,
     sd: Arc<S>,
     kubeadm: Arc<K>,
@@ -305,7 +296,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 coord: Mutex::new(None),
                 catalogue: Mutex::new(None),
             }),
-            absence: Mutex::new(None),
+            sightings: Mutex::new(None),
             peers: Arc::new(peers),
             sd: Arc::new(systemd),
             duties: Duties {

@@ -60,6 +60,11 @@ pub struct PeerError {
 pub trait Peers: Send + Sync + 'static {
     /// Peers alive now (never this node).
     fn alive(&self) -> Vec<PeerInfo>;
+    /// Names of the peers the mesh suspects now: silent, but not yet silent longer than its
+    /// pause tolerance, so not declared down (never this node; none of them in [`Peers::alive`]).
+    /// A paused node is here until it speaks again; a crashed one until the mesh declares it
+    /// down. The takeover rule ([`crate::takeover`]) waits for the latter.
+    fn suspect(&self) -> Vec<String>;
     /// Sends `req` to `peer` over the authenticated mesh and awaits its answer (the
     /// implementation applies its own timeout).
     fn ask(
