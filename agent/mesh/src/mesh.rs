@@ -200,8 +200,12 @@ pub struct Mesh {
     timer_kinds: HashMap<u64, TimerKind>,
     timer_seq: u64,
     shared: Arc<Mutex<Shared>>,
-    suspected_count: Arc<AtomicU32>,
-    suspected_seen: u32,
+    /// One more than the highest incarnation of ours a peer has claimed suspect (0: none yet),
+    /// written by the codec and by anti-entropy.
+    suspected_upto: Arc<AtomicU32>,
+    /// Incarnations of ours below this were already counted against our health: Lifeguard
+    /// counts a refutation once per incarnation, not once per claimer or per repeat.
+    refuted_below: u32,
     health: LocalHealth,
     suspicions: HashMap<NodeId, Suspicion>,
     peers: HashMap<SocketAddr, PeerStats>,
@@ -313,10 +317,10 @@ impl Mesh {
             }),
         };
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let suspected_count = Arc::new(AtomicU32::new(0));
+        let suspected_upto = Arc::new(AtomicU32::new(0));
         let codec = ObservingCodec {
             me: cfg.addr,
-            suspected: suspected_count.clone(),
+            suspected_upto: suspected_upto.clone(),
         };
         let foca = Foca::with_custom_broadcast(
             id,
@@ -350,8 +354,8 @@ impl Mesh {
             timer_kinds: HashMap::new(),
             timer_seq: 0,
             shared,
-            suspected_count,
-            suspected_seen: 0,
+            suspected_upto,
+            refuted_below: 0,
             health,
             suspicions: HashMap::new(),
             peers: HashMap::new(),
@@ -799,12 +803,9 @@ impl Mesh {
         for (after, timer) in timers {
             self.on_foca_timer(after, timer, now);
         }
-        let suspected = self.suspected_count.load(Ordering::Relaxed);
-        if suspected != self.suspected_seen {
-            self.suspected_seen = suspected;
-            if self.cfg.lifeguard.is_some() {
-                self.health.refuted();
-            }
+        let upto = self.suspected_upto.load(Ordering::Relaxed);
+        if let Some(incarnation) = upto.checked_sub(1) {
+            self.count_refutation(incarnation);
         }
         let (new_metas, new_claims) = {
             let mut shared = lock(&self.shared);

@@ -53,7 +53,7 @@ impl Mesh {
     /// and a resumed node must not declare a live peer down on a stale timer.
     pub(super) fn on_stall(&mut self, late: Duration, now: Instant) {
         self.stalls += 1;
-        self.health.refuted();
+        self.count_refutation(u32::from(self.own_incarnation));
         self.judge_after = Some(now + self.cfg.probe_rtt);
         for s in self.suspicions.values_mut() {
             s.started += late;
@@ -67,6 +67,18 @@ impl Mesh {
         let mut rt = Collector::default();
         let _ = self.foca.apply_many(std::iter::once(me), true, &mut rt);
         self.drain(rt, now);
+    }
+
+    /// Counts against our health that we had to refute a suspicion of our `incarnation` (Lifeguard,
+    /// as memberlist's `refute`): once per incarnation. One freeze brings a claim from every
+    /// member that probed us, and the refutation of our own stall before them; counting each
+    /// would slow our probing for tens of seconds after a few pauses, and with it every
+    /// confirmation we owe a real crash.
+    pub(super) fn count_refutation(&mut self, incarnation: u32) {
+        if self.cfg.lifeguard.is_some() && incarnation >= self.refuted_below {
+            self.refuted_below = incarnation + 1;
+            self.health.refuted();
+        }
     }
 
     /// How many stalls of this node Lifeguard noticed.
@@ -107,7 +119,7 @@ impl Mesh {
         if self.left || self.leaving {
             return;
         }
-        self.health.refuted();
+        self.count_refutation(u32::from(incarnation));
         let mut rt = Collector::default();
         if incarnation >= self.own_incarnation {
             let me = Member::new(self.id(), incarnation, State::Suspect);

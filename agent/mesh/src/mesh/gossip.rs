@@ -118,7 +118,8 @@ impl BroadcastHandler<NodeId> for Handler {
 #[derive(Debug)]
 pub(super) struct ObservingCodec {
     pub(super) me: SocketAddr,
-    pub(super) suspected: Arc<AtomicU32>,
+    /// One more than the highest incarnation of ours seen claimed suspect.
+    pub(super) suspected_upto: Arc<AtomicU32>,
 }
 
 impl Codec<NodeId> for ObservingCodec {
@@ -147,7 +148,8 @@ impl Codec<NodeId> for ObservingCodec {
     fn decode_member(&mut self, buf: impl Buf) -> Result<Member<NodeId>, Self::Error> {
         let member: Member<NodeId> = PostcardCodec.decode_member(buf)?;
         if member.id().addr == self.me && member.state() == State::Suspect {
-            self.suspected.fetch_add(1, Ordering::Relaxed);
+            self.suspected_upto
+                .fetch_max(u32::from(member.incarnation()) + 1, Ordering::Relaxed);
         }
         Ok(member)
     }

@@ -97,7 +97,8 @@ impl Mesh {
                 .filter(|m| known.get(m.id()) != Some(&(m.incarnation(), m.state())))
                 .filter(|m| {
                     if m.id().addr == me.addr && m.state() == State::Suspect {
-                        self.suspected_count.fetch_add(1, Ordering::Relaxed);
+                        self.suspected_upto
+                            .fetch_max(u32::from(m.incarnation()) + 1, Ordering::Relaxed);
                     }
                     // Our own entry (incarnation 0) in a peer's list is no news.
                     !(m.id() == &me && m.state() == State::Alive)
