@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kubedna_proto::error_chain;
 use sha2::{Digest, Sha256};
 
 /// The manifest file as written in the repository.
@@ -320,17 +321,6 @@ fn download(a: &Artifact, out: &mut File) -> Result<(String, u64, Option<u64>), 
         n += k as u64;
     }
     Ok((hex::encode(hasher.finalize()), n, len))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn copy_hashing(

@@ -13,7 +13,7 @@ use std::process::Command;
 use common::{bin, run, text};
 use kubedna_doctor::pass::Seeds;
 use kubedna_doctor::seeds::TemplateSeeds;
-use kubedna_doctor::Role;
+use kubedna_doctor::NodeRole;
 use serde_yaml_ng::Value;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-test-only-secret";
@@ -157,7 +157,9 @@ fn control_planes_carry_token_settings_and_templates_workers_none() {
         std::fs::write(tdir.join(format!("user-data.{role}.tmpl")), t).expect("write");
     }
     let seeds = TemplateSeeds { dir: tdir };
-    let new_cp = seeds.render("cp-2", Role::ControlPlane).expect("render cp");
+    let new_cp = seeds
+        .render("cp-2", NodeRole::ControlPlane)
+        .expect("render cp");
     schema_ok(&new_cp, dir.path(), "new-cp.yaml");
     let nf = files(&new_cp);
     let agent: Value =
@@ -181,7 +183,9 @@ fn control_planes_carry_token_settings_and_templates_workers_none() {
             .1;
         assert!(t.contains("{{node_name}}"));
     }
-    let new_w = seeds.render("w-1", Role::Worker).expect("render worker");
+    let new_w = seeds
+        .render("w-1", NodeRole::Worker)
+        .expect("render worker");
     schema_ok(&new_w, dir.path(), "new-w.yaml");
     let wf = files(&new_w);
     assert!(file(&wf, "/etc/kubedna/provider-token").is_none() && !new_w.contains("doctor"));

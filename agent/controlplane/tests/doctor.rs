@@ -20,7 +20,7 @@ use kubedna_doctor::pass::{Doctor, DoctorConfig, Kube, KubeNode, Mesh, MeshNode,
 use kubedna_doctor::provider::{NewVm, Provider, ProviderError, Vm, VmStatus};
 use kubedna_doctor::steps::Outcome;
 use kubedna_doctor::verdict::{MeshState, ReadyState, Thresholds};
-use kubedna_doctor::{DoctorEvent, DoctorEvents, Role};
+use kubedna_doctor::{DoctorEvent, DoctorEvents, NodeRole};
 
 #[derive(Debug, Default)]
 struct World {
@@ -96,9 +96,9 @@ impl Mesh for Fake {
             .map(|n| MeshNode {
                 name: n.clone(),
                 role: if n.starts_with("cp-") {
-                    Role::ControlPlane
+                    NodeRole::ControlPlane
                 } else {
-                    Role::Worker
+                    NodeRole::Worker
                 },
                 state: if w.ready[n] {
                     MeshState::Alive
@@ -111,7 +111,7 @@ impl Mesh for Fake {
 }
 
 impl Seeds for Fake {
-    fn render(&self, node: &str, _: Role) -> Result<String, String> {
+    fn render(&self, node: &str, _: NodeRole) -> Result<String, String> {
         Ok(format!("#cloud-config\n# {node}\n"))
     }
 }

@@ -20,8 +20,8 @@ use kubedna_controlplane::actions::{ActionLog, AgentAction};
 use kubedna_controlplane::coord::{CoordError, Coordinator};
 use kubedna_controlplane::engine::{
     Clock, ClusterSecret, Engine, EngineConfig, EngineHandle, EtcdNetwork, Kubeadm, KubeadmCommand,
-    KubeadmError, KubeadmOp, LeaderStatus, OpRecords, PeerError, PeerInfo, Peers, Phase, Request,
-    Response, Role, Status, SystemClock, Timings,
+    KubeadmError, KubeadmOp, LeaderStatus, NodeRole, OpRecords, PeerError, PeerInfo, Peers, Phase,
+    Request, Response, Status, SystemClock, Timings,
 };
 use kubedna_controlplane::etcd_unit::{self, MemberUrls};
 use kubedna_controlplane::joinmat;
@@ -397,7 +397,7 @@ impl Systemd for Sd {
 
 #[derive(Default)]
 struct Net {
-    nodes: Mutex<BTreeMap<String, (Role, Option<EngineHandle>)>>,
+    nodes: Mutex<BTreeMap<String, (NodeRole, Option<EngineHandle>)>>,
     cuts: Mutex<BTreeSet<(String, String)>>,
 }
 
@@ -495,8 +495,8 @@ impl Cluster {
         let actions = Arc::new(Mutex::new(Vec::new()));
         let names = cps
             .iter()
-            .map(|n| (n.clone(), Role::ControlPlane))
-            .chain((1..=workers).map(|i| (format!("w-{i}"), Role::Worker)));
+            .map(|n| (n.clone(), NodeRole::ControlPlane))
+            .chain((1..=workers).map(|i| (format!("w-{i}"), NodeRole::Worker)));
         for (i, (name, role)) in names.enumerate() {
             let root = dir.path().join(&name).join("root");
             let state = dir.path().join(&name).join("state");

@@ -31,7 +31,7 @@ use kubedna_doctor::provider::hetzner::{Hetzner, HetznerConfig, HETZNER_API};
 use kubedna_doctor::seeds::TemplateSeeds;
 use kubedna_doctor::steps::{Outcome as StepOutcome, Progress};
 use kubedna_doctor::verdict::{MeshState, Thresholds, Verdict};
-use kubedna_doctor::{DoctorEvent, DoctorEvents, Role as DoctorRole};
+use kubedna_doctor::{DoctorEvent, DoctorEvents};
 use kubedna_mesh::Liveness;
 use kubedna_proto::{
     AuditResult, Caller, DoctorHistoryEntry, DoctorHistoryResponse, DoctorNode, DoctorPause,
@@ -150,10 +150,7 @@ async fn keep_mesh_view(
                 }
                 nodes.push(MeshNode {
                     name: meta.name,
-                    role: match meta.role {
-                        kubedna_mesh::Role::ControlPlane => DoctorRole::ControlPlane,
-                        kubedna_mesh::Role::Worker => DoctorRole::Worker,
-                    },
+                    role: meta.role,
                     state: match m.liveness {
                         Liveness::Alive => MeshState::Alive,
                         Liveness::Suspect => MeshState::Suspect,
@@ -281,7 +278,7 @@ pub fn build(
     let view = MeshView::default();
     let own = MeshNode {
         name: config.node_name.clone(),
-        role: DoctorRole::ControlPlane,
+        role: kubedna_proto::NodeRole::ControlPlane,
         state: MeshState::Alive,
     };
     tokio::spawn(keep_mesh_view(mesh.clone(), view.clone(), own, shutdown));

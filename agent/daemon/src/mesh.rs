@@ -32,9 +32,8 @@ use kubedna_mesh::discovery::provider::{HetznerConfig, HETZNER_API, LAB_PEERS_FI
 use kubedna_mesh::discovery::{self, DiscoveryConfig, ProviderSource};
 use kubedna_mesh::runtime::{self, RotateError};
 use kubedna_mesh::{
-    ClusterSecret, DownReason, Event, KeyId, KeyStatus, MeshConfig, NodeMeta, NodeState, Role,
+    ClusterSecret, DownReason, Event, KeyId, KeyStatus, MeshConfig, NodeMeta, NodeState,
 };
-use kubedna_proto::NodeRole;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -570,10 +569,7 @@ pub fn node_meta(config: &Config, mesh_ip: IpAddr, image_record: &Path) -> NodeM
     addresses.extend(host_addresses().into_iter().filter(|a| *a != mesh_ip));
     NodeMeta {
         name: config.node_name.clone(),
-        role: match config.spec.node.role {
-            NodeRole::ControlPlane => Role::ControlPlane,
-            NodeRole::Worker => Role::Worker,
-        },
+        role: config.spec.node.role,
         addresses,
         agent_version: env!("CARGO_PKG_VERSION").into(),
         image_version: image_version(image_record),
@@ -687,7 +683,7 @@ mod tests {
         let peer: SocketAddr = ([198, 18, 0, 3], 7946).into();
         let meta = NodeMeta {
             name: "n".into(),
-            role: Role::Worker,
+            role: kubedna_proto::NodeRole::Worker,
             addresses: vec![],
             agent_version: "0".into(),
             image_version: "0".into(),

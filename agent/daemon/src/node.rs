@@ -20,7 +20,7 @@ use std::time::Duration;
 use kubedna_config::Config;
 use kubedna_controlplane::engine::{
     ClusterSecret, Engine, EngineConfig, EngineHandle, EtcdNetwork, Kubeadm, KubeadmError,
-    KubeadmOp, OpRecords, PeerError, PeerInfo, Peers, Request, Response, Role, Status, SystemClock,
+    KubeadmOp, OpRecords, PeerError, PeerInfo, Peers, Request, Response, Status, SystemClock,
     Timings,
 };
 use kubedna_host::systemd::DbusSystemd;
@@ -162,10 +162,7 @@ async fn run(
         cluster: cluster.clone(),
         secret: ClusterSecret(config.cluster_secret.expose().to_vec().into()),
         node: config.node_name.clone(),
-        role: match config.spec.node.role {
-            NodeRole::ControlPlane => Role::ControlPlane,
-            NodeRole::Worker => Role::Worker,
-        },
+        role: config.spec.node.role,
         control_planes: config
             .spec
             .cluster
@@ -328,11 +325,8 @@ async fn keep_view(
                 if m.liveness != Liveness::Alive {
                     continue;
                 }
-                let role = match meta.role {
-                    kubedna_mesh::Role::ControlPlane => Role::ControlPlane,
-                    kubedna_mesh::Role::Worker => Role::Worker,
-                };
-                if role == Role::ControlPlane && meta.state == NodeState::Member {
+                let role = meta.role;
+                if role == NodeRole::ControlPlane && meta.state == NodeState::Member {
                     serving.insert(meta.name.clone());
                 }
                 let info = PeerInfo {
@@ -349,7 +343,7 @@ async fn keep_view(
             *view.suspects() = suspects;
         }
         let status = engine.status();
-        let own_api = status.role == Role::ControlPlane
+        let own_api = status.role == NodeRole::ControlPlane
             && Path::new(LOCAL_API_MANIFEST).exists()
             && (status.phase == kubedna_controlplane::engine::Phase::Initialising
                 || api_listens(local.1.ip()).await);
@@ -415,7 +409,7 @@ fn hosts_entries(
     own_api: bool,
     serving: &std::collections::BTreeSet<String>,
 ) -> String {
-    let mut alive: BTreeMap<String, (IpAddr, Role)> = view
+    let mut alive: BTreeMap<String, (IpAddr, NodeRole)> = view
         .lock()
         .values()
         .map(|(p, a)| (p.name.clone(), (a.ip(), p.role)))
@@ -425,7 +419,7 @@ fn hosts_entries(
     let api = own
         .or_else(|| status.leader.as_ref().and_then(|l| alive.get(&l.name)))
         .or_else(|| serving.iter().find_map(|n| alive.get(n)))
-        .or_else(|| alive.values().find(|(_, r)| *r == Role::ControlPlane))
+        .or_else(|| alive.values().find(|(_, r)| *r == NodeRole::ControlPlane))
         .map(|(ip, _)| *ip);
     let mut names = known.clone();
     names.extend(alive.iter().map(|(n, (ip, _))| (n.clone(), *ip)));

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::verdict::Verdict;
-use crate::{Role, Unix};
+use crate::{NodeRole, Unix};
 
 /// The guard's part of `doctor:` in agent.yaml.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ impl Default for GuardConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
     pub name: String,
-    pub role: Role,
+    pub role: NodeRole,
     pub verdict: Verdict,
     /// The signals in words ([`crate::verdict::describe`]), for reasons and audit records.
     pub signals: String,
@@ -116,7 +116,7 @@ pub enum Decision {
     /// Start replacing `node`.
     Replace {
         node: String,
-        role: Role,
+        role: NodeRole,
         signals: String,
     },
     /// Something is dead but a guard holds the doctor back.

@@ -5,7 +5,7 @@ const NOW: Unix = 5_000;
 
 type Backoffs = BTreeMap<String, Backoff>;
 
-fn node(name: &str, role: Role, verdict: Verdict) -> NodeView {
+fn node(name: &str, role: NodeRole, verdict: Verdict) -> NodeView {
     NodeView {
         name: name.into(),
         role,
@@ -47,9 +47,9 @@ fn five(verdicts: [Verdict; 5]) -> Vec<NodeView> {
         .zip(verdicts)
         .map(|(n, v)| {
             let role = if n.starts_with("cp") {
-                Role::ControlPlane
+                NodeRole::ControlPlane
             } else {
-                Role::Worker
+                NodeRole::Worker
             };
             node(n, role, v)
         })
@@ -102,13 +102,13 @@ fn decisions_by_table() {
     let table: Vec<(&str, Vec<NodeView>, &Backoffs, Decision)> = vec![
         ("all healthy", five([H, H, H, H, H]), &none, Decision::Nothing),
         ("suspects only", five([H, S, H, S, H]), &none, Decision::Nothing),
-        ("one dead worker", five([H, H, H, DEAD, H]), &none, replace("w-1", Role::Worker)),
-        ("one dead control plane", five([H, H, DEAD, H, H]), &none, replace("cp-3", Role::ControlPlane)),
-        ("two dead of five: one at a time, first by name", five([H, DEAD, H, DEAD, H]), &none, replace("cp-2", Role::ControlPlane)),
-        ("dead + suspect = 2 of 5: allowed", five([H, S, H, DEAD, H]), &none, replace("w-1", Role::Worker)),
-        ("backing off: the other dead one goes", five([H, H, DEAD, DEAD, H]), &backing, replace("cp-3", Role::ControlPlane)),
+        ("one dead worker", five([H, H, H, DEAD, H]), &none, replace("w-1", NodeRole::Worker)),
+        ("one dead control plane", five([H, H, DEAD, H, H]), &none, replace("cp-3", NodeRole::ControlPlane)),
+        ("two dead of five: one at a time, first by name", five([H, DEAD, H, DEAD, H]), &none, replace("cp-2", NodeRole::ControlPlane)),
+        ("dead + suspect = 2 of 5: allowed", five([H, S, H, DEAD, H]), &none, replace("w-1", NodeRole::Worker)),
+        ("backing off: the other dead one goes", five([H, H, DEAD, DEAD, H]), &backing, replace("cp-3", NodeRole::ControlPlane)),
         ("backing off, alone", five([H, H, H, DEAD, H]), &backing, Decision::Wait(WaitReason::BackingOff { node: "w-1".into(), until: NOW + 10 })),
-        ("back-off over", five([H, H, H, DEAD, H]), &expired, replace("w-1", Role::Worker)),
+        ("back-off over", five([H, H, H, DEAD, H]), &expired, replace("w-1", NodeRole::Worker)),
         ("the leader's own node", five([DEAD, H, H, H, H]), &none, Decision::Wait(WaitReason::OwnNode { node: "cp-1".into() })),
     ];
     for (name, nodes, backoff, want) in table {

@@ -33,30 +33,8 @@ pub use verdict::{judge, Thresholds, Tracker, Verdict};
 /// same clock its predecessor wrote.
 pub type Unix = u64;
 
-/// A node's role, as the replacement must recreate it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    ControlPlane,
-    Worker,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::ControlPlane => "control-plane",
-            Role::Worker => "worker",
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A node's role, as the replacement must recreate it (one type for every crate).
+pub use kubedna_proto::NodeRole;
 
 #[cfg(test)]
 mod scenarios;

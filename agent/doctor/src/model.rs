@@ -7,12 +7,12 @@
 use crate::guard::Voter;
 use crate::provider::{Vm, VmStatus};
 use crate::steps::{next_step, LeaseView, NodeObject, Observation, Outcome, Progress, Step};
-use crate::{Role, Unix};
+use crate::{NodeRole, Unix};
 
 #[derive(Debug, Clone)]
 pub struct World {
     pub node: String,
-    pub role: Role,
+    pub role: NodeRole,
     pub vms: Vec<Vm>,
     pub next_id: u64,
     pub members: Vec<Voter>,
@@ -45,7 +45,7 @@ fn voter(id: u64, name: &str, healthy: bool) -> Voter {
 impl World {
     /// Three control planes and two workers; `dead` has been powered off (its VM off, its etcd
     /// member unhealthy, its Node NotReady), and a replacement of it was just started by `term`.
-    pub fn powered_off(dead: &str, role: Role, term: i64) -> World {
+    pub fn powered_off(dead: &str, role: NodeRole, term: i64) -> World {
         let names = ["cp-1", "cp-2", "cp-3", "w-1", "w-2"];
         let vms: Vec<Vm> = names
             .iter()
@@ -109,7 +109,7 @@ impl World {
         if !booted {
             return;
         }
-        if self.role == Role::ControlPlane {
+        if self.role == NodeRole::ControlPlane {
             match self.members.iter_mut().find(|m| m.name == node) {
                 None => {
                     // etcd refuses a second member with the same peer URL.
@@ -234,7 +234,7 @@ impl World {
                     self.vms.iter().all(|v| v.name != node),
                     "created a second VM named {node}"
                 );
-                if self.role == Role::ControlPlane {
+                if self.role == NodeRole::ControlPlane {
                     assert!(
                         self.members.iter().all(|m| m.name != node),
                         "created the new control plane while its old member was still listed"

@@ -25,7 +25,7 @@ use crate::steps::{next_step, LeaseView, NodeObject, Observation, Outcome, Progr
 use crate::verdict::{
     describe, judge, MeshState, Observed, ReadyState, Thresholds, Tracker, VmState,
 };
-use crate::{Role, Unix};
+use crate::{NodeRole, Unix};
 
 /// The label every VM of the cluster carries, and the one naming its role.
 pub const CLUSTER_LABEL: &str = "kubedna.io/cluster";
@@ -46,7 +46,7 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub node: String,
-    pub role: Role,
+    pub role: NodeRole,
     pub signals: String,
     pub started: Unix,
     pub ended: Unix,
@@ -104,7 +104,7 @@ pub trait Kube: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshNode {
     pub name: String,
-    pub role: Role,
+    pub role: NodeRole,
     pub state: MeshState,
 }
 
@@ -115,7 +115,7 @@ pub trait Mesh: Send + Sync {
 
 /// Renders a node's fresh cloud-init (its seed), with the same name and role.
 pub trait Seeds: Send + Sync {
-    fn render(&self, node: &str, role: Role) -> Result<String, String>;
+    fn render(&self, node: &str, role: NodeRole) -> Result<String, String>;
 }
 
 /// The doctor's settings (`doctor:` in agent.yaml, resolved).
@@ -131,7 +131,7 @@ pub struct DoctorConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeReport {
     pub name: String,
-    pub role: Role,
+    pub role: NodeRole,
     pub verdict: crate::verdict::Verdict,
     pub signals: String,
 }
@@ -282,7 +282,7 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
 
     /// Each node's verdict, and the nodes showing a sign of life now (mesh alive or Node Ready).
     fn judge_all(&self, world: &World, term: i64, now: Unix) -> (Vec<NodeView>, BTreeSet<String>) {
-        let mut roles: BTreeMap<String, Role> = BTreeMap::new();
+        let mut roles: BTreeMap<String, NodeRole> = BTreeMap::new();
         let mesh: BTreeMap<String, MeshState> = self
             .mesh
             .nodes()
@@ -297,9 +297,9 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
             names.insert(v.name.clone());
             if let Some(r) = v.labels.get(ROLE_LABEL) {
                 let role = if r == "control-plane" {
-                    Role::ControlPlane
+                    NodeRole::ControlPlane
                 } else {
-                    Role::Worker
+                    NodeRole::Worker
                 };
                 roles.entry(v.name.clone()).or_insert(role);
             }
@@ -345,7 +345,7 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
                 }
                 let s = m.tracker.observe(&name, o, &self.cfg.thresholds, now);
                 NodeView {
-                    role: roles.get(&name).copied().unwrap_or(Role::Worker),
+                    role: roles.get(&name).copied().unwrap_or(NodeRole::Worker),
                     verdict: judge(s, &self.cfg.thresholds, now),
                     signals: describe(s, now),
                     name,
@@ -480,8 +480,8 @@ impl<P: Provider, K: Kube, M: Mesh, R: Seeds, E: DoctorEvents> Doctor<P, K, M, R
             report.in_flight = Some(p.clone());
             let lease = store.lease(&p).await?;
             let members = match p.role {
-                Role::ControlPlane => Some(store.members().await),
-                Role::Worker => None,
+                NodeRole::ControlPlane => Some(store.members().await),
+                NodeRole::Worker => None,
             };
             let members = match members {
                 Some(Ok(m)) => Some(m),

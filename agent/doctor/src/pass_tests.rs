@@ -15,7 +15,7 @@ struct FakeWorld {
     next_id: u64,
     /// Node name → Ready.
     kube: BTreeMap<String, bool>,
-    mesh: BTreeMap<String, (Role, MeshState)>,
+    mesh: BTreeMap<String, (NodeRole, MeshState)>,
     // The store.
     progress: Option<Progress>,
     history: Vec<HistoryEntry>,
@@ -99,9 +99,9 @@ impl Provider for Fake {
         // It boots and joins at once in this fake.
         w.kube.insert(vm.name.clone(), true);
         let role = if vm.labels.get(ROLE_LABEL).map(String::as_str) == Some("worker") {
-            Role::Worker
+            NodeRole::Worker
         } else {
-            Role::ControlPlane
+            NodeRole::ControlPlane
         };
         w.mesh.insert(vm.name.clone(), (role, MeshState::Alive));
         Ok(v)
@@ -146,7 +146,7 @@ impl Mesh for Fake {
 }
 
 impl Seeds for Fake {
-    fn render(&self, node: &str, role: Role) -> Result<String, String> {
+    fn render(&self, node: &str, role: NodeRole) -> Result<String, String> {
         Ok(format!("#cloud-config\n# {node} {role}\n"))
     }
 }
@@ -233,9 +233,9 @@ fn cluster() -> (Shared, TestDoctor, Arc<Collected>) {
     };
     for (i, n) in ["cp-1", "cp-2", "cp-3", "w-1", "w-2"].iter().enumerate() {
         let role = if n.starts_with("cp") {
-            Role::ControlPlane
+            NodeRole::ControlPlane
         } else {
-            Role::Worker
+            NodeRole::Worker
         };
         w.vms.push(Vm {
             id: 100 + i as u64,
@@ -414,7 +414,7 @@ async fn a_resumed_replacement_of_a_node_that_came_back_is_abandoned_unfenced() 
     let t0 = 1_000_000;
     // A replacement of w-1 recorded at the fence by an earlier leader; w-1 is alive and running.
     {
-        let mut p = Progress::start("w-1", Role::Worker, "vm=off for 30s", Some(103), 2, t0);
+        let mut p = Progress::start("w-1", NodeRole::Worker, "vm=off for 30s", Some(103), 2, t0);
         p.step = StepName::Fence;
         w.lock().expect("world").progress = Some(p);
     }

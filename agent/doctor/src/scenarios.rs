@@ -9,16 +9,16 @@ use crate::steps::{Outcome, Step};
 use crate::verdict::{
     describe, judge, MeshState, Observed, ReadyState, Thresholds, Tracker, VmState,
 };
-use crate::{Role, Unix};
+use crate::{NodeRole, Unix};
 
 const NAMES: [&str; 5] = ["cp-1", "cp-2", "cp-3", "w-1", "w-2"];
 const T0: Unix = 1_700_000_000;
 
-fn role(n: &str) -> Role {
+fn role(n: &str) -> NodeRole {
     if n.starts_with("cp") {
-        Role::ControlPlane
+        NodeRole::ControlPlane
     } else {
-        Role::Worker
+        NodeRole::Worker
     }
 }
 
@@ -213,14 +213,14 @@ fn one_powered_off_worker_is_replaced_after_the_provider_threshold() {
         }
     });
     assert!(
-        matches!(d.last(), Some(Decision::Replace { node, role: Role::Worker, signals }) if node == "w-1" && signals.contains("vm=off")),
+        matches!(d.last(), Some(Decision::Replace { node, role: NodeRole::Worker, signals }) if node == "w-1" && signals.contains("vm=off")),
         "{d:?}"
     );
 }
 
 #[test]
 fn a_powered_off_control_plane_loses_its_member_then_a_new_one_is_added() {
-    let mut w = World::powered_off("cp-2", Role::ControlPlane, 11);
+    let mut w = World::powered_off("cp-2", NodeRole::ControlPlane, 11);
     w.run(&[], false);
     let removed = w.log.iter().position(|l| l == "member cp-2 removed");
     let added = w
@@ -266,7 +266,7 @@ fn the_leaders_own_node_is_replaced_by_the_next_leader() {
         "{d:?}"
     );
     // And a replacement left in flight by a leader that died is finished by the next one.
-    let mut w = World::powered_off("w-2", Role::Worker, 11);
+    let mut w = World::powered_off("w-2", NodeRole::Worker, 11);
     let steps = w.run(&[4], false);
     assert!(w.term == 12 && w.creates == 1, "{:?}", w.log);
     assert_eq!(w.outcome, Some(Outcome::Replaced));

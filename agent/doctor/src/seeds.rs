@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use crate::pass::Seeds;
 use crate::provider::hetzner::USER_DATA_MAX;
-use crate::Role;
+use crate::NodeRole;
 
 /// Where the control planes keep the templates (`user-data.<role>.tmpl`).
 pub const TEMPLATE_DIR: &str = "/etc/kubedna/doctor";
@@ -39,7 +39,7 @@ fn dns_label(s: &str) -> bool {
 }
 
 /// The file name of a role's template in [`TEMPLATE_DIR`].
-pub fn template_name(role: Role) -> String {
+pub fn template_name(role: NodeRole) -> String {
     format!("user-data.{role}.tmpl")
 }
 
@@ -88,7 +88,7 @@ pub fn base64(data: &[u8]) -> String {
 }
 
 impl TemplateSeeds {
-    fn template(&self, role: Role) -> Result<String, String> {
+    fn template(&self, role: NodeRole) -> Result<String, String> {
         let path = self.dir.join(template_name(role));
         let template = std::fs::read_to_string(&path).map_err(|e| {
             format!(
@@ -107,7 +107,7 @@ impl TemplateSeeds {
 }
 
 impl Seeds for TemplateSeeds {
-    fn render(&self, node: &str, role: Role) -> Result<String, String> {
+    fn render(&self, node: &str, role: NodeRole) -> Result<String, String> {
         if !dns_label(node) {
             return Err(format!(
                 "{node:?} is not a DNS label; cannot name a VM after it"
@@ -115,10 +115,10 @@ impl Seeds for TemplateSeeds {
         }
         let template = self.template(role)?;
         let mut out = template.replace("{{node_name}}", node);
-        if role == Role::ControlPlane {
+        if role == NodeRole::ControlPlane {
             // The new control plane can lead: it gets the templates, placeholders intact.
             let mut files = Vec::new();
-            for r in [Role::ControlPlane, Role::Worker] {
+            for r in [NodeRole::ControlPlane, NodeRole::Worker] {
                 let t = self.template(r)?;
                 files.push((
                     format!("{TEMPLATE_DIR}/{}", template_name(r)),
@@ -128,7 +128,9 @@ impl Seeds for TemplateSeeds {
             out = embed_files(&out, &files).map_err(|e| {
                 format!(
                     "{}: {e}",
-                    self.dir.join(template_name(Role::ControlPlane)).display()
+                    self.dir
+                        .join(template_name(NodeRole::ControlPlane))
+                        .display()
                 )
             })?;
         }
@@ -163,14 +165,14 @@ mod tests {
             dir: dir.path().to_path_buf(),
         };
         assert_eq!(
-            s.render("w-7", Role::Worker).expect("render"),
+            s.render("w-7", NodeRole::Worker).expect("render"),
             "#cloud-config\nhostname: w-7\n# secret-bearing content\n"
         );
         let e = s
-            .render("cp-2", Role::ControlPlane)
+            .render("cp-2", NodeRole::ControlPlane)
             .expect_err("no placeholder");
         assert!(e.contains("{{node_name}}") && !e.contains("nope"), "{e}");
-        assert!(s.render("W_1", Role::Worker).is_err());
+        assert!(s.render("W_1", NodeRole::Worker).is_err());
         std::fs::write(
             dir.path().join("user-data.worker.tmpl"),
             format!(
@@ -180,14 +182,14 @@ mod tests {
         )
         .expect("write");
         assert!(s
-            .render("w-7", Role::Worker)
+            .render("w-7", NodeRole::Worker)
             .expect_err("too big")
             .contains("32768"));
         let missing = TemplateSeeds {
             dir: dir.path().join("none"),
         };
         assert!(missing
-            .render("w-1", Role::Worker)
+            .render("w-1", NodeRole::Worker)
             .expect_err("missing")
             .contains("kubedna-image seed"));
     }
@@ -217,7 +219,7 @@ mod tests {
         let s = TemplateSeeds {
             dir: dir.path().to_path_buf(),
         };
-        let out = s.render("cp-2", Role::ControlPlane).expect("render");
+        let out = s.render("cp-2", NodeRole::ControlPlane).expect("render");
         assert!(out.starts_with("#cloud-config\nhostname: cp-2\nwrite_files:\n  - path: /etc/kubedna/doctor/user-data.control-plane.tmpl\n"), "{out}");
         assert!(
             out.contains(&format!(
@@ -241,7 +243,7 @@ mod tests {
         // A worker's seed carries no templates; a template without a write_files list cannot
         // carry them and is refused with its file named.
         assert!(!s
-            .render("w-3", Role::Worker)
+            .render("w-3", NodeRole::Worker)
             .expect("worker")
             .contains("b64"));
         std::fs::write(
@@ -249,7 +251,9 @@ mod tests {
             "#cloud-config\nhostname: {{node_name}}\n",
         )
         .expect("write");
-        let e = s.render("cp-2", Role::ControlPlane).expect_err("no list");
+        let e = s
+            .render("cp-2", NodeRole::ControlPlane)
+            .expect_err("no list");
         assert!(
             e.contains("user-data.control-plane.tmpl") && e.contains("write_files"),
             "{e}"

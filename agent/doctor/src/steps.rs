@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::guard::{removal_keeps_quorum, Voter};
 use crate::provider::{Vm, VmStatus};
-use crate::{Role, Unix};
+use crate::{NodeRole, Unix};
 
 /// Where a replacement stands; the step names are recorded in etcd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +40,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub node: String,
-    pub role: Role,
+    pub role: NodeRole,
     /// The signals that judged the node dead, in words.
     pub signals: String,
     /// The VM being replaced (None if the provider already listed none).
@@ -61,7 +61,7 @@ pub struct Progress {
 impl Progress {
     pub fn start(
         node: &str,
-        role: Role,
+        role: NodeRole,
         signals: &str,
         old_vm: Option<u64>,
         term: i64,
@@ -254,8 +254,8 @@ pub fn next_step(p: &Progress, o: &Observation<'_>) -> Step {
 
 fn fence(p: &Progress, o: &Observation<'_>) -> Step {
     let after = match p.role {
-        Role::ControlPlane => StepName::RemoveMember,
-        Role::Worker => StepName::DeleteNode,
+        NodeRole::ControlPlane => StepName::RemoveMember,
+        NodeRole::Worker => StepName::DeleteNode,
     };
     let Some(vms) = o.vms else {
         return wait("the provider could not be asked whether the old VM is off; retrying");
@@ -326,8 +326,8 @@ fn create(p: &Progress, o: &Observation<'_>) -> Step {
 
 fn wait_ready(p: &Progress, o: &Observation<'_>) -> Step {
     let voter = match p.role {
-        Role::Worker => true,
-        Role::ControlPlane => o
+        NodeRole::Worker => true,
+        NodeRole::ControlPlane => o
             .members
             .is_some_and(|ms| ms.iter().any(|m| m.name == p.node && !m.learner)),
     };

@@ -20,7 +20,7 @@ fn member(id: u64, name: &str, healthy: bool, learner: bool) -> Voter {
     }
 }
 
-fn progress(step: StepName, role: Role) -> Progress {
+fn progress(step: StepName, role: NodeRole) -> Progress {
     let mut p = Progress::start("cp-3", role, "vm=off for 30s", Some(103), 7, 1000);
     p.step = step;
     p
@@ -29,7 +29,7 @@ fn progress(step: StepName, role: Role) -> Progress {
 struct Case {
     name: &'static str,
     step: StepName,
-    role: Role,
+    role: NodeRole,
     lease: LeaseView,
     vms: Option<Vec<Vm>>,
     members: Option<Vec<Voter>>,
@@ -51,7 +51,7 @@ fn base(name: &'static str, step: StepName, want: fn(&Step) -> bool) -> Case {
     Case {
         name,
         step,
-        role: Role::ControlPlane,
+        role: NodeRole::ControlPlane,
         lease: LeaseView::Ours,
         vms: Some(vec![vm(103, "cp-3", VmStatus::Off)]),
         members: Some(healthy_cps()),
@@ -126,7 +126,7 @@ fn next_step_by_table() {
             },
         ),
         Case {
-            role: Role::Worker,
+            role: NodeRole::Worker,
             vms: Some(vec![]),
             ..base("gone: a worker goes on to its Node", StepName::Fence, |s| {
                 *s == Step::Advance {
@@ -274,7 +274,7 @@ fn next_step_by_table() {
             })
         },
         Case {
-            role: Role::Worker,
+            role: NodeRole::Worker,
             node: NodeObject::Present { ready: true },
             ..base("a worker needs only Ready", StepName::WaitReady, |s| {
                 *s == Step::Finish {
@@ -381,7 +381,7 @@ fn next_step_by_table() {
 
 #[test]
 fn a_control_plane_replacement_removes_the_member_before_the_new_one_joins() {
-    let mut w = World::powered_off("cp-3", Role::ControlPlane, 7);
+    let mut w = World::powered_off("cp-3", NodeRole::ControlPlane, 7);
     w.run(&[], false);
     assert_eq!(
         w.log,
@@ -406,7 +406,7 @@ fn a_control_plane_replacement_removes_the_member_before_the_new_one_joins() {
 
 #[test]
 fn a_running_worker_is_fenced_first() {
-    let mut w = World::powered_off("w-1", Role::Worker, 7);
+    let mut w = World::powered_off("w-1", NodeRole::Worker, 7);
     w.vms.iter_mut().for_each(|v| v.status = VmStatus::Running);
     w.run(&[], false);
     assert_eq!(w.log[0], "vm 103 powered off");
@@ -419,8 +419,8 @@ fn a_running_worker_is_fenced_first() {
 /// one new VM, the member removed once and the cluster whole, and the model's order checks hold.
 #[test]
 fn a_new_leader_resumes_after_a_crash_between_any_two_actions() {
-    for role in [Role::ControlPlane, Role::Worker] {
-        let node = if role == Role::ControlPlane {
+    for role in [NodeRole::ControlPlane, NodeRole::Worker] {
+        let node = if role == NodeRole::ControlPlane {
             "cp-3"
         } else {
             "w-1"
@@ -437,7 +437,7 @@ fn a_new_leader_resumes_after_a_crash_between_any_two_actions() {
                 assert_eq!(w.creates, 1, "{what}: {:?}", w.log);
                 assert_eq!(w.outcome, Some(Outcome::Replaced), "{what}");
                 assert!(w.term > 7, "{what}: the crash happened");
-                if role == Role::ControlPlane {
+                if role == NodeRole::ControlPlane {
                     assert_eq!(w.members.iter().filter(|m| !m.learner).count(), 3, "{what}");
                     assert_eq!(
                         w.log.iter().filter(|l| l.contains("removed")).count(),
@@ -459,7 +459,7 @@ fn a_new_leader_resumes_after_a_crash_between_any_two_actions() {
 
 #[test]
 fn provider_errors_change_nothing_half_way() {
-    let mut w = World::powered_off("w-1", Role::Worker, 7);
+    let mut w = World::powered_off("w-1", NodeRole::Worker, 7);
     w.vms.iter_mut().for_each(|v| v.status = VmStatus::Running);
     w.provider_down_for = 5;
     let steps = w.run(&[], false);
@@ -483,7 +483,7 @@ fn provider_errors_change_nothing_half_way() {
 
 #[test]
 fn the_step_machine_never_acts_without_the_lease() {
-    let mut w = World::powered_off("cp-3", Role::ControlPlane, 7);
+    let mut w = World::powered_off("cp-3", NodeRole::ControlPlane, 7);
     w.lease = Some(("w-2".into(), 3));
     for _ in 0..5 {
         assert!(matches!(w.pass(), Some(Step::Wait { .. })));

@@ -25,14 +25,5 @@ pub(crate) fn random_u32() -> u32 {
     u32::from_ne_bytes(buf)
 }
 
-/// An error and its sources on one line, `outer: cause: root cause`, for logs and API answers.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+/// An error and its sources on one line (the project's one formatter, re-exported for callers).
+pub use kubedna_proto::error_chain;

@@ -27,19 +27,9 @@ pub use mesh::{
     DownReason, Event, KeyStatus, Liveness, MemberInfo, Mesh, MeshConfig, MeshError,
     RotationStatus, TrafficStats, Transmit,
 };
-pub use meta::{MetaRecord, NodeMeta, NodeState, Role};
+pub use meta::{MetaRecord, NodeMeta, NodeRole, NodeState};
 pub use requests::{AppBody, AppFrame, Incoming, Reply, RequestError, MAX_APP_PAYLOAD};
 pub use secret::{ClusterSecret, SecretError};
 pub use security::{KeyId, KeyRing, KeyRingError, Reject, SecurityCounters};
 
-/// `error: cause: cause` on one line, for logs (no secret is ever part of an error here).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub(crate) use kubedna_proto::error_chain;

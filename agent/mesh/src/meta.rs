@@ -11,14 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::identity::NodeId;
 use crate::security::KeyId;
 
-/// What the node is for in the Kubernetes cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Role {
-    /// Runs etcd and the control plane.
-    ControlPlane,
-    /// Runs workloads.
-    Worker,
-}
+/// What the node is for in the Kubernetes cluster (one type for every crate).
+pub use kubedna_proto::NodeRole;
 
 /// Where the node is in its life (DESIGN.md "The agent's job").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -43,7 +37,7 @@ pub struct NodeMeta {
     /// The node (host) name.
     pub name: String,
     /// Control plane or worker.
-    pub role: Role,
+    pub role: NodeRole,
     /// The node's addresses (the mesh address is the member's identity).
     pub addresses: Vec<IpAddr>,
     /// Version of kubedna-agent.

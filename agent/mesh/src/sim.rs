@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::mesh::{Event, Mesh, MeshConfig};
-use crate::meta::{NodeMeta, NodeState, Role};
+use crate::meta::{NodeMeta, NodeRole, NodeState};
 use crate::requests::{Reply, RequestError};
 use crate::secret::ClusterSecret;
 
@@ -169,9 +169,9 @@ pub fn sim_meta(i: usize) -> NodeMeta {
     NodeMeta {
         name: format!("node-{i}"),
         role: if i < 3 {
-            Role::ControlPlane
+            NodeRole::ControlPlane
         } else {
-            Role::Worker
+            NodeRole::Worker
         },
         addresses: vec![sim_addr(i).ip()],
         agent_version: "0.1.0".into(),

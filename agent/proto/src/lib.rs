@@ -12,6 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 mod cluster;
+mod errors;
+
+pub use errors::error_chain;
 
 pub use cluster::{
     ChainBreak, ClusterAuditNode, ClusterAuditRecord, ClusterAuditResponse, ClusterStatusResponse,
@@ -87,8 +90,10 @@ impl FromStr for Role {
     }
 }
 
-/// What a node is in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What a node is in the cluster: the one node-role type of every crate (the mesh gossips it, the
+/// control-plane engine forms by it, the doctor recreates it, the CLI shows it). JSON spells it
+/// `control-plane` / `worker`; postcard by variant index, so the order must not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeRole {
     ControlPlane,

@@ -79,7 +79,7 @@ pub struct EngineConfig {
     pub cluster: String,
     pub secret: ClusterSecret,
     pub node: String,
-    pub role: Role,
+    pub role: NodeRole,
     /// The expected control-plane set E (`cluster.controlPlanes.members`).
     pub control_planes: Vec<String>,
     /// This node's address for the API server.

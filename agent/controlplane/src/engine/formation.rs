@@ -99,7 +99,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
     /// After a failed duty round: rebuild the long-lived connection from the members that
     /// serve now, so one member refusing connections cannot keep failing this node's calls.
     pub(super) async fn reconnect_after_failure(&self) {
-        if self.cfg().role != Role::ControlPlane || self.coordinator().is_none() {
+        if self.cfg().role != NodeRole::ControlPlane || self.coordinator().is_none() {
             return;
         }
         if let Some(c) = self.connect_serving().await {

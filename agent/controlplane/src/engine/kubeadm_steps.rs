@@ -300,21 +300,23 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             api_server_endpoint: m.api_endpoint.clone(),
             token: m.token.clone(),
             ca_cert_hash: m.ca_cert_hash.clone(),
-            control_plane: (cfg.role == Role::ControlPlane)
+            control_plane: (cfg.role == NodeRole::ControlPlane)
                 .then(|| (cfg.advertise_address.clone(), m.certificate_key.clone())),
         };
-        if cfg.role == Role::ControlPlane {
+        if cfg.role == NodeRole::ControlPlane {
             self.write_kubeadm_etcd_files()?;
         }
         let text = Zeroizing::new(kcfg::render_join(&params));
         self.write_secret_file(JOIN_CONFIG, &text)?;
         let why = match cfg.role {
-            Role::ControlPlane => "a control plane joins the formed cluster under the join lock",
-            Role::Worker => "a worker joins the formed cluster",
+            NodeRole::ControlPlane => {
+                "a control plane joins the formed cluster under the join lock"
+            }
+            NodeRole::Worker => "a worker joins the formed cluster",
         };
         let args = serde_json::json!({
             "apiServerEndpoint": m.api_endpoint,
-            "controlPlane": cfg.role == Role::ControlPlane,
+            "controlPlane": cfg.role == NodeRole::ControlPlane,
         });
         self.actions().started("kubeadm.join", why, args.clone());
         let r = self

@@ -231,7 +231,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
     ) -> Result<Self, EngineError> {
         let node = cfg.node.clone();
         let set = match cfg.role {
-            Role::ControlPlane => Some(
+            NodeRole::ControlPlane => Some(
                 MemberSet::new(&cfg.cluster, &cfg.control_planes)
                     .and_then(|s| {
                         if s.contains(&node) {
@@ -248,7 +248,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                         source,
                     })?,
             ),
-            Role::Worker => None,
+            NodeRole::Worker => None,
         };
         let state_path = state_dir.join(STATE_FILE);
         let persisted = match std::fs::read(&state_path) {
@@ -354,8 +354,8 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
     async fn life(&self) {
         loop {
             let r = match self.cfg().role {
-                Role::ControlPlane => self.form_control_plane().await,
-                Role::Worker => self.form_worker().await,
+                NodeRole::ControlPlane => self.form_control_plane().await,
+                NodeRole::Worker => self.form_worker().await,
             };
             match r {
                 Ok(()) => break,
@@ -367,8 +367,8 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         lock(&self.shared.status).last_error = None;
         loop {
             let r = match self.cfg().role {
-                Role::ControlPlane => self.lead_or_follow().await,
-                Role::Worker => self.follow_leader().await,
+                NodeRole::ControlPlane => self.lead_or_follow().await,
+                NodeRole::Worker => self.follow_leader().await,
             };
             match r {
                 Ok(()) => lock(&self.shared.status).last_error = None,

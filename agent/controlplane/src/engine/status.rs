@@ -38,7 +38,7 @@ pub struct EtcdMemberStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
-    pub role: Role,
+    pub role: NodeRole,
     pub phase: Phase,
     /// What the current phase waits for, if it waits.
     pub waiting_for: Option<String>,

@@ -7,18 +7,13 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // What the daemon provides.
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    ControlPlane,
-    Worker,
-}
+pub use kubedna_proto::NodeRole;
 
 /// A peer the mesh currently considers alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
     pub name: String,
-    pub role: Role,
+    pub role: NodeRole,
     /// The mesh address, for the daemon's own use; the engine addresses peers by name.
     pub addr: Option<String>,
 }

@@ -12,7 +12,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             .peers
             .alive()
             .into_iter()
-            .filter(|p| p.role == Role::ControlPlane)
+            .filter(|p| p.role == NodeRole::ControlPlane)
             .map(|p| p.name)
             .collect();
         cps.sort();

@@ -31,10 +31,7 @@ pub async fn peers(state: &AppState) -> PeersResponse {
             Peer {
                 address: m.id.addr.to_string(),
                 name: meta.map(|x| x.name.clone()),
-                role: meta.map(|x| match x.role {
-                    kubedna_mesh::Role::ControlPlane => kubedna_proto::NodeRole::ControlPlane,
-                    kubedna_mesh::Role::Worker => kubedna_proto::NodeRole::Worker,
-                }),
+                role: meta.map(|x| x.role),
                 state: meta.map(|x| format!("{:?}", x.state).to_lowercase()),
                 liveness: match m.liveness {
                     Liveness::Alive => PeerLiveness::Alive,
