@@ -8,15 +8,14 @@
 
 mod doctor;
 mod rbac;
-mod secret;
 mod spec;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use doctor::DoctorSpec;
+pub use kubedna_proto::ClusterSecret as Secret;
 pub use rbac::{RbacMap, RoleSubjects};
-pub use secret::Secret;
 pub use spec::*;
 
 /// The config file the agent reads unless told otherwise.

@@ -139,13 +139,10 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
             let path = absolute(path);
             spec.cluster.secret_file = Some(path.clone());
             let bytes = read_private_file(&path).map_err(|m| invalid("cluster.secretFile", m))?;
-            check_secret_len(&bytes).map_err(|m| invalid("cluster.secretFile", m))?;
-            Secret::new(bytes)
+            // The inline secret's length was checked when it was parsed.
+            Secret::new(bytes).map_err(|e| invalid("cluster.secretFile", e.to_string()))?
         }
-        (None, Some(inline)) => {
-            check_secret_len(inline.expose()).map_err(|m| invalid("cluster.secret", m))?;
-            inline.clone()
-        }
+        (None, Some(inline)) => inline.clone(),
     };
 
     let node_name = match &spec.node.name {
@@ -337,17 +334,6 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
         socket_gid,
         socket_mode,
     })
-}
-
-fn check_secret_len(bytes: &[u8]) -> Result<(), String> {
-    if bytes.len() < 32 {
-        Err(format!(
-            "the cluster secret has {} bytes: use at least 32 (e.g. `openssl rand -hex 32`)",
-            bytes.len()
-        ))
-    } else {
-        Ok(())
-    }
 }
 
 /// Reads a file that must not be readable by group or others; trims one trailing newline.

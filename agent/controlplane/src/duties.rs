@@ -156,7 +156,7 @@ impl<K: Kubeadm, C: Clock> Duty for JoinMaterialDuty<K, C> {
         let duty = self.name();
         let coord_err = |what| move |source| DutyError::Coord { duty, what, source };
         let now = self.clock.now_unix();
-        let secret = &self.secret.0;
+        let secret = self.secret.expose();
         let why = match term
             .get(JOIN_MATERIAL)
             .await
@@ -187,7 +187,7 @@ impl<K: Kubeadm, C: Clock> JoinMaterialDuty<K, C> {
         let duty = "join-material";
         let coord_err = |what| move |source| DutyError::Coord { duty, what, source };
         let kubeadm_err = |source| DutyError::Kubeadm { duty, source };
-        let secret = &self.secret.0;
+        let secret = self.secret.expose();
         let token = joinmat::new_token();
         let certificate_key = joinmat::certificate_key(secret, &self.cluster);
         let out = self

@@ -503,7 +503,7 @@ impl Cluster {
             std::fs::create_dir_all(&root).expect("mkdir");
             let cfg = EngineConfig {
                 cluster: "lab".into(),
-                secret: ClusterSecret(SECRET.to_vec().into()),
+                secret: ClusterSecret::new(SECRET.to_vec()).expect("a long secret"),
                 node: name.clone(),
                 role,
                 control_planes: cps.clone(),

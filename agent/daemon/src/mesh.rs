@@ -304,13 +304,8 @@ async fn run_start(
     mut stop: watch::Receiver<bool>,
 ) -> Option<JoinHandle<std::io::Result<kubedna_mesh::Mesh>>> {
     let spec = &config.spec.discovery;
-    let secret = match ClusterSecret::new(config.cluster_secret.expose().to_vec()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "the mesh is not started");
-            return None;
-        }
-    };
+    // Its length was checked when the config was read.
+    let secret = config.cluster_secret.clone();
     let saved = load_saved(config.state_dir());
     let mut reported = None::<String>;
     let socket = loop {
@@ -409,10 +404,8 @@ pub fn prepare_rotation(current: &Config, new: &Config) -> Result<Option<SecretR
     if !current.secret_changed(new) {
         return Ok(None);
     }
-    let secret = ClusterSecret::new(new.cluster_secret.expose().to_vec())
-        .map_err(|e| format!("{}: field `cluster.secret`: {e}", new.file.display()))?;
     Ok(Some(SecretRotation {
-        key: kubedna_mesh::security::key_id(&new.spec.cluster.name, &secret),
+        key: kubedna_mesh::security::key_id(&new.spec.cluster.name, &new.cluster_secret),
         grace: Duration::from_secs(new.spec.cluster.secret_grace_seconds),
     }))
 }
@@ -420,10 +413,7 @@ pub fn prepare_rotation(current: &Config, new: &Config) -> Result<Option<SecretR
 /// Installs `new`'s cluster secret into the running mesh's key ring (beacons follow), or, if the
 /// mesh does not run yet, as soon as it does. Never logs the secret: only key ids.
 pub async fn rotate_secret(slot: &MeshSlot, new: &Config, rotation: &SecretRotation) {
-    let Ok(secret) = ClusterSecret::new(new.cluster_secret.expose().to_vec()) else {
-        // prepare_rotation refused this secret already.
-        return;
-    };
+    let secret = new.cluster_secret.clone();
     let handle = {
         let mut pending = slot.pending();
         match slot.get() {

@@ -19,9 +19,8 @@ use std::time::Duration;
 
 use kubedna_config::Config;
 use kubedna_controlplane::engine::{
-    ClusterSecret, Engine, EngineConfig, EngineHandle, EtcdNetwork, Kubeadm, KubeadmError,
-    KubeadmOp, OpRecords, PeerError, PeerInfo, Peers, Request, Response, Status, SystemClock,
-    Timings,
+    Engine, EngineConfig, EngineHandle, EtcdNetwork, Kubeadm, KubeadmError, KubeadmOp, OpRecords,
+    PeerError, PeerInfo, Peers, Request, Response, Status, SystemClock, Timings,
 };
 use kubedna_host::systemd::DbusSystemd;
 use kubedna_mesh::{Liveness, NodeState};
@@ -160,7 +159,7 @@ async fn run(
     let actions = crate::selfaudit::log(audit);
     let cfg = EngineConfig {
         cluster: cluster.clone(),
-        secret: ClusterSecret(config.cluster_secret.expose().to_vec().into()),
+        secret: config.cluster_secret.clone(),
         node: config.node_name.clone(),
         role: config.spec.node.role,
         control_planes: config

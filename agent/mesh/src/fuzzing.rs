@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::mesh::{Mesh, MeshConfig};
-use crate::secret::ClusterSecret;
 use crate::security::{KeyRing, PacketSecurity};
 use crate::sim::{sim_addr, sim_meta};
+use kubedna_proto::ClusterSecret;
 
 const WALL_MS: u64 = 1_800_000_000_000;
 

@@ -16,12 +16,12 @@ pub mod mesh;
 pub mod meta;
 pub mod requests;
 pub mod runtime;
-pub mod secret;
 pub mod security;
 pub mod sim;
 pub mod stream;
 
 pub use identity::NodeId;
+pub use kubedna_proto::{ClusterSecret, SecretError};
 pub use lifeguard::LifeguardConfig;
 pub use mesh::{
     DownReason, Event, KeyStatus, Liveness, MemberInfo, Mesh, MeshConfig, MeshError,
@@ -29,7 +29,6 @@ pub use mesh::{
 };
 pub use meta::{MetaRecord, NodeMeta, NodeRole, NodeState};
 pub use requests::{AppBody, AppFrame, Incoming, Reply, RequestError, MAX_APP_PAYLOAD};
-pub use secret::{ClusterSecret, SecretError};
 pub use security::{KeyId, KeyRing, KeyRingError, Reject, SecurityCounters};
 
 pub(crate) use kubedna_proto::error_chain;

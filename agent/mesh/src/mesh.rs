@@ -42,10 +42,10 @@ use crate::lifeguard::{self, LifeguardConfig, LocalHealth};
 use crate::meta::{MetaRecord, NodeMeta, NodeState};
 pub use crate::requests::{AppBody, AppFrame, Incoming, Reply, RequestError, MAX_APP_PAYLOAD};
 use crate::requests::{Arrival, Requests};
-use crate::secret::ClusterSecret;
 use crate::security::{
     KeyId, KeyRing, KeyRingError, PacketSecurity, Reject, SecurityCounters, OVERHEAD,
 };
+use kubedna_proto::ClusterSecret;
 
 /// A datagram to send. `reliable` marks anti-entropy messages that may exceed one datagram: a
 /// runtime sends those over a stream.

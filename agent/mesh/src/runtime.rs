@@ -24,9 +24,9 @@ use crate::identity::NodeId;
 use crate::mesh::{Event, KeyStatus, MemberInfo, Mesh, MeshConfig, MeshError, MAX_APP_PAYLOAD};
 use crate::meta::NodeState;
 pub use crate::requests::RequestError;
-use crate::secret::ClusterSecret;
 use crate::security::{KeyRing, KeyRingError, SecurityCounters};
 use crate::stream::{self, StreamCounters, StreamStats};
+use kubedna_proto::ClusterSecret;
 
 /// What the daemon can ask of a running mesh.
 #[derive(Debug)]
@@ -590,7 +590,7 @@ mod tests {
     use super::*;
     use crate::sim::sim_meta;
 
-    const SECRET: &[u8] = b"loopback-test-cluster-secret";
+    const SECRET: &[u8] = b"loopback-test-cluster-secret-0123456789";
 
     async fn node(
         i: usize,

@@ -27,7 +27,7 @@ use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::secret::ClusterSecret;
+use kubedna_proto::ClusterSecret;
 
 const MAGIC: &[u8; 4] = b"KDNA";
 const VERSION: u8 = 1;
@@ -500,8 +500,9 @@ fn nonce(boot: &[u8; 16], counter: u64) -> XNonce {
 mod tests {
     use super::*;
 
+    /// A distinct secret per name, padded to the minimum length.
     fn secret(s: &str) -> ClusterSecret {
-        ClusterSecret::new(s.as_bytes().to_vec()).expect("long enough")
+        ClusterSecret::new(format!("{s}-padded-for-the-tests-to-32-bytes")).expect("long enough")
     }
 
     fn node(cluster: &str, s: &str, boot: u8) -> PacketSecurity {

@@ -20,7 +20,7 @@ use rand::{RngExt, SeedableRng};
 use crate::mesh::{Event, Mesh, MeshConfig};
 use crate::meta::{NodeMeta, NodeRole, NodeState};
 use crate::requests::{Reply, RequestError};
-use crate::secret::ClusterSecret;
+use kubedna_proto::ClusterSecret;
 
 /// Wall clock the simulated nodes believe in at virtual time zero (any fixed value works).
 const WALL_START_MS: u64 = 1_800_000_000_000;

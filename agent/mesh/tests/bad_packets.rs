@@ -26,7 +26,8 @@ fn random_bytes_never_panic() {
 
 #[test]
 fn mutated_valid_packets_are_dropped_not_parsed() {
-    let secret = ClusterSecret::new(b"a-cluster-secret-for-tests".to_vec()).expect("long enough");
+    let secret = ClusterSecret::new(b"a-cluster-secret-for-the-bad-packet-tests".to_vec())
+        .expect("long enough");
     let now = Instant::now();
     let wall = 1_800_000_000_000;
     let mut a = Mesh::new(

@@ -164,7 +164,8 @@ fn every_seed_gone_then_back_reannounces() {
 fn key_rotation_without_false_deaths() {
     let mut sim = cluster(10, 17);
     sim.run_for(secs(8));
-    let new = kubedna_mesh::ClusterSecret::new(b"the-next-cluster-secret-42".to_vec()).expect("ok");
+    let new = kubedna_mesh::ClusterSecret::new(b"the-next-cluster-secret-4242424242".to_vec())
+        .expect("ok");
     // Staggered like a real rollout: install everywhere, then promote everywhere, then retire.
     for i in 0..10 {
         sim.with_mesh(i, |m, _| {
@@ -206,7 +207,8 @@ fn key_rotation_without_false_deaths() {
 fn rotate_secret_one_node_at_a_time_without_false_deaths() {
     let mut sim = cluster(10, 21);
     sim.run_for(secs(8));
-    let new = kubedna_mesh::ClusterSecret::new(b"the-next-cluster-secret-42".to_vec()).expect("ok");
+    let new = kubedna_mesh::ClusterSecret::new(b"the-next-cluster-secret-4242424242".to_vec())
+        .expect("ok");
     let grace = secs(60);
     let mut target = None;
     for i in 0..10 {
@@ -272,7 +274,8 @@ fn a_node_without_the_new_key_is_dropped_after_the_grace_period() {
     let mut sim = cluster(3, 22);
     sim.run_for(secs(6));
     assert!(sim.converged());
-    let new = kubedna_mesh::ClusterSecret::new(b"the-next-cluster-secret-42".to_vec()).expect("ok");
+    let new = kubedna_mesh::ClusterSecret::new(b"the-next-cluster-secret-4242424242".to_vec())
+        .expect("ok");
     let grace = secs(10);
     for i in 0..2 {
         sim.with_mesh(i, |m, now| {

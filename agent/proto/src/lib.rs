@@ -4,6 +4,10 @@
 //!
 //! The API is HTTP/1.1 with JSON bodies on a Unix socket, versioned by the first path segment
 //! (`/v1/...`). Compatible additions add optional fields; anything else gets a new version.
+//!
+//! It is also the project's one vocabulary, so no crate keeps its own copy: [`NodeRole`], the
+//! error-chain display [`error_chain`], and, behind the `secret` feature that the CLI does not
+//! enable, the cluster secret (`ClusterSecret`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,8 +17,12 @@ use serde::{Deserialize, Serialize};
 
 mod cluster;
 mod errors;
+#[cfg(feature = "secret")]
+mod secret;
 
 pub use errors::error_chain;
+#[cfg(feature = "secret")]
+pub use secret::{ClusterSecret, SecretError, MIN_SECRET_LEN};
 
 pub use cluster::{
     ChainBreak, ClusterAuditNode, ClusterAuditRecord, ClusterAuditResponse, ClusterStatusResponse,

@@ -44,15 +44,8 @@ pub enum EtcdNetwork {
     Explicit(BTreeMap<String, MemberUrls>),
 }
 
-/// The secret, never shown by Debug.
-#[derive(Clone)]
-pub struct ClusterSecret(pub Zeroizing<Vec<u8>>);
-
-impl std::fmt::Debug for ClusterSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClusterSecret([redacted])")
-    }
-}
+/// The cluster secret (one type for every crate: never shown, zeroed on drop).
+pub use kubedna_proto::ClusterSecret;
 
 #[derive(Debug, Clone)]
 pub struct Timings {

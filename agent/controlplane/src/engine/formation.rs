@@ -37,7 +37,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             node: self.node(),
             source,
         };
-        let ca = EtcdCa::derive(&self.cfg().cluster, &self.cfg().secret.0).map_err(err)?;
+        let ca = EtcdCa::derive(&self.cfg().cluster, self.cfg().secret.expose()).map_err(err)?;
         let set = self.set();
         let (_, adv) = self.cfg().urls(set, &self.cfg().node);
         let mut names = vec![format!(

@@ -196,7 +196,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         let params = cluster_params(cfg, self.set());
         self.write_kubeadm_etcd_files()?;
         let token = joinmat::new_token();
-        let key = joinmat::certificate_key(&cfg.secret.0, &cfg.cluster);
+        let key = joinmat::certificate_key(cfg.secret.expose(), &cfg.cluster);
         let text = Zeroizing::new(kcfg::render_init(&params, &token, &key));
         self.write_secret_file(INIT_CONFIG, &text)?;
         let why = "this control plane holds the cluster's one init claim in etcd";
@@ -240,13 +240,12 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 .await
                 .map_err(self.coord_err("cannot read the join material"))?;
             if let Some(sealed) = sealed {
-                return joinmat::open(&self.cfg().secret.0, &self.cfg().cluster, &sealed).map_err(
-                    |source| EngineError::JoinMaterial {
+                return joinmat::open(self.cfg().secret.expose(), &self.cfg().cluster, &sealed)
+                    .map_err(|source| EngineError::JoinMaterial {
                         node: self.node(),
                         from: "etcd".into(),
                         source,
-                    },
-                );
+                    });
             }
             self.clock.sleep(self.cfg().timings.poll).await;
         }

@@ -30,7 +30,7 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
                 if let Ok(Response::JoinMaterial { sealed, leader }) =
                     self.peers.ask(&cp, Request::JoinMaterial).await
                 {
-                    let m = joinmat::open(&self.cfg().secret.0, &self.cfg().cluster, &sealed)
+                    let m = joinmat::open(self.cfg().secret.expose(), &self.cfg().cluster, &sealed)
                         .map_err(|source| EngineError::JoinMaterial {
                             node: self.node(),
                             from: cp.clone(),

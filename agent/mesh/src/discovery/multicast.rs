@@ -21,8 +21,8 @@ use tokio::time::Instant;
 
 use super::{pause, DiscoveryError};
 use crate::runtime::MeshHandle;
-use crate::secret::ClusterSecret;
 use crate::security::{KeyRing, PacketSecurity, Reject, SecurityCounters};
+use kubedna_proto::ClusterSecret;
 
 /// Beacon interval while the node has no peers: uniformly 1 to 2 s.
 pub const ALONE_INTERVAL: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(2));
