@@ -330,6 +330,19 @@ fn five_real_kubernetes_nodes_form_ready_fail_over_and_survive_a_reinstall() {
             (s.to - s.from) as f64 / 1e6
         );
     }
+    let mut cp_joins: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.op == "join" && CONTROL_PLANES.contains(&s.node))
+        .collect();
+    cp_joins.sort_by_key(|s| s.from);
+    for w in cp_joins.windows(2) {
+        println!(
+            "K8S FIGURE {}'s join began {:.1} s after {}'s ended",
+            w[1].node,
+            (w[1].from - w[0].to) as f64 / 1e6,
+            w[0].node
+        );
+    }
     let (leader, term) = common_leader(&lab, &NODES);
     assert!(CONTROL_PLANES.contains(&leader.as_str()), "leader {leader}");
     println!("K8S FIGURE init on {init_node}; leader {leader} (term {term})");

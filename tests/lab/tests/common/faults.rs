@@ -175,6 +175,19 @@ pub fn crash_etcd_members_during_join(
         &format!("systemctl kill --signal=SIGSTOP {unit}"),
     );
     let held = Instant::now();
+    // The lock is what keeps the next join out: a waiter must be there for the check to bite.
+    let waiters: Vec<&str> = joiners.iter().copied().filter(|n| *n != node).collect();
+    await_views(
+        lab,
+        &waiters,
+        &format!("the other control planes wait for the join lock {node} holds"),
+        Duration::from_secs(60),
+        |_, v| {
+            v.waiting_for
+                .as_deref()
+                .is_some_and(|w| w.contains("join lock"))
+        },
+    );
     for cp in CONTROL_PLANES {
         await_etcd_healthy(
             lab,
