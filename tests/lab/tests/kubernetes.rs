@@ -336,10 +336,21 @@ fn five_real_kubernetes_nodes_form_ready_fail_over_and_survive_a_reinstall() {
         .collect();
     cp_joins.sort_by_key(|s| s.from);
     for w in cp_joins.windows(2) {
+        let gap = Duration::from_micros(w[1].from - w[0].to);
         println!(
             "K8S FIGURE {}'s join began {:.1} s after {}'s ended",
             w[1].node,
-            (w[1].from - w[0].to) as f64 / 1e6,
+            gap.as_secs_f64(),
+            w[0].node
+        );
+        // A lock given back at once is taken at the waiter's next poll; one left to lapse (its
+        // revoke lost to a restarted etcd member) keeps the waiter out until the lease expires,
+        // at least 2/3 of the TTL after the holder's last renewal.
+        assert!(
+            gap < LEASE_TTL * 2 / 3,
+            "{}'s join began {gap:?} after {}'s ended: the join lock was not given back \
+             (it lapsed with its lease); read the first joiner's agent journal",
+            w[1].node,
             w[0].node
         );
     }

@@ -91,26 +91,29 @@ pub fn kill_agent_while_running(
 }
 
 /// The agent is killed right after `kubeadm init` exits 0, before it can record the success:
-/// once the init node's API server answers `/readyz` (kubeadm's last phases follow: a few
-/// seconds of API calls), its agent is frozen (SIGSTOP); the init unit is awaited to its end and
-/// kubeadm's own success marker checked; then the frozen agent, which never saw the exit, is
-/// killed (SIGKILL; systemd restarts it). Returns the node, the unit and how long the agent was
-/// frozen. Fails, saying so, if the init ended before the freeze or the agent's watchdog fired.
+/// once the init node's kube-apiserver runs (kubeadm then waits for it and makes its last API
+/// calls: seconds; the API answering `/readyz` proved too late to catch) and the API name
+/// points at the node itself (the agent writes that entry; kubeadm needs it), its agent is
+/// frozen (SIGSTOP); the init unit is awaited to its end and kubeadm's own success marker
+/// checked; then the frozen agent, which never saw the exit, is killed (SIGKILL; systemd
+/// restarts it). Returns the node, the unit and how long the agent was frozen. Fails, saying
+/// so, if the init ended before the freeze or the agent's watchdog fired.
 pub fn kill_agent_right_after_init(
     lab: &Lab,
     within: Duration,
 ) -> (&'static str, String, Duration) {
     let (node, unit) = poll(
-        "a kubeadm init unit on a control plane whose API server answers /readyz",
+        "a kubeadm init unit on a control plane whose kube-apiserver runs, the API name on itself",
         within,
         || {
             let (node, unit) = running_unit(lab, &CONTROL_PLANES, "kubedna-kubeadm-init-")?;
+            let own = lab.node(node).ok()?.address.to_string();
             let (ok, out) = sh(
                 lab,
                 node,
-                "kubectl --kubeconfig /etc/kubernetes/admin.conf --request-timeout=5s get --raw /readyz",
+                "pgrep -x kube-apiserver >/dev/null && awk '$2 ~ /^api[.]/ {print $1}' /etc/hosts",
             );
-            (ok && out.trim() == "ok").then_some((node, unit))
+            (ok && out.trim() == own).then_some((node, unit))
         },
         || diagnose_all(lab, &CONTROL_PLANES),
     );
