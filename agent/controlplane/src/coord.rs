@@ -81,6 +81,7 @@ pub struct Leadership {
     pub node: String,
     pub term: i64,
     pub lease: i64,
+    ttl: Duration,
     lost: watch::Receiver<bool>,
     renew: JoinHandle<()>,
 }
@@ -438,6 +439,7 @@ impl Coordinator {
             node: node.into(),
             term,
             lease,
+            ttl,
             lost,
             renew,
         }
@@ -463,14 +465,30 @@ impl Coordinator {
     }
 
     /// Gives up leadership at once.
+    ///
+    /// The revoke is retried until the lease's TTL would have run out anyway: after an etcd
+    /// member restarts, the client's first call to it fails before it reconnects, and a revoke
+    /// given up on that error left the key held for a whole TTL (seen in the lab: the next
+    /// control-plane join waited 15 s for a lock whose holder had finished). A lease etcd no
+    /// longer knows is already given back.
     pub async fn resign(&self, leadership: Leadership) -> Result<(), CoordError> {
         leadership.renew.abort();
-        self.client
-            .lease_client()
-            .revoke(leadership.lease)
-            .await
-            .map_err(self.err("cannot revoke the lease"))?;
-        Ok(())
+        let deadline = tokio::time::Instant::now() + leadership.ttl;
+        let retry = Duration::from_millis((leadership.ttl.as_millis() / 20).max(50) as u64);
+        loop {
+            match self.client.lease_client().revoke(leadership.lease).await {
+                Ok(_) => return Ok(()),
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.message().contains("lease not found") =>
+                {
+                    return Ok(())
+                }
+                Err(e) if tokio::time::Instant::now() + retry >= deadline => {
+                    return Err(self.err("cannot revoke the lease")(e))
+                }
+                Err(_) => tokio::time::sleep(retry).await,
+            }
+        }
     }
 
     /// Waits until no node leads (the leader key is absent or deleted).

@@ -130,3 +130,69 @@ async fn control_planes_join_one_at_a_time_and_quorum_is_never_dropped() {
         kubedna_controlplane::coord::InitDecision::Won { .. }
     ));
 }
+
+/// A join lock held while every member of a three-member etcd crashed and restarted in turn is
+/// kept (its keep-alive retries on a fresh stream) and given back at once by `resign`: the next
+/// joiner takes it well within the TTL. Seen in the lab before the fix: the client's first call
+/// to a restarted member fails, the revoke was given up on that error, and the next
+/// control-plane join waited a whole TTL for a lock whose holder had finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_lock_survives_member_crashes_and_is_given_back_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut members: Vec<EtcdMember> = ["cp-1", "cp-2", "cp-3"]
+        .iter()
+        .map(|n| EtcdMember::plan(n, dir.path(), "http"))
+        .collect();
+    let initial = members
+        .iter()
+        .map(EtcdMember::initial)
+        .collect::<Vec<_>>()
+        .join(",");
+    // Each start returns once its member serves, which takes a quorum: start them together.
+    std::thread::scope(|s| {
+        for m in members.iter_mut() {
+            let initial = &initial;
+            s.spawn(move || m.start(initial, "new", &[]));
+        }
+    });
+    let urls: Vec<String> = members.iter().map(|m| m.client_url.clone()).collect();
+    let holder = Coordinator::connect(&urls, "lab").await.expect("connect");
+    let ttl = Duration::from_secs(10);
+    let lock = holder
+        .acquire("join", "cp-2", ttl)
+        .await
+        .expect("acquire")
+        .expect("the lock is free");
+    for m in members.iter_mut() {
+        tokio::task::block_in_place(|| {
+            m.kill();
+            m.start(&initial, "new", &[]);
+        });
+    }
+    assert!(
+        !lock.is_lost(),
+        "the lock was lost to member crashes, quorum kept"
+    );
+    let next = Coordinator::connect(&urls, "lab").await.expect("connect");
+    assert!(
+        next.acquire("join", "cp-3", ttl)
+            .await
+            .ok()
+            .flatten()
+            .is_none(),
+        "the lock must still be held before it is given back"
+    );
+    let resigned = Instant::now();
+    holder.resign(lock).await.expect("resign");
+    loop {
+        if let Ok(Some(_)) = next.acquire("join", "cp-3", ttl).await {
+            break;
+        }
+        assert!(
+            resigned.elapsed() < ttl / 2,
+            "the next joiner waited {:?} for a lock given back",
+            resigned.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -552,7 +552,11 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             lock(&self.shared.status).init_recorded = true;
         }
         if let Some(l) = join_lock {
-            let _ = coord.resign(l).await;
+            // Not fatal: the lock's lease then runs out by itself within its TTL.
+            if let Err(e) = coord.resign(l).await {
+                tracing::warn!(node = %self.cfg().node, error = %kubedna_host::error_chain(&e),
+                    "cannot give the join lock back; it lapses with its lease");
+            }
         }
         if p.join_lease.take().is_some() {
             self.persist(&p)?;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a part of these helpers")]
 
+pub mod faults;
+
 use std::time::{Duration, Instant};
 
 use kubedna_lab::lab::{self, Lab};
