@@ -337,7 +337,9 @@ pub fn write_pxe(
 
 /// The iPXE script. `base-url` (where this directory is served) and `seed-url` (a NoCloud seed
 /// directory served over HTTP, with trailing slash) are iPXE settings, so one script serves
-/// every node: set them in the DHCP options or the chainloading script.
+/// every node: set them in the DHCP options or the chainloading script. The seed is fetched
+/// once before the kernel: a machine whose MAC has no seed (the server refuses it) stops here
+/// with a message on its console, instead of booting a node that can never join.
 pub fn ipxe_script(boot_args: &str) -> String {
     format!(
         "#!ipxe\n\
@@ -345,9 +347,15 @@ pub fn ipxe_script(boot_args: &str) -> String {
          # seed-url (this node's NoCloud seed directory, trailing slash) before chaining here.\n\
          isset ${{base-url}} || set base-url http://${{next-server}}/kubedna\n\
          isset ${{seed-url}} || set seed-url ${{base-url}}/seed/${{mac:hexhyp}}/\n\
+         imgfetch --name kubedna-seed-check ${{seed-url}}meta-data || goto no_seed\n\
+         imgfree kubedna-seed-check\n\
          kernel ${{base-url}}/vmlinuz initrd=initrd.img {boot_args} ip=dhcp ds=nocloud-net;s=${{seed-url}} console=tty0 console=ttyS0,115200n8\n\
          initrd ${{base-url}}/initrd.img\n\
-         boot\n"
+         boot\n\
+         :no_seed\n\
+         echo KubeDNA: no seed for MAC ${{mac:hexhyp}} at ${{seed-url}}: not booting.\n\
+         echo Add this machine to the cluster description (nodes[].mac) and rerun kubedna-image seed --pxe-dir.\n\
+         exit 1\n"
     )
 }
 
@@ -371,5 +379,10 @@ mod tests {
         assert!(s.contains("fetch=${base-url}/root.squashfs"));
         assert!(s.contains("ds=nocloud-net;s=${seed-url}"));
         assert!(s.contains("initrd ${base-url}/initrd.img"));
+        // The seed is checked before the kernel is fetched; no seed, no boot.
+        let check = s.find("imgfetch").expect("seed check");
+        assert!(check < s.find("kernel ").expect("kernel"));
+        assert!(s.contains("|| goto no_seed\n"));
+        assert!(s.contains("\n:no_seed\n"));
     }
 }

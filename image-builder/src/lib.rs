@@ -14,3 +14,4 @@ pub mod disk;
 pub mod oci;
 pub mod seed;
 pub mod seed_doctor;
+pub mod seed_pxe;
