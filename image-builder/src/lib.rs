@@ -11,6 +11,7 @@ pub mod base;
 pub mod build;
 pub mod cmd;
 pub mod disk;
+pub mod install;
 pub mod oci;
 pub mod seed;
 pub mod seed_doctor;
