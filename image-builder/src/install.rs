@@ -8,9 +8,11 @@
 //! destructive install needs an explicit word on the kernel command line (`autoinstall`), here
 //! `kubedna.install=DISK` and, to overwrite, `kubedna.install.wipe=1`.
 //!
-//! This module decides only; it never opens a disk. NOT YET WIRED: the installer that acts on
-//! [`Step`] (writing the `disk` output's GPT layout to the device, growing the root, keeping the
-//! seed, setting the UEFI boot order) is still to be written (docs/image.md, "PXE").
+//! This module decides only; it never opens a disk. It is the specification of the installer
+//! the image ships (`image-builder/layer/usr/lib/kubedna/kubedna-install`, a shell script run
+//! in the live system, where no Rust binary of ours exists yet), which implements the same
+//! rules step by step; the lab test (`tests/lab/tests/pxe.rs`) checks them on a real machine.
+//! Change both together.
 
 /// What the kernel command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,9 +10,13 @@
 //! user network (`guestfwd=tcp:10.0.2.100:80-cmd:`): it listens on no host socket, and the
 //! network is `restrict=on`, so nothing the guest sends leaves qemu.
 //!
-//! Two machines, one after the other: a MAC nobody described is refused at `boot.ipxe` (the
-//! server answers 403, no kernel is fetched, no seed is served); the described one boots to
-//! its agent's ready line, with figures per stage. Needs qemu-system-x86_64, OVMF, ipxe-qemu
+//! Four machines, one after the other: a MAC nobody described is refused at `boot.ipxe` (the
+//! server answers 403, no kernel is fetched, no seed is served); a described one boots live to
+//! its agent, with figures per stage; one told to install itself (`install-disk` in the site
+//! script) but served an `esp.img` one byte off its pin refuses and powers off with its blank
+//! disk never written; the same machine served the real image installs to its disk (first in
+//! the boot order), reboots from it without asking the PXE server for anything, and its agent
+//! starts from the kept seed. Needs qemu-system-x86_64, OVMF, ipxe-qemu
 //! and an image directory with pxe/ (`kubedna-image build --outputs ...,pxe`):
 //! `KUBEDNA_LAB_PXE_IMAGE`, else `KUBEDNA_LAB_IMAGE`. A TCG boot takes minutes.
 //! `KUBEDNA_LAB_PXE_COMPARE=1` adds the baseline of docs/benchmarks.md: the same machine
@@ -32,6 +36,17 @@ const IPXE_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 const SERVER: &str = "10.0.2.100";
 const KNOWN_MAC: &str = "52:54:00:64:00:0b";
 const UNKNOWN_MAC: &str = "52:54:00:64:00:99";
+/// The machine the site script tells to install itself (`install-disk /dev/vda`).
+const INSTALL_MAC: &str = "52:54:00:64:00:0c";
+const INSTALL_HEXHYP: &str = "52-54-00-64-00-0c";
+/// esp.img is there when the image has the disk output too: what the installer writes.
+const PXE_FILES: [&str; 5] = [
+    "vmlinuz",
+    "initrd.img",
+    "root.squashfs",
+    "boot.ipxe",
+    "esp.img",
+];
 /// TCG boot to agent ready took about 3 min idle (docs/benchmarks.md); room for a loaded host.
 const BOOT: Duration = Duration::from_secs(900);
 
@@ -40,7 +55,7 @@ fn image() -> PathBuf {
         .or_else(|| std::env::var_os("KUBEDNA_LAB_IMAGE"))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/kubedna-ci/image"));
-    for f in ["vmlinuz", "initrd.img", "root.squashfs", "boot.ipxe"] {
+    for f in PXE_FILES {
         assert!(
             dir.join("pxe").join(f).is_file(),
             "{} has no pxe/{f}: build the image with `kubedna-image build --outputs tar,disk,pxe` \
@@ -63,7 +78,20 @@ struct Vm {
 impl Vm {
     /// Boots a blank UEFI machine whose only boot device is the virtio NIC's iPXE.
     fn netboot(dir: &Path, name: &str, mac: &str, www: &Path, tftp: &Path) -> Vm {
-        Vm::boot(dir, name, mac, www, tftp, None)
+        Vm::boot(dir, name, mac, www, tftp, None, None)
+    }
+
+    /// A blank machine with a local disk: the firmware tries the disk first (bootindex 1), the
+    /// NIC second, as a datacenter machine that installs itself is set up.
+    fn netboot_with_disk(
+        dir: &Path,
+        name: &str,
+        mac: &str,
+        www: &Path,
+        tftp: &Path,
+        disk: &Path,
+    ) -> Vm {
+        Vm::boot(dir, name, mac, www, tftp, None, Some(disk))
     }
 
     /// Boots with `direct = Some(kernel command line)`: qemu is handed `www/kubedna/vmlinuz`
@@ -75,6 +103,7 @@ impl Vm {
         www: &Path,
         tftp: &Path,
         direct: Option<&str>,
+        disk: Option<&Path>,
     ) -> Vm {
         let vars = dir.join(format!("{name}-OVMF_VARS.fd"));
         std::fs::copy(OVMF_VARS, &vars).expect("OVMF vars");
@@ -88,6 +117,16 @@ impl Vm {
         );
         let stderr = std::fs::File::create(dir.join(format!("{name}-qemu.log"))).expect("log");
         let mut qemu = Command::new("qemu-system-x86_64");
+        let mut nic_boot = String::new();
+        if let Some(disk) = disk {
+            qemu.arg("-drive")
+                .arg(format!(
+                    "if=none,id=d0,format=qcow2,file={}",
+                    disk.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=d0,bootindex=1"]);
+            nic_boot = ",bootindex=2".into();
+        }
         if let Some(append) = direct {
             qemu.arg("-kernel")
                 .arg(www.join("kubedna/vmlinuz"))
@@ -112,7 +151,7 @@ impl Vm {
             .args(["-netdev", &netdev])
             .arg("-device")
             .arg(format!(
-                "virtio-net-pci,netdev=n0,mac={mac},romfile={IPXE_ROM}"
+                "virtio-net-pci,netdev=n0,mac={mac},romfile={IPXE_ROM}{nic_boot}"
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -217,7 +256,7 @@ fn link_or_copy(from: &Path, to: &Path) {
 }
 
 #[test]
-fn blank_machines_network_boot_through_ipxe_and_only_a_described_mac_gets_a_seed() {
+fn blank_machines_network_boot_install_to_disk_and_only_a_described_mac_gets_a_seed() {
     let image = image();
     for f in [IPXE_ROM, OVMF_CODE, OVMF_VARS] {
         assert!(
@@ -236,15 +275,20 @@ fn blank_machines_network_boot_through_ipxe_and_only_a_described_mac_gets_a_seed
     let www = dir.join("www");
     let served = www.join("kubedna");
     std::fs::create_dir_all(&served).expect("mkdir");
-    for f in ["vmlinuz", "initrd.img", "root.squashfs", "boot.ipxe"] {
+    for f in PXE_FILES {
         link_or_copy(&image.join("pxe").join(f), &served.join(f));
     }
-    // The site's boot file (DHCP option 67, over TFTP): where this site serves KubeDNA.
+    // The site's boot file (DHCP option 67, over TFTP): where this site serves KubeDNA, and
+    // which machine installs itself to its disk.
     let tftp = dir.join("tftp");
     std::fs::create_dir_all(&tftp).expect("mkdir");
     std::fs::write(
         tftp.join("kubedna.ipxe"),
-        format!("#!ipxe\nset base-url http://{SERVER}/kubedna\nchain ${{base-url}}/boot.ipxe\n"),
+        format!(
+            "#!ipxe\nset base-url http://{SERVER}/kubedna\n\
+             iseq ${{mac:hexhyp}} {INSTALL_HEXHYP} || goto chain\nset install-disk /dev/vda\n\
+             :chain\nchain ${{base-url}}/boot.ipxe\n"
+        ),
     )
     .expect("kubedna.ipxe");
     // Seeds for the whole cluster, by MAC.
@@ -255,7 +299,8 @@ fn blank_machines_network_boot_through_ipxe_and_only_a_described_mac_gets_a_seed
             "apiVersion: kubedna.io/v1alpha1\nkind: ClusterSeed\nname: x-pxe\n\
              secretFile: cluster-secret\nnodes:\n  \
              - name: cp-1\n    role: control-plane\n    mac: 52:54:00:64:00:0a\n  \
-             - name: pxe-w1\n    role: worker\n    mac: {KNOWN_MAC}\n"
+             - name: pxe-w1\n    role: worker\n    mac: {KNOWN_MAC}\n  \
+             - name: pxe-w2\n    role: worker\n    mac: {INSTALL_MAC}\n"
         ),
     )
     .expect("cluster.yaml");
@@ -276,7 +321,7 @@ fn blank_machines_network_boot_through_ipxe_and_only_a_described_mac_gets_a_seed
         "kubedna-image seed --pxe-dir: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    for mac in ["52-54-00-64-00-0a", "52-54-00-64-00-0b"] {
+    for mac in ["52-54-00-64-00-0a", "52-54-00-64-00-0b", INSTALL_HEXHYP] {
         assert!(
             served.join("seed").join(mac).join("user-data").is_file(),
             "{mac}"
@@ -343,6 +388,154 @@ fn blank_machines_network_boot_through_ipxe_and_only_a_described_mac_gets_a_seed
         !log.contains("52-54-00-64-00-0a"),
         "a machine read another machine's seed: {log}"
     );
+
+    tampered_image_stops_the_install_before_the_disk_is_touched(dir, &www, &tftp);
+    installs_to_disk_and_boots_from_it(dir, &www, &tftp);
+}
+
+/// A blank 8 GiB disk image.
+fn blank_disk(path: &Path) {
+    let o = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg("8G")
+        .output()
+        .expect("qemu-img");
+    assert!(
+        o.status.success(),
+        "qemu-img create: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Whether nothing was ever written to the disk image (every extent unallocated).
+fn never_written(path: &Path) -> bool {
+    let o = Command::new("qemu-img")
+        .args(["map", "--output=json"])
+        .arg(path)
+        .output()
+        .expect("qemu-img map");
+    let map: serde_json::Value = serde_json::from_slice(&o.stdout).expect("qemu-img map json");
+    map.as_array()
+        .expect("extents")
+        .iter()
+        .all(|e| e["data"] == serde_json::Value::Bool(false))
+}
+
+/// The served ESP differs by one byte from the one boot.ipxe pins: the installer refuses, the
+/// machine powers off, the disk was never written.
+fn tampered_image_stops_the_install_before_the_disk_is_touched(
+    dir: &Path,
+    www: &Path,
+    tftp: &Path,
+) {
+    let bad = dir.join("www-tampered");
+    let served = bad.join("kubedna");
+    std::fs::create_dir_all(&served).expect("mkdir");
+    for f in PXE_FILES {
+        if f != "esp.img" {
+            link_or_copy(&www.join("kubedna").join(f), &served.join(f));
+        }
+    }
+    let mut esp = std::fs::read(www.join("kubedna/esp.img")).expect("esp.img");
+    esp[4096] ^= 0x01;
+    std::fs::write(served.join("esp.img"), esp).expect("tampered esp.img");
+    let seed = served.join("seed").join(INSTALL_HEXHYP);
+    std::fs::create_dir_all(&seed).expect("mkdir");
+    for f in ["meta-data", "user-data"] {
+        std::fs::copy(
+            www.join("kubedna/seed").join(INSTALL_HEXHYP).join(f),
+            seed.join(f),
+        )
+        .expect("seed");
+    }
+    let disk = dir.join("tampered-disk.qcow2");
+    blank_disk(&disk);
+    let mut vm = Vm::netboot_with_disk(dir, "tampered", INSTALL_MAC, &bad, tftp, &disk);
+    let t = vm.wait_for(
+        &[
+            (
+                "root.squashfs checked",
+                "kubedna-install: root.squashfs: SHA-256 matches its pin",
+            ),
+            ("refusal", "kubedna-install: REFUSED: esp.img: SHA-256"),
+            ("power off", "reboot: Power down"),
+        ],
+        BOOT,
+    );
+    eprintln!(
+        "FIGURE tampered esp.img refused after {:.1} s wall, powered off at {:.1} s",
+        t[1].as_secs_f64(),
+        t[2].as_secs_f64()
+    );
+    drop(vm);
+    assert!(
+        never_written(&disk),
+        "the tampered install wrote to {}",
+        disk.display()
+    );
+}
+
+/// The described machine with `install-disk`: network boot, install, reboot, and from then on
+/// its disk (first in the boot order) boots it; the PXE server sees no request after the
+/// reboot. The second boot reaches the agent without installing again.
+fn installs_to_disk_and_boots_from_it(dir: &Path, www: &Path, tftp: &Path) {
+    let disk = dir.join("pxe-w2-disk.qcow2");
+    blank_disk(&disk);
+    let mut vm = Vm::netboot_with_disk(dir, "pxe-w2", INSTALL_MAC, www, tftp, &disk);
+    let install = [
+        ("network boot: kernel over HTTP", "/kubedna/vmlinuz... ok"),
+        (
+            "pins checked",
+            "kubedna-install: esp.img: SHA-256 matches its pin",
+        ),
+        ("install started", "kubedna-install: installing to /dev/vda"),
+        (
+            "installed, rebooting",
+            "kubedna-install: installed to /dev/vda; rebooting from it",
+        ),
+    ];
+    let t1 = vm.wait_for(&install, BOOT);
+    let requests_at_reboot = std::fs::read_to_string(dir.join("pxe-w2-server.log"))
+        .expect("server log")
+        .lines()
+        .count();
+    let from_disk = [
+        ("booted from its disk", "root=PARTUUID="),
+        ("hostname from its kept seed", "pxe-w2 login:"),
+        ("agent ready", "Started kubedna-agent.service"),
+    ];
+    let t2 = vm.wait_for(&from_disk, 2 * BOOT);
+    drop(vm);
+    let console = std::fs::read_to_string(dir.join("pxe-w2-console.log")).expect("console");
+    let after = &console[console.find("rebooting from it").expect("reboot line")..];
+    assert!(
+        !after.contains("kubedna-install: installing"),
+        "installed twice"
+    );
+    assert!(
+        !after.contains("boot=live"),
+        "the second boot was a network boot"
+    );
+    let requests = std::fs::read_to_string(dir.join("pxe-w2-server.log")).expect("server log");
+    assert_eq!(
+        requests.lines().count(),
+        requests_at_reboot,
+        "the PXE server was asked for something after the install: {requests}"
+    );
+    let (network, installed) = (t1[0], t1[3]);
+    let ready = t2[2];
+    eprintln!(
+        "FIGURE install: network boot (kernel fetched) {:.1} s, install done {:.1} s (install \
+         {:.1} s after the pins were checked at {:.1} s), agent ready from disk {:.1} s (first \
+         disk boot {:.1} s)",
+        network.as_secs_f64(),
+        installed.as_secs_f64(),
+        (installed - t1[1]).as_secs_f64(),
+        t1[1].as_secs_f64(),
+        ready.as_secs_f64(),
+        (ready - installed).as_secs_f64()
+    );
 }
 
 /// The baseline of docs/benchmarks.md: the same machine booted the old way, qemu handed the
@@ -362,7 +555,7 @@ fn compare_with_direct_kernel_boot(dir: &Path, www: &Path, tftp: &Path, netboot:
         .join(" ")
         .replace("${seed-url}", &format!("{base}/seed/52-54-00-64-00-0b/"))
         .replace("${base-url}", &base);
-    let mut vm = Vm::boot(dir, "direct", KNOWN_MAC, www, tftp, Some(&append));
+    let mut vm = Vm::boot(dir, "direct", KNOWN_MAC, www, tftp, Some(&append), None);
     let t = vm.wait_for(&[("agent ready", "Started kubedna-agent.service")], BOOT)[0];
     eprintln!(
         "FIGURE direct kernel boot (baseline): agent ready after {:.1} s wall; network boot / \
