@@ -406,6 +406,17 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
         }
         if opts.outputs.pxe {
             progress.step("writing pxe/ (kernel, initrd, root.squashfs, boot.ipxe)");
+            // With the disk output, pxe/ also carries its ESP so a machine can install itself.
+            let esp = work.path().join("esp.img");
+            let root_partuuid = disk_ids
+                .as_ref()
+                .and_then(|v| v.get("root_partuuid"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            let install = root_partuuid.as_deref().map(|u| disk::PxeInstall {
+                esp: &esp,
+                root_partuuid: u,
+            });
             disk::write_pxe(
                 &rootfs,
                 &kernel,
@@ -413,6 +424,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
                 &stage.join("pxe"),
                 &spec.pxe_boot_args,
                 opts.source_date_epoch,
+                install.as_ref(),
             )?;
         }
     }
@@ -427,6 +439,7 @@ pub fn build(opts: &BuildOptions, progress: &Progress) -> Result<BuildManifest, 
         "pxe/initrd.img",
         "pxe/root.squashfs",
         "pxe/boot.ipxe",
+        "pxe/esp.img",
         "image.json",
     ]
     .into_iter()

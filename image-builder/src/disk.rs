@@ -313,6 +313,7 @@ pub fn write_pxe(
     dir: &Path,
     boot_args: &str,
     epoch: u64,
+    install: Option<&PxeInstall<'_>>,
 ) -> Result<(), DiskError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     for (from, name) in [(kernel, "vmlinuz"), (initrd, "initrd.img")] {
@@ -329,15 +330,45 @@ pub fn write_pxe(
         // -mkfs-time/-all-time when it is set, as it is in CI).
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .run()?;
-    let script = ipxe_script(boot_args);
+    // The pins the installer (layer/usr/lib/kubedna/kubedna-install) checks before it touches a
+    // disk: the root it booted and the ESP it fetches, with the root PARTUUID the ESP's loader
+    // entry boots.
+    let mut args = format!("{boot_args} kubedna.sha256.root={}", sha256_file(&sq)?);
+    if let Some(i) = install {
+        let esp = dir.join("esp.img");
+        std::fs::copy(i.esp, &esp).map_err(io(&esp))?;
+        args.push_str(&format!(
+            " kubedna.sha256.esp={} kubedna.root-partuuid={}",
+            sha256_file(&esp)?,
+            i.root_partuuid
+        ));
+    }
+    let script = ipxe_script(&args);
     let p = dir.join("boot.ipxe");
     std::fs::write(&p, script).map_err(io(&p))?;
     Ok(())
 }
 
+/// What lets a PXE-booted machine install itself to disk: the disk output's ESP image and the
+/// root PARTUUID its loader entry boots.
+#[derive(Debug)]
+pub struct PxeInstall<'a> {
+    pub esp: &'a Path,
+    pub root_partuuid: &'a str,
+}
+
+fn sha256_file(path: &Path) -> Result<String, DiskError> {
+    let mut f = File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io(path))?;
+    Ok(hex::encode(h.finalize()))
+}
+
 /// The iPXE script. `base-url` (where this directory is served) and `seed-url` (a NoCloud seed
 /// directory served over HTTP, with trailing slash) are iPXE settings, so one script serves
-/// every node: set them in the DHCP options or the chainloading script.
+/// every node: set them in the DHCP options or the chainloading script. The seed is fetched
+/// once before the kernel: a machine whose MAC has no seed (the server refuses it) stops here
+/// with a message on its console, instead of booting a node that can never join.
 pub fn ipxe_script(boot_args: &str) -> String {
     format!(
         "#!ipxe\n\
@@ -345,9 +376,20 @@ pub fn ipxe_script(boot_args: &str) -> String {
          # seed-url (this node's NoCloud seed directory, trailing slash) before chaining here.\n\
          isset ${{base-url}} || set base-url http://${{next-server}}/kubedna\n\
          isset ${{seed-url}} || set seed-url ${{base-url}}/seed/${{mac:hexhyp}}/\n\
-         kernel ${{base-url}}/vmlinuz initrd=initrd.img {boot_args} ip=dhcp ds=nocloud-net;s=${{seed-url}} console=tty0 console=ttyS0,115200n8\n\
+         imgfetch --name kubedna-seed-check ${{seed-url}}meta-data || goto no_seed\n\
+         imgfree kubedna-seed-check\n\
+         # install-disk (e.g. /dev/vda) makes the machine install itself to that disk.\n\
+         set install-arg\n\
+         isset ${{install-disk}} || goto boot_kernel\n\
+         set install-arg kubedna.install=${{install-disk}}\n\
+         :boot_kernel\n\
+         kernel ${{base-url}}/vmlinuz initrd=initrd.img {boot_args} ${{install-arg}} ip=dhcp ds=nocloud-net;s=${{seed-url}} console=tty0 console=ttyS0,115200n8\n\
          initrd ${{base-url}}/initrd.img\n\
-         boot\n"
+         boot\n\
+         :no_seed\n\
+         echo KubeDNA: no seed for MAC ${{mac:hexhyp}} at ${{seed-url}}: not booting.\n\
+         echo Add this machine to the cluster description (nodes[].mac) and rerun kubedna-image seed --pxe-dir.\n\
+         exit 1\n"
     )
 }
 
@@ -371,5 +413,10 @@ mod tests {
         assert!(s.contains("fetch=${base-url}/root.squashfs"));
         assert!(s.contains("ds=nocloud-net;s=${seed-url}"));
         assert!(s.contains("initrd ${base-url}/initrd.img"));
+        // The seed is checked before the kernel is fetched; no seed, no boot.
+        let check = s.find("imgfetch").expect("seed check");
+        assert!(check < s.find("kernel ").expect("kernel"));
+        assert!(s.contains("|| goto no_seed\n"));
+        assert!(s.contains("\n:no_seed\n"));
     }
 }

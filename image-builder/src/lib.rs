@@ -11,6 +11,8 @@ pub mod base;
 pub mod build;
 pub mod cmd;
 pub mod disk;
+pub mod install;
 pub mod oci;
 pub mod seed;
 pub mod seed_doctor;
+pub mod seed_pxe;

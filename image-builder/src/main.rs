@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kubedna_image::base::BaseName;
 use kubedna_image::build::{self, BuildOptions, Outputs, Progress};
-use kubedna_image::seed;
+use kubedna_image::{seed, seed_pxe};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,14 +113,18 @@ struct BuildArgs {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("dest").required(true).args(["out", "iso"])))]
+#[command(group(clap::ArgGroup::new("dest").required(true).args(["out", "iso", "pxe_dir"])))]
 struct SeedArgs {
     /// Cluster description (see cloud-init/cluster.example.yaml).
     #[arg(long)]
     cluster: PathBuf,
-    /// Node name from the description.
+    /// Node name from the description (with --out or --iso).
+    #[arg(long, required_unless_present = "pxe_dir", conflicts_with = "pxe_dir")]
+    node: Option<String>,
+    /// Write the seeds of every node for PXE: DIR/<mac>/ per node (`nodes[].mac`, as iPXE's
+    /// ${mac:hexhyp}), replacing DIR as a whole. Serve DIR as ${base-url}/seed/.
     #[arg(long)]
-    node: String,
+    pxe_dir: Option<PathBuf>,
     /// Write user-data, meta-data (and network-config) into this directory.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -248,12 +252,27 @@ fn run_images(a: ImagesArgs) -> Result<(), Failure> {
 
 fn run_seed(a: SeedArgs) -> Result<(), Failure> {
     let cluster = seed::load_cluster(&a.cluster).map_err(usage)?;
-    let s = seed::render(&cluster, &a.cluster, &a.node).map_err(usage)?;
+    if let Some(dir) = &a.pxe_dir {
+        let layout = seed_pxe::layout(&cluster, &a.cluster).map_err(usage)?;
+        seed_pxe::write_layout(&layout, dir).map_err(|e| (1, e.into()))?;
+        for (mac, (node, _)) in &layout {
+            eprintln!("kubedna-image: PXE seed for {node} (MAC {mac}) written");
+        }
+        eprintln!(
+            "kubedna-image: {} PXE seeds in {}; any other MAC gets none",
+            layout.len(),
+            dir.display()
+        );
+        return Ok(());
+    }
+    // clap requires --node unless --pxe-dir.
+    let node = a.node.unwrap_or_default();
+    let s = seed::render(&cluster, &a.cluster, &node).map_err(usage)?;
     if let Some(dir) = &a.out {
         seed::write_dir(&s, dir).map_err(|e| (1, e.into()))?;
         eprintln!(
             "kubedna-image: seed for {} written to {}",
-            a.node,
+            node,
             dir.display()
         );
     }
@@ -264,7 +283,7 @@ fn run_seed(a: SeedArgs) -> Result<(), Failure> {
         seed::write_iso(&s, iso, epoch).map_err(|e| (1, e.into()))?;
         eprintln!(
             "kubedna-image: seed ISO for {} written to {}",
-            a.node,
+            node,
             iso.display()
         );
     }

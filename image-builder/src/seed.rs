@@ -71,6 +71,10 @@ pub struct NodeSeed {
     /// Static IPv4 address; without it the node uses DHCP and gets no network-config.
     #[serde(default)]
     pub address: Option<Ipv4Addr>,
+    /// The MAC of the NIC the machine PXE-boots from (`52:54:00:12:34:56`); names its seed
+    /// directory in a PXE seed layout (`kubedna-image seed --pxe-dir`, crate::seed_pxe).
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +219,7 @@ fn validate(c: &ClusterSeed, path: &Path) -> Result<(), SeedError> {
             ));
         }
     }
+    crate::seed_pxe::validate_macs(c).map_err(|(f, m)| bad(&f, m))?;
     let control_planes = c.nodes.iter().filter(|n| n.role == "control-plane").count();
     if ![1, 3, 5, 7].contains(&control_planes) {
         return Err(bad(
@@ -411,6 +416,7 @@ fn render_user_data(
                 name: "{{node_name}}".into(),
                 role: role.into(),
                 address: None,
+                mac: None,
             };
             let t = render_user_data(cluster, &generic, secret, Some(token), false)?;
             files.push((

@@ -23,6 +23,14 @@ fn verify_root(root: &Path) {
     .expect("stub");
     std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
     std::os::unix::fs::symlink("usr/bin", root.join("bin")).expect("bin symlink");
+    // The layer's own programs that units run.
+    let lib = root.join("usr/lib/kubedna");
+    std::fs::create_dir_all(&lib).expect("mkdir");
+    std::fs::copy(
+        repo_root().join("image-builder/layer/usr/lib/kubedna/kubedna-install"),
+        lib.join("kubedna-install"),
+    )
+    .expect("kubedna-install");
     for b in ["kubelet", "etcd", "containerd", "kubedna-agent", "kill"] {
         let p = root.join("usr/bin").join(b);
         std::fs::write(&p, "#!/bin/sh\n").expect("write");

@@ -147,6 +147,18 @@ enum Cmd {
         #[arg(long)]
         token_file: PathBuf,
     },
+    /// Answer ONE HTTP request on stdin/stdout from a PXE tree (`kubedna/` with the image's
+    /// pxe/ files and `kubedna/seed/<mac>/` from `kubedna-image seed --pxe-dir`): the program
+    /// qemu's user network runs per connection (`guestfwd=...-cmd:`). Unknown MACs get 403.
+    PxeHttp {
+        #[arg(long)]
+        root: PathBuf,
+        /// Append one line per request (method, path, status, bytes) to this file. Not stderr:
+        /// qemu's user network gives the program the guest's connection as stdin, stdout AND
+        /// stderr.
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
     /// Check the lab cannot reach beyond its bridge (routes, bridge ports, firewall, NAT).
     Check,
     /// List labs.
@@ -290,6 +302,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Instant::now() + Duration::from_secs(timeout),
             )?;
             println!("{} {}", record.name, record.address);
+        }
+        Cmd::PxeHttp { root: tree, log } => {
+            let stdin = std::io::stdin();
+            let line = kubedna_lab::pxe_http::serve_one(
+                &tree,
+                &mut stdin.lock(),
+                &mut std::io::stdout().lock(),
+            )
+            .with_context(|| format!("serving one request from {}", tree.display()))?;
+            if let Some(log) = log {
+                // One write of one line in append mode: concurrent requests do not interleave.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+                    .with_context(|| format!("cannot append to {}", log.display()))?;
+            }
         }
         Cmd::HcloudApi { port, token_file } => {
             let lab = Lab::open(&root, &name)?;

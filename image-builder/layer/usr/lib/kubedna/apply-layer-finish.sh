@@ -8,11 +8,15 @@
 #     time under the cluster's maintenance lease.
 #   - containerd: enabled. kubelet: enabled only where the kubelet binary is present.
 #   - kubedna-agent: left to cloud-init, which enables it once agent.yaml is written.
+#   - kubedna-install: enabled; it runs only when the kernel command line has kubedna.install=.
 set -eu
 root="${1:-/}"
 sc() { systemctl --root="$root" "$@"; }
 sc disable etcd.service kubedna-etcd.service apt-daily.timer apt-daily-upgrade.timer 2>/dev/null || true
 sc enable containerd.service
+if [ -f "$root/usr/lib/systemd/system/kubedna-install.service" ]; then
+    sc enable kubedna-install.service
+fi
 if [ -x "$root/usr/bin/kubelet" ]; then
     sc enable kubelet.service
 else
