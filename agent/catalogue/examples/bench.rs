@@ -80,12 +80,7 @@ async fn run(dir: &Path, kubeconfig: &Path) {
         let r = runner
             .pass(&cat, &Selection::default())
             .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{label}: {}",
-                    kubedna_catalogue::run::kubedna_error_chain(&e)
-                )
-            });
+            .unwrap_or_else(|e| panic!("{label}: {}", kubedna_proto::error_chain(&e)));
         println!(
             "CATALOGUE BENCH kubedna {label}: {} components, {objects} objects, {:.2} s, {} writes, {} dry runs, {} deletes",
             cat.components.len(),

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use kubedna_proto::error_chain;
 use serde_json::Value;
 
 use crate::bundle::Catalogue;
@@ -168,7 +169,7 @@ impl<C: Cluster, L: Ledger> Runner<'_, C, L> {
         let mut progress = planned.progress.clone();
         let before = progress.clone();
         let r = self.carry_out(&planned, &mut progress, &mut report).await;
-        progress.last_error = r.as_ref().err().map(|e| kubedna_error_chain(e));
+        progress.last_error = r.as_ref().err().map(|e| error_chain(e));
         progress.catalogue_version = Some(planned.selected.version.clone());
         progress.catalogue_digest = Some(planned.selected.digest.clone());
         if progress != before {
@@ -329,7 +330,7 @@ impl<C: Cluster, L: Ledger> Runner<'_, C, L> {
                             });
                         }
                         Err(e) => {
-                            tracing::warn!(component, object = %key, error = %kubedna_error_chain(&e), "prune failed");
+                            tracing::warn!(component, object = %key, error = %error_chain(&e), "prune failed");
                             failed_prunes.insert(component.clone());
                         }
                     }
@@ -400,7 +401,7 @@ impl<C: Cluster, L: Ledger> Runner<'_, C, L> {
                 (self.events)(&Event::HealthFailed {
                     component: component.to_string(),
                     check: check.to_string(),
-                    message: kubedna_error_chain(&source),
+                    message: error_chain(&source),
                 });
                 let e = RunError::Health {
                     component: component.to_string(),
@@ -426,7 +427,7 @@ impl<C: Cluster, L: Ledger> Runner<'_, C, L> {
         let r = progress.components.entry(c.name.clone()).or_default();
         r.wanted_version = c.version.clone();
         r.health = health;
-        r.last_error = Some(kubedna_error_chain(e));
+        r.last_error = Some(error_chain(e));
     }
 
     async fn release(
@@ -501,7 +502,7 @@ impl<C: Cluster, L: Ledger> Runner<'_, C, L> {
             Some(b) => serde_json::from_slice(&b).unwrap_or_default(),
             None => Progress::default(),
         };
-        let text = Some(kubedna_error_chain(e));
+        let text = Some(error_chain(e));
         if progress.last_error != text {
             progress.last_error = text;
             progress.term = self.term;
@@ -572,18 +573,6 @@ pub fn live_object(v: &Value, intent: Option<Value>) -> LiveObject {
             covers(&i, v)
         }),
     }
-}
-
-/// An error and its causes on one line.
-pub fn kubedna_error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn unix_now() -> u64 {

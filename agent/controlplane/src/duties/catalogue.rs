@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use kubedna_catalogue::credentials;
 use kubedna_catalogue::kube_cluster::KubeCluster;
 use kubedna_catalogue::progress::{Event, EventSink, Progress, PROGRESS_KEY};
-use kubedna_catalogue::run::{kubedna_error_chain, Ledger, LedgerError, RunError, Runner};
+use kubedna_catalogue::run::{Ledger, LedgerError, RunError, Runner};
 use kubedna_catalogue::{CatalogueError, Selection};
 use kubedna_host::atomic::write_atomic;
+use kubedna_proto::error_chain;
 
 use super::{DutyError, Term};
 use crate::coord::{CoordError, Coordinator};
@@ -104,7 +105,7 @@ impl CatalogueDuty {
             Ok(c) => c,
             Err(e) => {
                 // Audited and recorded once per distinct refusal, not every interval.
-                let text = kubedna_error_chain(&e);
+                let text = error_chain(&e);
                 if self.last_key().as_deref() != Some(text.as_str()) {
                     self.done(text);
                     self.refused(&ledger, &e).await?;
@@ -217,7 +218,7 @@ impl CatalogueDuty {
             CatalogueError::Invalid { problems } => {
                 problems.iter().map(ToString::to_string).collect()
             }
-            other => vec![kubedna_error_chain(other)],
+            other => vec![error_chain(other)],
         };
         (self.events)(&Event::Refused { problems });
         let wrap = |e: LedgerError| DutyError::Catalogue {
@@ -229,7 +230,7 @@ impl CatalogueDuty {
             .map_err(wrap)?
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        p.last_error = Some(kubedna_error_chain(e));
+        p.last_error = Some(error_chain(e));
         p.term = ledger.term.term;
         let bytes = serde_json::to_vec(&p).unwrap_or_default();
         ledger.save(bytes).await.map_err(wrap)
