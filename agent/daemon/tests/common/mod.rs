@@ -46,7 +46,22 @@ impl Agent {
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
         let cli = dir.path().join("kubedna");
-        std::fs::copy(cli_binary(), &cli).expect("copy the CLI");
+        // Copied by a `cp` process, never through a file this process opens for writing: tests
+        // run in parallel threads, and a child another test forks in that moment inherits the
+        // write descriptor until its exec, so exec'ing the copy fails with ETXTBSY ("Text file
+        // busy"; seen once in CI). `cp` holds the only write descriptor and has exited here.
+        let cp = Command::new("cp")
+            .arg("--")
+            .arg(cli_binary())
+            .arg(&cli)
+            .status()
+            .expect("run cp");
+        assert!(
+            cp.success(),
+            "cp {} {}: {cp}",
+            cli_binary().display(),
+            cli.display()
+        );
         std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         Agent {
             socket: dir.path().join("agent.sock"),
