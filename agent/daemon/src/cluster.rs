@@ -410,8 +410,12 @@ pub async fn status_view(
                     other => refused_answer(other),
                 },
             };
+            let answered_name = match &outcome {
+                Outcome::Answered(line) => Some(line.name.as_str()),
+                _ => None,
+            };
             ClusterStatusRow {
-                node: t.node,
+                node: decide::row_name(&t, answered_name),
                 address: t.address.map(|a| a.to_string()),
                 answer: outcome.answer(),
                 message: outcome.message(),

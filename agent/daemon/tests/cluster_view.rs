@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Agent;
-use kubedna_proto::{ClusterAuditResponse, ClusterStatusResponse, NodeAnswer, Via};
+use kubedna_proto::{ClusterAuditResponse, ClusterStatusResponse, NodeAnswer, PeersResponse, Via};
 
 const VIEWER: u32 = 61110;
 
@@ -86,6 +86,28 @@ fn two_agents_each_apply_rbac_show_broken_chains_and_unreachable_nodes() {
         .filter_map(|n| n.status.as_ref().map(|s| s.name.as_str()))
         .collect();
     assert_eq!(names, ["view-a", "view-b"]);
+    assert!(
+        status
+            .nodes
+            .iter()
+            .all(|n| n.status.as_ref().is_some_and(|s| s.name == n.node)),
+        "each row is named by its node, even one the mesh knew only by address: {status:#?}"
+    );
+
+    // The audit rows are named by a's mesh: wait until its metadata for b arrived.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, p): (i32, PeersResponse) = view(&a, 0, &["peers"]);
+        assert_eq!(code, 0);
+        if p.peers.iter().any(|p| p.name.as_deref() == Some("view-b")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a's mesh learns b's name: {p:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A viewer may not list audit records: refused by each node's own RBAC, each refusal in
     // that node's own log; b's says the caller came over the mesh, asked by a.

@@ -110,6 +110,17 @@ pub fn targets(
     out
 }
 
+/// The name a status row shows: a node the mesh knows only by its address (its metadata has
+/// not arrived yet) is named by its own answer once it gave one, so a viewer never sees
+/// `198.18.0.7:7946` for a node that just told us it is `w-1`.
+pub fn row_name(target: &Target, answered_name: Option<&str>) -> String {
+    let by_address = target.address.is_some_and(|a| a.to_string() == target.node);
+    match answered_name {
+        Some(name) if by_address && !name.is_empty() => name.to_string(),
+        _ => target.node.clone(),
+    }
+}
+
 /// The least role this node's route table gives `action` (the same table the admin socket
 /// uses), or Admin for an action it does not know: a newer node asking for something this one
 /// has no rule for gets nothing.

@@ -112,6 +112,35 @@ fn targets_by_table() {
 }
 
 #[test]
+fn a_row_known_by_address_is_named_by_its_answer() {
+    let by_addr = Target {
+        node: addr(7).to_string(),
+        address: Some(addr(7)),
+        plan: Plan::Ask(addr(7)),
+    };
+    let named = Target {
+        node: "w-1".into(),
+        address: Some(addr(4)),
+        plan: Plan::Ask(addr(4)),
+    };
+    let cases = [
+        ("unnamed, answered", &by_addr, Some("w-7"), "w-7"),
+        ("unnamed, no answer", &by_addr, None, "198.18.70.7:7946"),
+        (
+            "unnamed, empty name",
+            &by_addr,
+            Some(""),
+            "198.18.70.7:7946",
+        ),
+        ("named: the mesh's name stays", &named, Some("other"), "w-1"),
+        ("named, no answer", &named, None, "w-1"),
+    ];
+    for (name, t, answered, want) in cases {
+        assert_eq!(row_name(t, answered), want, "{name}");
+    }
+}
+
+#[test]
 fn each_node_applies_its_own_route_table_to_the_role() {
     let cases = [
         ("status.get", Role::Viewer, true),
