@@ -42,11 +42,9 @@ const LAST_ERROR_CHARS: usize = 300;
 /// Serves [`request_kind::CLUSTER_VIEW`] once the mesh runs, until `stop`.
 pub fn spawn_serve(state: Arc<AppState>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let handle = loop {
-            tokio::select! {
-                h = state.mesh().wait(Duration::from_secs(3600)) => if let Some(h) = h { break h },
-                r = stop.changed() => if r.is_err() || *stop.borrow() { return },
-            }
+        let handle = tokio::select! {
+            h = state.mesh().running() => h,
+            _ = stop.wait_for(|s| *s) => return,
         };
         let mut requests = match handle.serve(request_kind::CLUSTER_VIEW, 64) {
             Ok(r) => r,
@@ -306,7 +304,7 @@ async fn plan(state: &AppState) -> (Option<MeshHandle>, Vec<Target>) {
         .as_ref()
         .map(|c| c.members.clone())
         .unwrap_or_default();
-    let Some(handle) = state.mesh().get().cloned() else {
+    let Some(handle) = state.mesh().get() else {
         return (
             None,
             decide::targets(&config.node_name, None, &[], &expected),

@@ -23,7 +23,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kubedna_config::{Config, ProviderKind};
@@ -58,11 +58,19 @@ pub mod request_kind {
 pub const IMAGE_RECORD: &str = "/etc/kubedna/image.json";
 
 /// The mesh handle once the mesh runs; empty before (network not up yet) and after a failure.
-#[derive(Debug, Clone, Default)]
+/// Filled once, through a `watch` channel, so a task that needs the mesh awaits it without
+/// polling.
+#[derive(Debug, Clone)]
 pub struct MeshSlot(
-    Arc<OnceLock<MeshHandle>>,
+    Arc<watch::Sender<Option<MeshHandle>>>,
     Arc<Mutex<Option<PendingRotation>>>,
 );
+
+impl Default for MeshSlot {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(None)), Arc::default())
+    }
+}
 
 /// A secret rotation asked for before the mesh ran: applied as soon as it runs.
 #[derive(Debug)]
@@ -73,19 +81,26 @@ struct PendingRotation {
 
 impl MeshSlot {
     /// The handle, if the mesh is running.
-    pub fn get(&self) -> Option<&MeshHandle> {
-        self.0.get()
+    pub fn get(&self) -> Option<MeshHandle> {
+        self.0.borrow().clone()
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Option<PendingRotation>> {
         self.1.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fills the slot, then applies a rotation that a reload asked for meanwhile.
+    /// Fills the slot (once: a later fill changes nothing), then applies a rotation that a
+    /// reload asked for meanwhile.
     async fn fill(&self, handle: MeshHandle) {
         let pending = {
             let mut pending = self.pending();
-            let _ = self.0.set(handle.clone());
+            self.0.send_if_modified(|slot| {
+                let empty = slot.is_none();
+                if empty {
+                    *slot = Some(handle.clone());
+                }
+                empty
+            });
             pending.take()
         };
         if let Some(p) = pending {
@@ -93,19 +108,15 @@ impl MeshSlot {
         }
     }
 
-    /// Waits until the mesh runs (or `within` passes).
-    pub async fn wait(&self, within: Duration) -> Option<MeshHandle> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(h) = self.0.get() {
-                return Some(h.clone());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            // A OnceLock has no waiters; start-up is a one-time event worth a short poll.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// The handle once the mesh runs: now if it does, else when it starts. Never returns if
+    /// the mesh never starts; callers select it against their shutdown.
+    pub async fn running(&self) -> MeshHandle {
+        let mut rx = self.0.subscribe();
+        let handle = rx
+            .wait_for(Option::is_some)
+            .await
+            .expect("the slot owns its sender, so the channel never closes");
+        handle.clone().expect("waited for Some")
     }
 }
 
@@ -277,7 +288,7 @@ pub async fn stop(service: MeshService, deadline: Duration) {
     let _ = service.stop.send(true);
     if let Some(handle) = service.slot.get() {
         let mut last = load_saved(service.state_file.parent().unwrap_or(Path::new("/")));
-        if let Err(e) = save_if_changed(handle, &service.state_file, &mut last).await {
+        if let Err(e) = save_if_changed(&handle, &service.state_file, &mut last).await {
             tracing::warn!(file = %service.state_file.display(), error = %e, "cannot save the mesh identity at shutdown");
         }
         let _ = handle.set_state(NodeState::Leaving).await;
@@ -417,7 +428,7 @@ pub async fn rotate_secret(slot: &MeshSlot, new: &Config, rotation: &SecretRotat
     let handle = {
         let mut pending = slot.pending();
         match slot.get() {
-            Some(h) => h.clone(),
+            Some(h) => h,
             None => {
                 tracing::info!(key = %rotation.key, "mesh not running yet; the new cluster secret applies when it starts");
                 *pending = Some(PendingRotation {

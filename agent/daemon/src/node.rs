@@ -129,14 +129,9 @@ async fn run(
     audit: kubedna_audit::AuditHandle,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let handle = loop {
-        if let Some(h) = mesh.get() {
-            break h.clone();
-        }
-        tokio::select! {
-            h = mesh.wait(Duration::from_secs(5)) => if let Some(h) = h { break h },
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
+    let handle = tokio::select! {
+        h = mesh.running() => h,
+        _ = shutdown.wait_for(|s| *s) => return,
     };
     let systemd = loop {
         match DbusSystemd::connect().await {

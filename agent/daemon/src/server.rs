@@ -136,18 +136,12 @@ pub async fn metrics_addr(
     if let Some(a) = config.spec.metrics.listen {
         return Some(a);
     }
-    loop {
-        if let Some(h) = mesh.get() {
-            let ip = h.local_addr().ip();
-            return Some(std::net::SocketAddr::new(
-                ip,
-                kubedna_config::DEFAULT_METRICS_PORT,
-            ));
-        }
-        tokio::select! {
-            h = mesh.wait(Duration::from_secs(5)) => if h.is_some() { continue },
-            _ = shutdown.wait_for(|s| *s) => return None,
-        }
+    tokio::select! {
+        h = mesh.running() => Some(std::net::SocketAddr::new(
+            h.local_addr().ip(),
+            kubedna_config::DEFAULT_METRICS_PORT,
+        )),
+        _ = shutdown.wait_for(|s| *s) => None,
     }
 }
 
