@@ -250,7 +250,7 @@ fn node_line(state: &AppState) -> NodeLine {
     NodeLine {
         name: config.node_name.clone(),
         role: config.spec.node.role,
-        state: gossip.map_or_else(|| "ready".into(), |s| format!("{s:?}").to_lowercase()),
+        state: gossip.map_or_else(|| "ready".into(), |s| s.as_str().to_string()),
         phase: formation.as_ref().map(|f| f.phase.clone()),
         leader: formation.as_ref().and_then(|f| f.leader.clone()),
         agent_version: env!("CARGO_PKG_VERSION").into(),

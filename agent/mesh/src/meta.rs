@@ -31,6 +31,26 @@ pub enum NodeState {
     Leaving,
 }
 
+impl NodeState {
+    /// The lowercase word the CLI and the admin API show (`booting`, `ready`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Booting => "booting",
+            NodeState::Ready => "ready",
+            NodeState::Joining => "joining",
+            NodeState::Member => "member",
+            NodeState::Maintenance => "maintenance",
+            NodeState::Leaving => "leaving",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Metadata one node publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeMeta {
@@ -67,5 +87,25 @@ impl MetaRecord {
     pub fn newer_than(&self, other: &MetaRecord) -> bool {
         (self.id.generation, self.version) > (other.id.generation, other.version)
             && self.id.addr == other.id.addr
+    }
+}
+
+#[cfg(test)]
+mod state_words {
+    use super::NodeState;
+
+    #[test]
+    fn each_state_shows_as_its_lowercase_word() {
+        let cases = [
+            (NodeState::Booting, "booting"),
+            (NodeState::Ready, "ready"),
+            (NodeState::Joining, "joining"),
+            (NodeState::Member, "member"),
+            (NodeState::Maintenance, "maintenance"),
+            (NodeState::Leaving, "leaving"),
+        ];
+        for (state, word) in cases {
+            assert_eq!(state.to_string(), word);
+        }
     }
 }

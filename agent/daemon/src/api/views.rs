@@ -32,7 +32,7 @@ pub async fn peers(state: &AppState) -> PeersResponse {
                 address: m.id.addr.to_string(),
                 name: meta.map(|x| x.name.clone()),
                 role: meta.map(|x| x.role),
-                state: meta.map(|x| format!("{:?}", x.state).to_lowercase()),
+                state: meta.map(|x| x.state.as_str().to_string()),
                 liveness: match m.liveness {
                     Liveness::Alive => PeerLiveness::Alive,
                     Liveness::Suspect => PeerLiveness::Suspect,
@@ -104,7 +104,7 @@ pub(super) async fn status(state: &AppState, caller: &Caller, role: Role) -> Sta
                 .node
                 .status()
                 .map(|s| crate::node::gossip_state(&s))
-                .map_or_else(|| "ready".into(), |s| format!("{s:?}").to_lowercase()),
+                .map_or_else(|| "ready".into(), |s| s.as_str().to_string()),
         },
         agent: AgentStatus {
             version: env!("CARGO_PKG_VERSION").into(),
