@@ -22,8 +22,8 @@ use kubedna_host::state::StateDir;
 use kubedna_proto::{
     paths, AgentStatus, ApiError, AuditRecordsResponse, AuditResult, Caller, CallerStatus,
     LogLevelRequest, LogLevelResponse, MeshKeys, NodeStatus, Outcome, PacketCounters, Peer,
-    PeerLiveness, PeersResponse, PeersSummary, ReloadResponse, Role, StatusResponse,
-    VersionResponse, Via, API_VERSION,
+    PeerLiveness, PeersResponse, PeersSummary, Role, StatusResponse, VersionResponse, Via,
+    API_VERSION,
 };
 use serde::Serialize;
 
@@ -97,6 +97,23 @@ impl AppState {
         self.metrics.render(&snapshot)
     }
 
+    /// Holds off other reloads while one prepares, audits and applies (see [`crate::reload`]).
+    pub(crate) async fn reload_serial(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reload_lock.lock().await
+    }
+
+    /// The run-time log filter.
+    pub(crate) fn log(&self) -> &LogControl {
+        &self.log
+    }
+
+    /// Puts `new` in force for every later call; returns its generation (1 for the first
+    /// reload). Only [`crate::reload`] calls this, after the reload's audit record.
+    pub(crate) fn install_config(&self, new: Config) -> u64 {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// The mesh, once it runs (see [`crate::mesh`]).
     pub fn mesh(&self) -> &MeshSlot {
         &self.mesh
@@ -126,6 +143,8 @@ impl AppState {
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
+    /// Which handler answers it: dispatch matches this, exhaustively, never the path again.
+    pub endpoint: Endpoint,
     /// The least role that may call it.
     pub role: Role,
     /// The audit action; mutating routes are always audited.
@@ -133,11 +152,34 @@ pub struct Route {
     pub mutating: bool,
 }
 
+/// The handler of a route. A new route needs a new variant, and the compiler then asks for its
+/// handler in [`handle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Version,
+    Status,
+    Peers,
+    Metrics,
+    CatalogueStatus,
+    CatalogueDiff,
+    AuditRecords,
+    ClusterStatus,
+    ClusterAuditRecords,
+    AuditVerify,
+    LogLevel,
+    ConfigReload,
+    Doctor,
+    DoctorHistory,
+    DoctorPause,
+    DoctorResume,
+}
+
 /// Every endpoint of API v1. `docs/api.md` documents the same table.
 pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::VERSION,
+        endpoint: Endpoint::Version,
         role: Role::Viewer,
         action: "version.get",
         mutating: false,
@@ -145,6 +187,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::STATUS,
+        endpoint: Endpoint::Status,
         role: Role::Viewer,
         action: "status.get",
         mutating: false,
@@ -152,6 +195,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::PEERS,
+        endpoint: Endpoint::Peers,
         role: Role::Viewer,
         action: "peers.list",
         mutating: false,
@@ -159,6 +203,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::METRICS,
+        endpoint: Endpoint::Metrics,
         role: Role::Viewer,
         action: "metrics.get",
         mutating: false,
@@ -166,6 +211,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::CATALOGUE_STATUS,
+        endpoint: Endpoint::CatalogueStatus,
         role: Role::Viewer,
         action: "catalogue.status",
         mutating: false,
@@ -173,6 +219,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::CATALOGUE_DIFF,
+        endpoint: Endpoint::CatalogueDiff,
         role: Role::Viewer,
         action: "catalogue.diff",
         mutating: false,
@@ -180,6 +227,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::AUDIT_RECORDS,
+        endpoint: Endpoint::AuditRecords,
         role: Role::Operator,
         action: "audit.list",
         mutating: false,
@@ -187,6 +235,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::CLUSTER_STATUS,
+        endpoint: Endpoint::ClusterStatus,
         role: Role::Viewer,
         action: "cluster.status",
         mutating: false,
@@ -194,6 +243,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::CLUSTER_AUDIT_RECORDS,
+        endpoint: Endpoint::ClusterAuditRecords,
         role: Role::Viewer,
         action: "cluster.audit.list",
         mutating: false,
@@ -201,6 +251,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::AUDIT_VERIFY,
+        endpoint: Endpoint::AuditVerify,
         role: Role::Operator,
         action: "audit.verify",
         mutating: false,
@@ -208,6 +259,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "PUT",
         path: paths::LOG_LEVEL,
+        endpoint: Endpoint::LogLevel,
         role: Role::Operator,
         action: "log.level.set",
         mutating: true,
@@ -215,6 +267,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "POST",
         path: paths::CONFIG_RELOAD,
+        endpoint: Endpoint::ConfigReload,
         role: Role::Admin,
         action: "config.reload",
         mutating: true,
@@ -222,6 +275,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::DOCTOR,
+        endpoint: Endpoint::Doctor,
         role: Role::Viewer,
         action: "doctor.status",
         mutating: false,
@@ -229,6 +283,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: paths::DOCTOR_HISTORY,
+        endpoint: Endpoint::DoctorHistory,
         role: Role::Viewer,
         action: "doctor.history",
         mutating: false,
@@ -236,6 +291,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "POST",
         path: paths::DOCTOR_PAUSE,
+        endpoint: Endpoint::DoctorPause,
         role: Role::Admin,
         action: "doctor.pause",
         mutating: true,
@@ -243,6 +299,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "POST",
         path: paths::DOCTOR_RESUME,
+        endpoint: Endpoint::DoctorResume,
         role: Role::Admin,
         action: "doctor.resume",
         mutating: true,
@@ -357,39 +414,39 @@ pub async fn handle(
     } else {
         Bytes::new()
     };
-    Ok(match route.path {
-        paths::VERSION => json(
+    Ok(match route.endpoint {
+        Endpoint::Version => json(
             StatusCode::OK,
             &VersionResponse {
                 agent_version: env!("CARGO_PKG_VERSION").into(),
                 api_version: API_VERSION.into(),
             },
         ),
-        paths::STATUS => json(StatusCode::OK, &status(&state, &caller, role).await),
-        paths::PEERS => json(StatusCode::OK, &peers(&state).await),
-        paths::METRICS => Response::builder()
+        Endpoint::Status => json(StatusCode::OK, &status(&state, &caller, role).await),
+        Endpoint::Peers => json(StatusCode::OK, &peers(&state).await),
+        Endpoint::Metrics => Response::builder()
             .status(StatusCode::OK)
             .header("content-type", crate::metrics::CONTENT_TYPE)
             .body(Full::new(Bytes::from(state.metrics_text().await)))
             .expect("static response parts are valid"),
-        paths::CATALOGUE_STATUS => json(StatusCode::OK, &state.node.catalogue_status().await),
-        paths::CATALOGUE_DIFF => json(StatusCode::OK, &state.node.catalogue_diff().await),
-        paths::AUDIT_RECORDS => match audit_filter(&query) {
+        Endpoint::CatalogueStatus => json(StatusCode::OK, &state.node.catalogue_status().await),
+        Endpoint::CatalogueDiff => json(StatusCode::OK, &state.node.catalogue_diff().await),
+        Endpoint::AuditRecords => match audit_filter(&query) {
             Ok(filter) => audit_records(&state, filter).await,
             Err(m) => error(StatusCode::BAD_REQUEST, m, None),
         },
-        paths::CLUSTER_STATUS => json(
+        Endpoint::ClusterStatus => json(
             StatusCode::OK,
             &crate::cluster::status_view(&state, &caller, role).await,
         ),
-        paths::CLUSTER_AUDIT_RECORDS => match audit_filter(&query) {
+        Endpoint::ClusterAuditRecords => match audit_filter(&query) {
             Ok(filter) => json(
                 StatusCode::OK,
                 &crate::cluster::audit_view(&state, &caller, role, filter).await,
             ),
             Err(m) => error(StatusCode::BAD_REQUEST, m, None),
         },
-        paths::AUDIT_VERIFY => {
+        Endpoint::AuditVerify => {
             let dir = state.audit.dir().to_path_buf();
             match tokio::task::spawn_blocking(move || kubedna_audit::verify(&dir)).await {
                 Ok(Ok(report)) => json(StatusCode::OK, &report),
@@ -401,21 +458,22 @@ pub async fn handle(
                 ),
             }
         }
-        paths::LOG_LEVEL => set_log_level(&state, caller, role, &body).await,
-        paths::DOCTOR => crate::doctor::status(&state).await,
-        paths::DOCTOR_HISTORY => crate::doctor::history(&state).await,
-        paths::DOCTOR_PAUSE => crate::doctor::set_pause(&state, caller, role, &body, true).await,
-        paths::DOCTOR_RESUME => crate::doctor::set_pause(&state, caller, role, &body, false).await,
-        paths::CONFIG_RELOAD => match reload_config(&state, caller, Some(role)).await {
-            Ok(r) => json(StatusCode::OK, &r),
-            Err(ReloadError::Audit(m)) => error(StatusCode::SERVICE_UNAVAILABLE, m, None),
-            Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), None),
-        },
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {path}"),
-            None,
-        ),
+        Endpoint::LogLevel => set_log_level(&state, caller, role, &body).await,
+        Endpoint::Doctor => crate::doctor::status(&state).await,
+        Endpoint::DoctorHistory => crate::doctor::history(&state).await,
+        Endpoint::DoctorPause => crate::doctor::set_pause(&state, caller, role, &body, true).await,
+        Endpoint::DoctorResume => {
+            crate::doctor::set_pause(&state, caller, role, &body, false).await
+        }
+        Endpoint::ConfigReload => {
+            match crate::reload::reload_config(&state, caller, Some(role)).await {
+                Ok(r) => json(StatusCode::OK, &r),
+                Err(crate::reload::ReloadError::Audit(m)) => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, m, None)
+                }
+                Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), None),
+            }
+        }
     })
 }
 
@@ -603,113 +661,30 @@ async fn set_log_level(state: &AppState, caller: Caller, role: Role, body: &[u8]
     )
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Audit(String),
-}
+#[cfg(test)]
+mod route_table {
+    use super::ROUTES;
 
-/// Re-reads the config file. An invalid file, or one that changes what only a restart can
-/// change, is refused and the running config stays; either way the attempt is audited. A new
-/// cluster secret rotates the mesh's keys (see [`crate::mesh::rotate_secret`]); the answer's
-/// `changed` says so, naming the new key's id, never the secret.
-pub async fn reload_config(
-    state: &AppState,
-    caller: Caller,
-    role: Option<Role>,
-) -> Result<ReloadResponse, ReloadError> {
-    let _serial = state.reload_lock.lock().await;
-    let current = state.config();
-    let path = current.file.clone();
-    let action = "config.reload";
-    let args = serde_json::json!({"file": path});
-    let status = if caller.via == kubedna_proto::Via::Socket {
-        422
-    } else {
-        0
-    };
-    let candidate = tokio::task::spawn_blocking(move || kubedna_config::load(&path))
-        .await
-        .map_err(|e| ReloadError::Invalid(format!("reload task failed: {e}")))?;
-    let refuse = |message: String| AuditResult {
-        outcome: Outcome::Error,
-        status,
-        message: Some(message),
-    };
-    let new = match candidate {
-        Ok(c) => c,
-        Err(e) => {
-            let message = format!(
-                "{}; the running configuration is unchanged",
-                kubedna_host::error_chain(&e)
-            );
-            audited(state, caller, role, action, args, refuse(message.clone()))
-                .await
-                .map_err(ReloadError::Audit)?;
-            return Err(ReloadError::Invalid(message));
-        }
-    };
-    let restart_only = current.restart_only_changes(&new);
-    if !restart_only.is_empty() {
-        let message = format!(
-            "{}: {} cannot change while the agent runs; restart it to apply (systemctl restart kubedna-agent); the running configuration is unchanged",
-            new.file.display(),
-            restart_only.join(", ")
-        );
-        audited(state, caller, role, action, args, refuse(message.clone()))
-            .await
-            .map_err(ReloadError::Audit)?;
-        return Err(ReloadError::Invalid(message));
-    }
-    let new_filter = (new.spec.log.level != current.spec.log.level)
-        .then(|| LogControl::parse(&new.spec.log.level).map(|p| (new.spec.log.level.clone(), p)));
-    let new_filter = match new_filter.transpose() {
-        Ok(f) => f,
-        Err(message) => {
-            audited(state, caller, role, action, args, refuse(message.clone()))
-                .await
-                .map_err(ReloadError::Audit)?;
-            return Err(ReloadError::Invalid(message));
-        }
-    };
-    let rotation = match crate::mesh::prepare_rotation(&current, &new) {
-        Ok(r) => r,
-        Err(message) => {
-            audited(state, caller, role, action, args, refuse(message.clone()))
-                .await
-                .map_err(ReloadError::Audit)?;
-            return Err(ReloadError::Invalid(message));
-        }
-    };
-    let mut changed = current.changed_sections(&new);
-    changed.extend(rotation.as_ref().map(crate::mesh::SecretRotation::note));
-    let ok = AuditResult {
-        outcome: Outcome::Ok,
-        status: if status == 0 { 0 } else { 200 },
-        message: Some(format!(
-            "changed: {}",
-            if changed.is_empty() {
-                "nothing".into()
-            } else {
-                changed.join(", ")
+    #[test]
+    fn each_route_has_its_own_handler_and_its_own_method_and_path() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert_ne!(a.endpoint, b.endpoint, "{} and {}", a.path, b.path);
+                assert!(
+                    (a.method, a.path) != (b.method, b.path),
+                    "{} {} twice",
+                    a.method,
+                    a.path
+                );
+                assert_ne!(a.action, b.action, "{} and {}", a.path, b.path);
             }
-        )),
-    };
-    audited(state, caller, role, action, args, ok)
-        .await
-        .map_err(ReloadError::Audit)?;
-    if let Some((text, parsed)) = new_filter {
-        state.log.apply(&text, parsed);
+            assert_eq!(
+                a.mutating,
+                a.method != "GET",
+                "{} {}: only GET is read-only",
+                a.method,
+                a.path
+            );
+        }
     }
-    if let Some(rotation) = &rotation {
-        crate::mesh::rotate_secret(&state.mesh, &new, rotation).await;
-    }
-    *state.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-    let generation = state.generation.fetch_add(1, Ordering::Relaxed) + 1;
-    Ok(ReloadResponse {
-        generation,
-        changed,
-    })
 }

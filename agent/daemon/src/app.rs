@@ -16,7 +16,7 @@ use kubedna_proto::{AuditResult, Outcome, Via};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::api::{self, AppState};
+use crate::api::AppState;
 use crate::logging::{LogControl, LogFormat};
 use crate::mesh;
 use crate::server;
@@ -272,7 +272,7 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = sighup.recv() => {
                 notify::reloading();
-                match api::reload_config(&state, creds::caller_self(Via::Signal), None).await {
+                match crate::reload::reload_config(&state, creds::caller_self(Via::Signal), None).await {
                     Ok(r) => {
                         tracing::info!(generation = r.generation, changed = ?r.changed, "SIGHUP: configuration reloaded");
                         notify::status("ready; configuration reloaded");

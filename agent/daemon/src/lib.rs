@@ -8,6 +8,7 @@
 //! - [`mesh`] runs the gossip mesh and discovery, and holds the handle other subsystems use.
 //! - [`node`] runs the control-plane engine (formation, leader, join material) over the mesh.
 //! - [`doctor`] builds the leader's doctor duty and answers `kubedna doctor`.
+//! - [`reload`] re-reads the config on SIGHUP or `kubedna reload`: refuse, audit, apply.
 //! - [`selfaudit`] writes what the agent changes on its own into the audit log.
 //! - [`metrics`] renders the Prometheus metrics, served on `metrics.listen` and the API.
 //! - [`logging`] sets up tracing and lets the log filter change at run time.
@@ -23,5 +24,6 @@ pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+pub mod reload;
 pub mod selfaudit;
 pub mod server;

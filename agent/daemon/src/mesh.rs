@@ -31,9 +31,7 @@ use kubedna_mesh::discovery::multicast::MulticastConfig;
 use kubedna_mesh::discovery::provider::{HetznerConfig, HETZNER_API, LAB_PEERS_FILE};
 use kubedna_mesh::discovery::{self, DiscoveryConfig, ProviderSource};
 use kubedna_mesh::runtime::{self, RotateError};
-use kubedna_mesh::{
-    ClusterSecret, DownReason, Event, KeyId, KeyStatus, MeshConfig, NodeMeta, NodeState,
-};
+use kubedna_mesh::{ClusterSecret, DownReason, Event, KeyStatus, MeshConfig, NodeMeta, NodeState};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -389,41 +387,13 @@ async fn run_start(
     Some(task)
 }
 
-/// What a reload that changes the cluster secret did to the mesh, for the reload answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretRotation {
-    /// The new key's id (public, in every packet header; never key material).
-    pub key: KeyId,
-    /// How long the previous key stays accepted.
-    pub grace: Duration,
-}
-
-impl SecretRotation {
-    /// The note for the reload answer's `changed` list and the audit record.
-    pub fn note(&self) -> String {
-        format!(
-            "cluster.secret (mesh key {} accepted now, sealed with once every live member accepts it; the previous key stays accepted for {} s; the control-plane engine keeps the secret it started with until the agent restarts)",
-            self.key,
-            self.grace.as_secs()
-        )
-    }
-}
-
-/// The rotation `new` asks for if its secret differs from `current`'s, computed without
-/// touching the mesh (the reload's prepare step). `None` when the secret is unchanged.
-pub fn prepare_rotation(current: &Config, new: &Config) -> Result<Option<SecretRotation>, String> {
-    if !current.secret_changed(new) {
-        return Ok(None);
-    }
-    Ok(Some(SecretRotation {
-        key: kubedna_mesh::security::key_id(&new.spec.cluster.name, &new.cluster_secret),
-        grace: Duration::from_secs(new.spec.cluster.secret_grace_seconds),
-    }))
-}
-
 /// Installs `new`'s cluster secret into the running mesh's key ring (beacons follow), or, if the
 /// mesh does not run yet, as soon as it does. Never logs the secret: only key ids.
-pub async fn rotate_secret(slot: &MeshSlot, new: &Config, rotation: &SecretRotation) {
+pub async fn rotate_secret(
+    slot: &MeshSlot,
+    new: &Config,
+    rotation: &crate::reload::SecretRotation,
+) {
     let secret = new.cluster_secret.clone();
     let handle = {
         let mut pending = slot.pending();
