@@ -178,6 +178,21 @@ pub fn main(opts: Options) -> Result<(), StartError> {
     runtime.block_on(run(config, log))
 }
 
+/// fsyncs the config file and the cluster-secret file before READY=1. On a first boot
+/// cloud-init writes both without an fsync; a power cut in the next half minute would leave them
+/// empty, and the node would never start again (seen in the PXE lab: a 0-byte secret after a
+/// power cycle). Once the agent said ready, its inputs survive a power cut. A failure is logged,
+/// not fatal: the files were read, and the agent can run.
+fn make_inputs_durable(config: &Config) {
+    let files =
+        std::iter::once(config.file.as_path()).chain(config.spec.cluster.secret_file.as_deref());
+    for file in files {
+        if let Err(e) = kubedna_host::atomic::make_durable(file) {
+            tracing::warn!(file = %file.display(), error = %e, "cannot fsync an input file; a power cut soon may lose it");
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
@@ -230,6 +245,7 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
         })
     });
 
+    make_inputs_durable(&state.config());
     notify::ready(&format!("ready; admin API on {}", socket_path.display()));
     let mesh = mesh::start(&state.config(), state.mesh().clone());
     let metrics_task = {

@@ -63,6 +63,21 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Makes a file someone else wrote (cloud-init's `write_files` does not fsync) survive a power
+/// cut: fsyncs its data, then every directory from its parent up to `/`, so neither its bytes
+/// nor its name can be lost. Reads only; the file is not changed.
+pub fn make_durable(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()?;
+    for dir in path
+        .ancestors()
+        .skip(1)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +116,20 @@ mod tests {
             })
             .count();
         assert_eq!(temps, 0);
+    }
+
+    #[test]
+    fn make_durable_leaves_the_file_as_it_was_and_names_a_missing_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("secret");
+        write_atomic(&path, b"abc", 0o600).expect("write");
+        let before = fs::metadata(&path).expect("metadata");
+        make_durable(&path).expect("durable");
+        let after = fs::metadata(&path).expect("metadata");
+        assert_eq!(fs::read(&path).expect("read"), b"abc");
+        assert_eq!(before.mode(), after.mode());
+        assert_eq!(before.mtime(), after.mtime());
+        let missing = make_durable(&dir.path().join("absent")).expect_err("absent");
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
     }
 }
