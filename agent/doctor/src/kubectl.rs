@@ -195,8 +195,12 @@ mod tests {
         let log = dir.path().join("calls");
         let script = dir.path().join("kubectl");
         // A kubectl TEST DOUBLE: logs its arguments, lists one Node, fails on `delete node bad`.
+        // Written under another name and copied by a `cp` process: this test process never
+        // holds a write descriptor to the file it execs, so a child another test forks at that
+        // moment cannot make the exec fail with ETXTBSY.
+        let source = dir.path().join("kubectl.src");
         std::fs::write(
-            &script,
+            &source,
             format!(
                 "#!/bin/sh\necho \"$@\" >> {}\ncase \"$*\" in\n  *'get nodes'*) echo '{{\"items\":[{{\"metadata\":{{\"name\":\"w-1\"}},\"status\":{{\"conditions\":[{{\"type\":\"Ready\",\"status\":\"True\"}}]}}}}]}}' ;;\n  *'delete node bad'*) echo 'error: forbidden' >&2; exit 1 ;;\nesac\n",
                 log.display()
@@ -204,7 +208,14 @@ mod tests {
         )
         .expect("script");
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let copied = std::process::Command::new("cp")
+            .arg("-p")
+            .arg(&source)
+            .arg(&script)
+            .status()
+            .expect("cp");
+        assert!(copied.success(), "cp {}", source.display());
         let k = Kubectl {
             kubectl: script,
             kubeconfig: "/etc/kubernetes/admin.conf".into(),
