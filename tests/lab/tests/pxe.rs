@@ -250,11 +250,35 @@ fn strip_ansi(s: &str) -> String {
                     }
                 }
             }
+        } else if c == '\u{8}' {
+            // iPXE draws its download progress ("79%") and erases it with backspaces before
+            // "ok": the line a reader sees is what is left.
+            out.pop();
         } else if c != '\r' {
             out.push(c);
         }
     }
     out
+}
+
+#[test]
+fn console_lines_are_read_as_a_terminal_shows_them() {
+    let cases = [
+        ("plain", "plain"),
+        (
+            "\u{1b}[0;32m  OK  \u{1b}[0m] Started x.service\r",
+            "  OK  ] Started x.service",
+        ),
+        // iPXE's progress, erased before "ok" (seen in a run: the stage was missed).
+        (
+            "http://10.0.2.100/kubedna/initrd.img... 79%\u{8}\u{8}\u{8}\u{8}    \u{8}\u{8}\u{8}\u{8} ok",
+            "http://10.0.2.100/kubedna/initrd.img... ok",
+        ),
+        ("\u{8}\u{8}at the start", "at the start"),
+    ];
+    for (raw, shown) in cases {
+        assert_eq!(strip_ansi(raw), shown, "{raw:?}");
+    }
 }
 
 /// Hard-links (or copies, across filesystems) the PXE artifacts into the served tree.
