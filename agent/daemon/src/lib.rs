@@ -1,7 +1,9 @@
 //! The agent daemon as a library, so tests drive it exactly as `main` does.
 //!
 //! - [`app`] owns start-up and shutdown: config, logging, state, audit, socket, readiness, the
-//!   signal loop and the drain. It is the one place that spawns long-lived tasks.
+//!   signal loop and the drain. It starts every subsystem and, at shutdown, awaits each one's
+//!   task in order (engine, metrics, views, mesh, admin server); a subsystem's own helpers (the
+//!   mesh's saver, the engine's views) end with it.
 //! - [`server`] accepts connections on the admin socket and reads each peer's credentials.
 //! - [`api`] routes requests, authorizes them by role and audits what must be audited.
 //! - [`cluster`] answers the cluster-wide views by asking every node over the mesh.
