@@ -7,6 +7,7 @@
 //! `[redacted]`.
 
 mod doctor;
+mod kubernetes;
 mod rbac;
 mod spec;
 mod validate;
@@ -15,6 +16,11 @@ use std::path::{Path, PathBuf};
 
 pub use doctor::DoctorSpec;
 pub use kubedna_proto::ClusterSecret as Secret;
+pub use kubedna_proto::{Cidr, Endpoint, KubernetesVersion};
+pub use kubernetes::{
+    KubernetesSpec, DEFAULT_API_PORT, DEFAULT_KUBERNETES_VERSION, DEFAULT_POD_SUBNET,
+    DEFAULT_SERVICE_SUBNET, SUPPORTED_KUBERNETES_MINOR,
+};
 pub use rbac::{RbacMap, RoleSubjects};
 pub use spec::*;
 
@@ -104,6 +110,7 @@ impl Config {
         check("node", a.node != b.node);
         check("discovery", a.discovery != b.discovery);
         check("mesh", a.mesh != b.mesh);
+        check("kubernetes", a.kubernetes != b.kubernetes);
         check("provider", a.provider != b.provider);
         check("doctor", a.doctor != b.doctor);
         check("rbac", a.rbac != b.rbac || self.rbac != new.rbac);
@@ -139,6 +146,9 @@ impl Config {
         if a.mesh != b.mesh {
             out.push("mesh.pauseToleranceSeconds");
         }
+        if a.kubernetes != b.kubernetes {
+            out.push("kubernetes");
+        }
         if a.admin != b.admin || self.socket_gid != new.socket_gid {
             out.push("admin");
         }
@@ -173,9 +183,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let field = e.path().to_string();
         let inner = e.into_inner();
         let text = inner.to_string();
-        // serde_yaml may put the path in front of its message too; we already report it.
-        let text = text
-            .strip_prefix(&format!("{field}: "))
+        // serde_yaml may put the path, or its parent's, in front of its message too; we
+        // already report it.
+        let text = ancestors(&field)
+            .find_map(|p| text.strip_prefix(&format!("{p}: ")))
             .unwrap_or(&text)
             .to_string();
         let message = match inner.location() {
@@ -194,6 +205,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     })?;
     validate::validate(file, spec)
+}
+
+/// `a.b.c`, `a.b`, `a`.
+fn ancestors(field: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(field), |f| {
+        f.rsplit_once('.').map(|(parent, _)| parent)
+    })
 }
 
 /// serde_yaml appends " at line L column C"; we report the location ourselves.

@@ -24,6 +24,10 @@ pub struct AgentConfig {
     pub discovery: DiscoverySpec,
     #[serde(default)]
     pub mesh: MeshSpec,
+    /// The Kubernetes cluster kubeadm makes: its networks, API port and version. Default: the
+    /// values documented on each field.
+    #[serde(default)]
+    pub kubernetes: crate::kubernetes::KubernetesSpec,
     #[serde(default)]
     pub provider: ProviderSpec,
     /// The leader's doctor (docs/doctor.md). Default: disabled.

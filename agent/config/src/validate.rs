@@ -255,6 +255,7 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
         ));
     }
 
+    crate::kubernetes::check(&spec.kubernetes).map_err(|(f, m)| invalid(f, m))?;
     crate::doctor::check(&spec).map_err(|(f, m)| invalid(f, m))?;
 
     let rbac = RbacMap {

@@ -119,7 +119,7 @@ pub struct JoinMaterialDuty<K, C> {
     pub clock: Arc<C>,
     pub secret: ClusterSecret,
     pub cluster: String,
-    pub api_endpoint: String,
+    pub api_endpoint: kubedna_proto::Endpoint,
     /// Where and what to write for `init phase upload-certs --config` (control planes; a worker
     /// never leads).
     pub upload_config: Option<UploadConfig>,

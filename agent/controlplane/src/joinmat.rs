@@ -11,6 +11,7 @@ use std::fmt;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
+use kubedna_proto::Endpoint;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
@@ -30,8 +31,8 @@ pub struct JoinMaterial {
     pub ca_cert_hash: String,
     /// Hex of 32 bytes; encrypts the control-plane certificates kubeadm uploads.
     pub certificate_key: String,
-    /// `host:6443`.
-    pub api_endpoint: String,
+    /// The API endpoint (`controlPlaneEndpoint`); travels as its text, `host:port`.
+    pub api_endpoint: Endpoint,
     /// Unix seconds.
     pub token_expires: u64,
     pub certificate_key_expires: u64,
@@ -166,7 +167,7 @@ mod tests {
             token: new_token(),
             ca_cert_hash: format!("sha256:{}", "ab".repeat(32)),
             certificate_key: new_certificate_key(),
-            api_endpoint: "198.18.0.11:6443".into(),
+            api_endpoint: "198.18.0.11:6443".parse().expect("endpoint"),
             token_expires: 1_000_000 + TOKEN_TTL_SECS,
             certificate_key_expires: 1_000_000 + CERT_KEY_TTL_SECS,
         }
@@ -186,6 +187,20 @@ mod tests {
             assert!(hex::decode(&k).is_ok());
         }
         assert_ne!(new_token(), new_token());
+    }
+
+    /// Material sealed before the endpoint was typed carried it as a string: it still opens,
+    /// and an IPv6 endpoint travels bracketed.
+    #[test]
+    fn the_endpoint_travels_as_its_text() {
+        let m = material();
+        let json = serde_json::to_value(&m).expect("json");
+        assert_eq!(json["api_endpoint"], "198.18.0.11:6443");
+        let mut v6 = json.clone();
+        v6["api_endpoint"] = "[fd00::11]:6443".into();
+        let back: JoinMaterial = serde_json::from_value(v6).expect("an IPv6 endpoint");
+        assert_eq!(back.api_endpoint.host().to_string(), "fd00::11");
+        assert_eq!(back.api_endpoint.port(), 6443);
     }
 
     #[test]

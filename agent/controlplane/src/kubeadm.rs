@@ -2,12 +2,15 @@
 //! InitConfiguration, ClusterConfiguration (with external etcd, which the agent runs),
 //! JoinConfiguration, and `kubelet.config.k8s.io/v1beta1` KubeletConfiguration with the systemd
 //! cgroup driver. Field names follow kubeadm's `types.go` for v1beta3; nothing here runs kubeadm.
+//! Every value about the cluster (release, networks, endpoint, port) comes from the inputs,
+//! [`ClusterParams`] and [`JoinParams`]; this module holds no default for any of them.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
+use kubedna_proto::{Cidr, Endpoint, KubernetesVersion};
 use serde::Serialize;
 
-pub const KUBERNETES_VERSION: &str = "v1.30.3";
 pub const KUBEADM_API: &str = "kubeadm.k8s.io/v1beta3";
 pub const KUBELET_API: &str = "kubelet.config.k8s.io/v1beta1";
 pub const CRI_SOCKET: &str = "unix:///var/run/containerd/containerd.sock";
@@ -76,8 +79,8 @@ pub struct ClusterConfiguration {
     pub api_version: &'static str,
     pub kind: &'static str,
     pub cluster_name: String,
-    pub kubernetes_version: &'static str,
-    pub control_plane_endpoint: String,
+    pub kubernetes_version: KubernetesVersion,
+    pub control_plane_endpoint: Endpoint,
     pub networking: Networking,
     pub etcd: Etcd,
     pub api_server: ApiServer,
@@ -88,8 +91,8 @@ pub struct ClusterConfiguration {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Networking {
-    pub service_subnet: String,
-    pub pod_subnet: String,
+    pub service_subnet: Cidr,
+    pub pod_subnet: Cidr,
     pub dns_domain: String,
 }
 
@@ -150,7 +153,7 @@ pub struct Discovery {
 #[serde(rename_all = "camelCase")]
 pub struct BootstrapTokenDiscovery {
     pub token: String,
-    pub api_server_endpoint: String,
+    pub api_server_endpoint: Endpoint,
     pub ca_cert_hashes: Vec<String>,
 }
 
@@ -186,15 +189,19 @@ impl std::fmt::Debug for JoinControlPlane {
 pub struct ClusterParams {
     pub cluster_name: String,
     pub node_name: String,
-    pub advertise_address: String,
-    /// `host:6443` shared by all control planes.
-    pub control_plane_endpoint: String,
+    /// The release kubeadm installs (`kubernetesVersion`).
+    pub kubernetes_version: KubernetesVersion,
+    pub advertise_address: IpAddr,
+    /// The port this node's API server binds (`localAPIEndpoint.bindPort`).
+    pub api_bind_port: u16,
+    /// Shared by all control planes (`controlPlaneEndpoint`).
+    pub control_plane_endpoint: Endpoint,
     pub etcd_endpoints: Vec<String>,
     pub etcd_ca: String,
     pub etcd_cert: String,
     pub etcd_key: String,
-    pub pod_subnet: String,
-    pub service_subnet: String,
+    pub pod_subnet: Cidr,
+    pub service_subnet: Cidr,
     pub cert_sans: Vec<String>,
 }
 
@@ -240,8 +247,8 @@ pub fn render_init(p: &ClusterParams, token: &str, certificate_key: &str) -> Str
         }],
         node_registration: registration(&p.node_name),
         local_api_endpoint: ApiEndpoint {
-            advertise_address: p.advertise_address.clone(),
-            bind_port: 6443,
+            advertise_address: p.advertise_address.to_string(),
+            bind_port: p.api_bind_port,
         },
         certificate_key: certificate_key.into(),
         skip_phases: SKIP_INIT_PHASES.map(String::from).to_vec(),
@@ -250,11 +257,11 @@ pub fn render_init(p: &ClusterParams, token: &str, certificate_key: &str) -> Str
         api_version: KUBEADM_API,
         kind: "ClusterConfiguration",
         cluster_name: p.cluster_name.clone(),
-        kubernetes_version: KUBERNETES_VERSION,
+        kubernetes_version: p.kubernetes_version,
         control_plane_endpoint: p.control_plane_endpoint.clone(),
         networking: Networking {
-            service_subnet: p.service_subnet.clone(),
-            pod_subnet: p.pod_subnet.clone(),
+            service_subnet: p.service_subnet,
+            pod_subnet: p.pod_subnet,
             dns_domain: "cluster.local".into(),
         },
         etcd: Etcd {
@@ -285,11 +292,11 @@ pub fn render_init(p: &ClusterParams, token: &str, certificate_key: &str) -> Str
 #[derive(Clone)]
 pub struct JoinParams {
     pub node_name: String,
-    pub api_server_endpoint: String,
+    pub api_server_endpoint: Endpoint,
     pub token: String,
     pub ca_cert_hash: String,
-    /// Set for control planes: their advertise address and the certificate key.
-    pub control_plane: Option<(String, String)>,
+    /// Set for control planes.
+    pub control_plane: Option<ControlPlaneJoin>,
 }
 
 impl std::fmt::Debug for JoinParams {
@@ -298,10 +305,26 @@ impl std::fmt::Debug for JoinParams {
             .field("node_name", &self.node_name)
             .field("api_server_endpoint", &self.api_server_endpoint)
             .field("token", &"[redacted]")
-            .field(
-                "control_plane",
-                &self.control_plane.as_ref().map(|(a, _)| (a, "[redacted]")),
-            )
+            .field("control_plane", &self.control_plane)
+            .finish()
+    }
+}
+
+/// What a joining control plane adds: where its own API server listens, and the key that
+/// decrypts the uploaded certificates.
+#[derive(Clone)]
+pub struct ControlPlaneJoin {
+    pub advertise_address: IpAddr,
+    pub bind_port: u16,
+    pub certificate_key: String,
+}
+
+impl std::fmt::Debug for ControlPlaneJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneJoin")
+            .field("advertise_address", &self.advertise_address)
+            .field("bind_port", &self.bind_port)
+            .field("certificate_key", &"[redacted]")
             .finish()
     }
 }
@@ -320,16 +343,13 @@ pub fn render_join(p: &JoinParams) -> String {
                 ca_cert_hashes: vec![p.ca_cert_hash.clone()],
             },
         },
-        control_plane: p
-            .control_plane
-            .as_ref()
-            .map(|(addr, key)| JoinControlPlane {
-                local_api_endpoint: ApiEndpoint {
-                    advertise_address: addr.clone(),
-                    bind_port: 6443,
-                },
-                certificate_key: key.clone(),
-            }),
+        control_plane: p.control_plane.as_ref().map(|c| JoinControlPlane {
+            local_api_endpoint: ApiEndpoint {
+                advertise_address: c.advertise_address.to_string(),
+                bind_port: c.bind_port,
+            },
+            certificate_key: c.certificate_key.clone(),
+        }),
     };
     docs(&[&join])
 }
@@ -354,24 +374,30 @@ mod tests {
         ClusterParams {
             cluster_name: "lab".into(),
             node_name: "cp-1".into(),
-            advertise_address: "198.18.0.11".into(),
-            control_plane_endpoint: "198.18.0.11:6443".into(),
+            kubernetes_version: KubernetesVersion::new(1, 30, 3),
+            advertise_address: [198, 18, 0, 11].into(),
+            api_bind_port: 6443,
+            control_plane_endpoint: "198.18.0.11:6443".parse().expect("endpoint"),
             etcd_endpoints: vec!["https://cp-1.lab.kubedna:2379".into()],
             etcd_ca: "/etc/kubedna/pki/etcd/ca.crt".into(),
             etcd_cert: "/etc/kubedna/pki/etcd/client.crt".into(),
             etcd_key: "/etc/kubedna/pki/etcd/client.key".into(),
-            pod_subnet: "10.244.0.0/16".into(),
-            service_subnet: "10.96.0.0/12".into(),
+            pod_subnet: "10.244.0.0/16".parse().expect("cidr"),
+            service_subnet: "10.96.0.0/12".parse().expect("cidr"),
             cert_sans: vec!["198.18.0.11".into()],
         }
+    }
+
+    fn yaml_docs(text: &str) -> Vec<serde_yaml_ng::Value> {
+        serde_yaml_ng::Deserializer::from_str(text)
+            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+            .collect()
     }
 
     #[test]
     fn init_config_has_the_v1beta3_shape() {
         let text = render_init(&params(), "abcdef.0123456789abcdef", &"ab".repeat(32));
-        let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text)
-            .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
-            .collect();
+        let docs = yaml_docs(&text);
         let kinds: Vec<&str> = docs
             .iter()
             .map(|d| d["kind"].as_str().unwrap_or_default())
@@ -388,6 +414,9 @@ mod tests {
         assert_eq!(docs[0]["localAPIEndpoint"]["bindPort"], 6443);
         assert_eq!(docs[0]["nodeRegistration"]["criSocket"], CRI_SOCKET);
         assert_eq!(docs[1]["kubernetesVersion"], "v1.30.3");
+        assert_eq!(docs[1]["controlPlaneEndpoint"], "198.18.0.11:6443");
+        assert_eq!(docs[1]["networking"]["podSubnet"], "10.244.0.0/16");
+        assert_eq!(docs[1]["networking"]["serviceSubnet"], "10.96.0.0/12");
         assert_eq!(
             docs[1]["etcd"]["external"]["endpoints"][0],
             "https://cp-1.lab.kubedna:2379"
@@ -404,13 +433,17 @@ mod tests {
     fn join_config_carries_control_plane_only_for_control_planes() {
         let mut p = JoinParams {
             node_name: "w-1".into(),
-            api_server_endpoint: "198.18.0.11:6443".into(),
+            api_server_endpoint: "198.18.0.11:6443".parse().expect("endpoint"),
             token: "abcdef.0123456789abcdef".into(),
             ca_cert_hash: format!("sha256:{}", "cd".repeat(32)),
             control_plane: None,
         };
         assert!(!render_join(&p).contains("controlPlane"));
-        p.control_plane = Some(("198.18.0.12".into(), "ab".repeat(32)));
+        p.control_plane = Some(ControlPlaneJoin {
+            advertise_address: [198, 18, 0, 12].into(),
+            bind_port: 6443,
+            certificate_key: "ab".repeat(32),
+        });
         let text = render_join(&p);
         assert!(text.contains("controlPlane:") && text.contains("certificateKey:"));
         assert!(text.contains("localAPIEndpoint:"));
@@ -419,6 +452,51 @@ mod tests {
         assert!(
             !debug.contains("0123456789abcdef") && !debug.contains(&"ab".repeat(32)),
             "{debug}"
+        );
+    }
+
+    /// The port, the release, the networks and the endpoint come from the inputs, an IPv6
+    /// endpoint bracketed and its advertise address bare.
+    #[test]
+    fn the_cluster_values_come_from_the_inputs() {
+        let p = ClusterParams {
+            kubernetes_version: KubernetesVersion::new(1, 30, 10),
+            advertise_address: "fd00::11".parse().expect("ip"),
+            api_bind_port: 8443,
+            control_plane_endpoint: "[fd00::11]:8443".parse().expect("endpoint"),
+            pod_subnet: "fd00:10:244::/56".parse().expect("cidr"),
+            service_subnet: "fd00:10:96::/112".parse().expect("cidr"),
+            ..params()
+        };
+        let docs = yaml_docs(&render_init(
+            &p,
+            "abcdef.0123456789abcdef",
+            &"ab".repeat(32),
+        ));
+        assert_eq!(docs[0]["localAPIEndpoint"]["bindPort"], 8443);
+        assert_eq!(docs[0]["localAPIEndpoint"]["advertiseAddress"], "fd00::11");
+        assert_eq!(docs[1]["kubernetesVersion"], "v1.30.10");
+        assert_eq!(docs[1]["controlPlaneEndpoint"], "[fd00::11]:8443");
+        assert_eq!(docs[1]["networking"]["podSubnet"], "fd00:10:244::/56");
+        assert_eq!(docs[1]["networking"]["serviceSubnet"], "fd00:10:96::/112");
+        let join = JoinParams {
+            node_name: "cp-2".into(),
+            api_server_endpoint: "[fd00::11]:8443".parse().expect("endpoint"),
+            token: "abcdef.0123456789abcdef".into(),
+            ca_cert_hash: format!("sha256:{}", "cd".repeat(32)),
+            control_plane: Some(ControlPlaneJoin {
+                advertise_address: "fd00::12".parse().expect("ip"),
+                bind_port: 8443,
+                certificate_key: "ab".repeat(32),
+            }),
+        };
+        let doc = &yaml_docs(&render_join(&join))[0];
+        let cp = &doc["controlPlane"]["localAPIEndpoint"];
+        assert_eq!(cp["bindPort"], 8443);
+        assert_eq!(cp["advertiseAddress"], "fd00::12");
+        assert_eq!(
+            doc["discovery"]["bootstrapToken"]["apiServerEndpoint"],
+            "[fd00::11]:8443"
         );
     }
 }

@@ -8,7 +8,8 @@
 //! - [`api`] routes requests, authorizes them by role and audits what must be audited.
 //! - [`cluster`] answers the cluster-wide views by asking every node over the mesh.
 //! - [`mesh`] runs the gossip mesh and discovery, and holds the handle other subsystems use.
-//! - [`node`] runs the control-plane engine (formation, leader, join material) over the mesh.
+//! - [`node`] runs the control-plane engine (formation, leader, join material) over the mesh;
+//!   [`node::engine_config`] is the one conversion from the config to the engine's.
 //! - [`doctor`] builds the leader's doctor duty and answers `kubedna doctor`.
 //! - [`reload`] re-reads the config on SIGHUP or `kubedna reload`: refuse, audit, apply.
 //! - [`selfaudit`] writes what the agent changes on its own into the audit log.

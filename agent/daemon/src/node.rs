@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use kubedna_config::Config;
 use kubedna_controlplane::engine::{
-    Engine, EngineConfig, EngineHandle, EtcdNetwork, Kubeadm, KubeadmError, KubeadmOp, OpRecords,
-    PeerError, PeerInfo, Peers, Request, Response, Status, SystemClock, Timings,
+    Engine, EngineHandle, Kubeadm, KubeadmError, KubeadmOp, OpRecords, PeerError, PeerInfo, Peers,
+    Request, Response, Status, SystemClock,
 };
 use kubedna_host::systemd::DbusSystemd;
 use kubedna_mesh::{Liveness, NodeState};
@@ -30,9 +30,10 @@ use tokio::task::JoinHandle;
 
 use crate::mesh::{request_kind, MeshHandle, MeshSlot};
 
-/// kubeadm's default Service range, and the pod range flannel and most CNIs default to.
-pub const POD_SUBNET: &str = "10.244.0.0/16";
-pub const SERVICE_SUBNET: &str = "10.96.0.0/12";
+mod engine_config;
+
+pub use engine_config::{api_endpoint, api_name, engine_config};
+
 /// The file whose managed block maps node names and the API name to addresses.
 pub const HOSTS_FILE: &str = "/etc/hosts";
 /// How long a request to a peer may take, resends included.
@@ -80,14 +81,6 @@ impl NodeSlot {
         };
         crate::catalogue::diff(r)
     }
-}
-
-/// The API server's port on every control plane.
-const API_PORT: u16 = 6443;
-
-/// `api.<cluster>.kubedna:6443`, every control plane's `controlPlaneEndpoint`.
-pub fn api_name(cluster: &str) -> String {
-    format!("api.{cluster}.kubedna")
 }
 
 /// Starts the engine in the background once the mesh runs; it stops when `shutdown` turns true.
@@ -152,28 +145,8 @@ async fn run(
         view: view.clone(),
     };
     let actions = crate::selfaudit::log(audit);
-    let cfg = EngineConfig {
-        cluster: cluster.clone(),
-        secret: config.cluster_secret.clone(),
-        node: config.node_name.clone(),
-        role: config.spec.node.role,
-        control_planes: config
-            .spec
-            .cluster
-            .control_planes
-            .as_ref()
-            .map(|c| c.members.clone())
-            .unwrap_or_default(),
-        advertise_address: handle.local_addr().ip().to_string(),
-        control_plane_endpoint: format!("{}:{API_PORT}", api_name(&cluster)),
-        pod_subnet: POD_SUBNET.into(),
-        service_subnet: SERVICE_SUBNET.into(),
-        etcd: EtcdNetwork::Named,
-        etcd_binary: "/usr/bin/etcd".into(),
-        root: "/".into(),
-        timings: Timings::default(),
-        actions: actions.clone(),
-    };
+    let cfg = engine_config(&config, handle.local_addr().ip(), actions.clone());
+    let api_port = cfg.api_port();
     let kubeadm = KubeadmUnit {
         systemd: systemd.clone(),
         runs: Arc::new(AtomicU64::new(0)),
@@ -217,6 +190,7 @@ async fn run(
         engine_handle.clone(),
         cluster,
         local,
+        api_port,
         shutdown.clone(),
     ));
     serve(&handle, view, engine_handle);
@@ -294,6 +268,7 @@ async fn keep_view(
     engine: EngineHandle,
     cluster: String,
     local: (String, SocketAddr),
+    api_port: u16,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut events = mesh.subscribe();
@@ -340,7 +315,7 @@ async fn keep_view(
         let own_api = status.role == NodeRole::ControlPlane
             && Path::new(LOCAL_API_MANIFEST).exists()
             && (status.phase == kubedna_controlplane::engine::Phase::Initialising
-                || api_listens(local.1.ip()).await);
+                || api_listens(SocketAddr::new(local.1.ip(), api_port)).await);
         let hosts = hosts_entries(&cluster, &local, &known, &view, &status, own_api, &serving);
         if hosts != last_hosts {
             match update_hosts(Path::new(HOSTS_FILE), &hosts) {
@@ -366,8 +341,8 @@ async fn keep_view(
 /// points at it only then: a join that failed after writing the manifest must not send the next
 /// join's discovery to an API server that does not run. (`kubeadm init` is different: there is
 /// no other API, and init waits for its own.)
-async fn api_listens(ip: IpAddr) -> bool {
-    let connect = tokio::net::TcpStream::connect(SocketAddr::new(ip, API_PORT));
+async fn api_listens(api: SocketAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(api);
     matches!(
         tokio::time::timeout(Duration::from_millis(300), connect).await,
         Ok(Ok(_))

@@ -6,8 +6,9 @@
 //! (`/v1/...`). Compatible additions add optional fields; anything else gets a new version.
 //!
 //! It is also the project's one vocabulary, so no crate keeps its own copy: [`NodeRole`], the
-//! error-chain display [`error_chain`], and, behind the `secret` feature that the CLI does not
-//! enable, the cluster secret (`ClusterSecret`).
+//! error-chain display [`error_chain`], the Kubernetes values config and engine share
+//! ([`Cidr`], [`Endpoint`], [`KubernetesVersion`]), and, behind the `secret` feature that the
+//! CLI does not enable, the cluster secret (`ClusterSecret`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,10 +18,12 @@ use serde::{Deserialize, Serialize};
 
 mod cluster;
 mod errors;
+mod kubernetes;
 #[cfg(feature = "secret")]
 mod secret;
 
 pub use errors::error_chain;
+pub use kubernetes::{Cidr, Endpoint, Host, IpFamily, KubernetesVersion, ValueError};
 #[cfg(feature = "secret")]
 pub use secret::{ClusterSecret, SecretError, MIN_SECRET_LEN};
 

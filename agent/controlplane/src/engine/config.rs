@@ -1,9 +1,15 @@
 //! The engine's configuration and time: [`EngineConfig`] (the cluster, this node, the
-//! expected control-plane set, addresses, timings), how etcd members are addressed, the
+//! expected control-plane set, addresses, the Kubernetes release and networks as typed values,
+//! timings), how etcd members are addressed, the
 //! production paths kubeadm is told about, and the [`Clock`] every wait of the engine goes
 //! through. Holds the cluster secret only inside [`ClusterSecret`], which never prints it.
 
+use std::net::IpAddr;
+
 use super::*;
+
+/// The typed values of the cluster's Kubernetes side (one vocabulary with the config).
+pub use kubedna_proto::{Cidr, Endpoint, Host, KubernetesVersion};
 
 /// Time for the engine: wall-clock time for join material expiry, and every wait the engine
 /// makes (pauses between polls and retries, bounds on calls, deadlines), so a test clock can
@@ -76,11 +82,16 @@ pub struct EngineConfig {
     /// The expected control-plane set E (`cluster.controlPlanes.members`).
     pub control_planes: Vec<String>,
     /// This node's address for the API server.
-    pub advertise_address: String,
-    /// `host:6443` shared by all control planes.
-    pub control_plane_endpoint: String,
-    pub pod_subnet: String,
-    pub service_subnet: String,
+    pub advertise_address: IpAddr,
+    /// kubeadm's `controlPlaneEndpoint`, shared by all control planes: in production
+    /// `api.<cluster>.kubedna:<kubernetes.apiPort>`. Its name resolves to a control plane's own
+    /// address (no load balancer in between), so its port is also the one every control
+    /// plane's API server binds ([`EngineConfig::api_port`]).
+    pub control_plane_endpoint: Endpoint,
+    /// The release `kubeadm init` installs.
+    pub kubernetes_version: KubernetesVersion,
+    pub pod_subnet: Cidr,
+    pub service_subnet: Cidr,
     pub etcd: EtcdNetwork,
     pub etcd_binary: PathBuf,
     /// The host's file system root (`/` in production); unit files, PKI, etcd data and kubeadm
@@ -92,6 +103,11 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// The port every control plane's API server binds: the endpoint's.
+    pub fn api_port(&self) -> u16 {
+        self.control_plane_endpoint.port()
+    }
+
     pub(super) fn urls(&self, set: &MemberSet, name: &str) -> (MemberUrls, MemberUrls) {
         match &self.etcd {
             EtcdNetwork::Named => {
@@ -157,23 +173,24 @@ pub(super) fn rooted(root: &Path, p: &str) -> PathBuf {
 
 /// What `kubeadm init`, and the leader's `init phase upload-certs`, are told about the cluster.
 pub(super) fn cluster_params(cfg: &EngineConfig, set: &MemberSet) -> ClusterParams {
-    let host = cfg
-        .control_plane_endpoint
-        .rsplit_once(':')
-        .map_or(cfg.control_plane_endpoint.as_str(), |(h, _)| h);
-    let mut sans = vec![cfg.advertise_address.clone(), host.to_string()];
+    let mut sans = vec![
+        cfg.advertise_address.to_string(),
+        cfg.control_plane_endpoint.host().to_string(),
+    ];
     sans.dedup();
     ClusterParams {
         cluster_name: cfg.cluster.clone(),
         node_name: cfg.node.clone(),
-        advertise_address: cfg.advertise_address.clone(),
+        kubernetes_version: cfg.kubernetes_version,
+        advertise_address: cfg.advertise_address,
+        api_bind_port: cfg.api_port(),
         control_plane_endpoint: cfg.control_plane_endpoint.clone(),
         etcd_endpoints: cfg.client_urls(set, None),
         etcd_ca: format!("{KUBEADM_ETCD_DIR}/ca.crt"),
         etcd_cert: format!("{KUBEADM_ETCD_DIR}/client.crt"),
         etcd_key: format!("{KUBEADM_ETCD_DIR}/client.key"),
-        pod_subnet: cfg.pod_subnet.clone(),
-        service_subnet: cfg.service_subnet.clone(),
+        pod_subnet: cfg.pod_subnet,
+        service_subnet: cfg.service_subnet,
         cert_sans: sans,
     }
 }

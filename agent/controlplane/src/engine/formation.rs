@@ -48,15 +48,13 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
         let mut ips = Vec::new();
         for url in [&adv.peer, &adv.client] {
             if let Some(host) = url_host(url) {
-                match host.parse::<std::net::IpAddr>() {
-                    Ok(ip) => ips.push(ip),
-                    Err(_) => names.push(host.to_string()),
+                match host.as_ip() {
+                    Some(ip) => ips.push(ip),
+                    None => names.push(host.to_string()),
                 }
             }
         }
-        if let Ok(ip) = self.cfg().advertise_address.parse() {
-            ips.push(ip);
-        }
+        ips.push(self.cfg().advertise_address);
         names.sort();
         names.dedup();
         ips.sort();

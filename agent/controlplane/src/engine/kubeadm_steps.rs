@@ -299,8 +299,11 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
             api_server_endpoint: m.api_endpoint.clone(),
             token: m.token.clone(),
             ca_cert_hash: m.ca_cert_hash.clone(),
-            control_plane: (cfg.role == NodeRole::ControlPlane)
-                .then(|| (cfg.advertise_address.clone(), m.certificate_key.clone())),
+            control_plane: (cfg.role == NodeRole::ControlPlane).then(|| kcfg::ControlPlaneJoin {
+                advertise_address: cfg.advertise_address,
+                bind_port: cfg.api_port(),
+                certificate_key: m.certificate_key.clone(),
+            }),
         };
         if cfg.role == NodeRole::ControlPlane {
             self.write_kubeadm_etcd_files()?;

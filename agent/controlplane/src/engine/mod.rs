@@ -496,10 +496,9 @@ impl<P: Peers, S: Systemd + 'static, K: Kubeadm, C: Clock> Engine<P, S, K, C> {
     }
 }
 
-fn url_host(url: &str) -> Option<&str> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let hostport = rest.split('/').next()?;
-    Some(hostport.rsplit_once(':').map_or(hostport, |(h, _)| h))
+/// The host of an etcd URL such as `https://[fd00::3]:2380` (parsed, never split on `:`).
+fn url_host(url: &str) -> Option<Host> {
+    Endpoint::in_url(url).map(|e| e.host().clone())
 }
 
 /// The `sha256:<64 hex>` CA hash in kubeadm's printed join command.
@@ -537,10 +536,30 @@ mod tests {
             !r.contains("0123456789abcdef") && !r.contains(&"cd".repeat(32)),
             "{r}"
         );
-        assert_eq!(url_host("https://127.0.0.3:2380"), Some("127.0.0.3"));
-        assert_eq!(
-            url_host("https://cp-1.lab.kubedna:2379"),
-            Some("cp-1.lab.kubedna")
-        );
+    }
+
+    /// (etcd URL, its host as a certificate wants it, whether it is an address)
+    #[test]
+    fn url_hosts_of_ipv4_ipv6_and_names() {
+        for (url, host, is_ip) in [
+            ("https://127.0.0.3:2380", Some("127.0.0.3"), true),
+            ("https://[fd00::3]:2380", Some("fd00::3"), true),
+            ("https://[fd00::3]:2379/health", Some("fd00::3"), true),
+            (
+                "https://cp-1.lab.kubedna:2379",
+                Some("cp-1.lab.kubedna"),
+                false,
+            ),
+            ("https://fd00::3:2379", None, false),
+            ("https://cp-1.lab.kubedna", None, false),
+        ] {
+            let got = url_host(url);
+            assert_eq!(
+                got.as_ref().map(ToString::to_string).as_deref(),
+                host,
+                "{url}"
+            );
+            assert_eq!(got.and_then(|h| h.as_ip()).is_some(), is_ip, "{url}");
+        }
     }
 }
