@@ -15,6 +15,7 @@ pub mod names;
 pub mod net;
 pub mod node;
 pub mod provider;
+pub mod procfs;
 pub mod pxe_http;
 pub mod qemu;
 pub mod seed;

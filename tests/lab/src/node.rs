@@ -775,16 +775,7 @@ pub fn stop_node(p: &NodePaths, grace: Duration) -> Result<(), NodeError> {
 
 /// Sum of the proportional set size (PSS) of all the node's processes, in KiB.
 pub fn memory_pss_kib(p: &NodePaths) -> u64 {
-    node_pids(p)
-        .into_iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Pss:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
+    crate::procfs::pss_kib(node_pids(p))
 }
 
 #[cfg(test)]

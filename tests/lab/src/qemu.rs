@@ -635,16 +635,7 @@ pub fn powerdown(p: &VmPaths, grace: Duration) -> Result<(), QemuError> {
 
 /// Proportional set size of the node's qemu, in KiB (the VM's memory as the host pays for it).
 pub fn memory_pss_kib(p: &VmPaths) -> u64 {
-    pids(p)
-        .into_iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Pss:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
+    crate::procfs::pss_kib(pids(p))
 }
 
 mod ssh;
