@@ -133,6 +133,7 @@ fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
 }
 
+#[path = "catalogue/manifests.rs"]
 mod manifests;
 use manifests::*;
 

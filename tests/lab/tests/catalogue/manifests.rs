@@ -2,7 +2,8 @@
 //! its custom resources, ConfigMaps, a Deployment of the pause image) as components with their
 //! dependencies, force flags and health checks.
 
-pub(crate) const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kubedna-demo\n";
+pub(crate) const NAMESPACE: &str =
+    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kubedna-demo\n";
 pub(crate) const CRD: &str = "apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
