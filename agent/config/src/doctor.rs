@@ -137,14 +137,7 @@ pub(crate) fn check(spec: &AgentConfig) -> Result<(), (&'static str, String)> {
 
 #[cfg(test)]
 mod tests {
-    const BASE: &str = "apiVersion: kubedna.io/v1alpha1\nkind: AgentConfig\ncluster:\n  name: demo\n  secret: 0123456789abcdef0123456789abcdef\nnode:\n  name: n1\n  role: worker\n";
-
-    fn parse(extra: &str) -> Result<crate::Config, crate::ConfigError> {
-        crate::parse(
-            std::path::Path::new("/etc/kubedna/agent.yaml"),
-            &format!("{BASE}{extra}"),
-        )
-    }
+    use crate::test_support::parse;
 
     #[test]
     fn defaults_and_a_lab_doctor() {

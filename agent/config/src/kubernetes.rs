@@ -155,14 +155,7 @@ pub(crate) fn check(k: &KubernetesSpec) -> Result<(), (&'static str, String)> {
 mod tests {
     use super::*;
 
-    const BASE: &str = "apiVersion: kubedna.io/v1alpha1\nkind: AgentConfig\ncluster:\n  name: demo\n  secret: 0123456789abcdef0123456789abcdef\nnode:\n  name: n1\n  role: worker\n";
-
-    fn parse(extra: &str) -> Result<crate::Config, crate::ConfigError> {
-        crate::parse(
-            std::path::Path::new("/etc/kubedna/agent.yaml"),
-            &format!("{BASE}{extra}"),
-        )
-    }
+    use crate::test_support::parse;
 
     #[test]
     fn without_the_section_the_values_are_the_ones_before_it_existed() {

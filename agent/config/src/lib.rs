@@ -224,3 +224,17 @@ fn strip_location(msg: &str) -> &str {
 
 #[cfg(test)]
 mod tests;
+
+/// What the section modules' tests share: a minimal valid worker config to append to.
+#[cfg(test)]
+mod test_support {
+    const BASE: &str = "apiVersion: kubedna.io/v1alpha1\nkind: AgentConfig\ncluster:\n  name: demo\n  secret: 0123456789abcdef0123456789abcdef\nnode:\n  name: n1\n  role: worker\n";
+
+    /// `extra` appended to the minimal config, parsed as `/etc/kubedna/agent.yaml`.
+    pub(crate) fn parse(extra: &str) -> Result<crate::Config, crate::ConfigError> {
+        crate::parse(
+            std::path::Path::new("/etc/kubedna/agent.yaml"),
+            &format!("{BASE}{extra}"),
+        )
+    }
+}
