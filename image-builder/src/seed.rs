@@ -314,28 +314,52 @@ pub fn render(cluster: &ClusterSeed, cluster_path: &Path, node: &str) -> Result<
             gateway: None,
             nameservers: Vec::new(),
         });
-        let mut nc = format!(
-            "version: 2\nethernets:\n  primary:\n    match:\n      name: \"e*\"\n    \
-             addresses: [{addr}/{}]\n",
-            net.prefix_length
-        );
-        if let Some(gw) = net.gateway {
-            // `0.0.0.0/0`, not `default`: cloud-init 22.4 (Debian 12) refuses "default" as an
-            // address and then applies no network config at all (found by the lab's qemu nodes).
-            nc.push_str(&format!(
-                "    routes:\n      - to: 0.0.0.0/0\n        via: {gw}\n"
-            ));
-        }
-        if !net.nameservers.is_empty() {
-            let ns: Vec<String> = net.nameservers.iter().map(|a| a.to_string()).collect();
-            nc.push_str(&format!(
-                "    nameservers:\n      addresses: [{}]\n",
-                ns.join(", ")
-            ));
-        }
-        files.push(("network-config".to_string(), nc));
+        // Validated with the cluster (`seed_pxe::validate_macs`).
+        let mac = n
+            .mac
+            .as_deref()
+            .and_then(|m| crate::seed_pxe::Mac::parse(m).ok());
+        files.push((
+            "network-config".to_string(),
+            network_config(addr, mac, &net),
+        ));
     }
     Ok(Seed { files })
+}
+
+/// The network-config (v2) giving a node its static address. A node that names its NIC's MAC
+/// gets that NIC matched by `macaddress`, which every cloud-init renderer honours; without a
+/// MAC it falls back to `name: "e*"`, which netplan (Ubuntu) honours but cloud-init 22.4's
+/// ifupdown renderer (Debian 12) ignores, naming the interface after the key instead.
+pub(crate) fn network_config(
+    addr: Ipv4Addr,
+    mac: Option<crate::seed_pxe::Mac>,
+    net: &NetworkDefaults,
+) -> String {
+    let matched = match mac {
+        Some(m) => format!("macaddress: \"{}\"", m.colon()),
+        None => "name: \"e*\"".to_string(),
+    };
+    let mut nc = format!(
+        "version: 2\nethernets:\n  primary:\n    match:\n      {matched}\n    \
+         addresses: [{addr}/{}]\n",
+        net.prefix_length
+    );
+    if let Some(gw) = net.gateway {
+        // `0.0.0.0/0`, not `default`: cloud-init 22.4 (Debian 12) refuses "default" as an
+        // address and then applies no network config at all (found by the lab's qemu nodes).
+        nc.push_str(&format!(
+            "    routes:\n      - to: 0.0.0.0/0\n        via: {gw}\n"
+        ));
+    }
+    if !net.nameservers.is_empty() {
+        let ns: Vec<String> = net.nameservers.iter().map(|a| a.to_string()).collect();
+        nc.push_str(&format!(
+            "    nameservers:\n      addresses: [{}]\n",
+            ns.join(", ")
+        ));
+    }
+    nc
 }
 
 /// The user-data of node `n`. A control plane of a cluster with `doctor:` also gets the
@@ -506,5 +530,38 @@ mod tests {
         assert!(!is_dns_label("CP"));
         assert!(!is_dns_label("-a"));
         assert!(!is_dns_label(""));
+    }
+
+    #[test]
+    fn network_config_matches_the_nic_by_mac_when_the_node_names_one() {
+        let mac = crate::seed_pxe::Mac::parse("52-54-00-64-00-0C").ok();
+        let net = |gateway: Option<&str>| NetworkDefaults {
+            prefix_length: 24,
+            gateway: gateway.map(|g| g.parse().expect("gw")),
+            nameservers: Vec::new(),
+        };
+        let addr = "198.18.0.20".parse().expect("addr");
+        // (mac, gateway, wanted match line, route wanted)
+        let table = [
+            (mac, None, "macaddress: \"52:54:00:64:00:0c\"", false),
+            (None, None, "name: \"e*\"", false),
+            (
+                mac,
+                Some("198.18.0.1"),
+                "macaddress: \"52:54:00:64:00:0c\"",
+                true,
+            ),
+        ];
+        for (mac, gw, wanted, route) in table {
+            let nc = network_config(addr, mac, &net(gw));
+            let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&nc).expect(&nc);
+            assert!(nc.contains(wanted), "{nc}");
+            assert_eq!(v["ethernets"]["primary"]["addresses"][0], "198.18.0.20/24");
+            assert_eq!(
+                v["ethernets"]["primary"]["routes"][0]["via"].as_str(),
+                route.then_some("198.18.0.1"),
+                "{nc}"
+            );
+        }
     }
 }

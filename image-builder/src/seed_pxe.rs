@@ -44,6 +44,11 @@ impl Mac {
         Ok(Mac(b))
     }
 
+    /// The form NICs report and network-config matches: lower-case hex octets joined by colons.
+    pub fn colon(&self) -> String {
+        self.hexhyp().replace('-', ":")
+    }
+
     /// iPXE's `${mac:hexhyp}`: lower-case hex octets joined by hyphens.
     pub fn hexhyp(&self) -> String {
         self.0

@@ -492,6 +492,12 @@ impl Lab {
         self.state.subnet.host(1).unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 
+    /// The cluster secret the lab's seeds carry: for a test that seeds a machine the lab did not
+    /// make (a PXE-installed one) into the lab's cluster. Never print it.
+    pub fn cluster_secret(&self) -> &str {
+        &self.state.cluster_secret.0
+    }
+
     /// Host-side files of a node.
     pub fn paths(&self, node: &str) -> NodePaths {
         NodePaths::new(&self.dir, node)

@@ -16,11 +16,14 @@
 //! script) but served an `esp.img` one byte off its pin refuses and powers off with its blank
 //! disk never written; the same machine served the real image installs to its disk (first in
 //! the boot order), reboots from it without asking the PXE server for anything, and its agent
-//! starts from the kept seed; after a power cut right after its agent said ready, it boots its
-//! disk again, installing nothing, and its agent starts again. Needs qemu-system-x86_64,
-//! OVMF, ipxe-qemu
-//! and an image directory with pxe/ (`kubedna-image build --outputs ...,pxe`):
-//! `KUBEDNA_LAB_PXE_IMAGE`, else `KUBEDNA_LAB_IMAGE`. A TCG boot takes minutes.
+//! starts from the kept seed. Then a power cut right after its agent said ready, and its NIC
+//! moves from the provisioning network to the lab bridge (the cluster's network, as a switch
+//! port is moved from the provisioning VLAN): it boots its disk again, installing nothing, its
+//! NIC takes the static address its seed gave that MAC, and it joins the lab cluster (`p-pxe`,
+//! one nspawn control plane, 198.18.100.0/24) as a worker. Needs root, qemu-system-x86_64,
+//! OVMF, ipxe-qemu and an image directory with rootfs.tar and pxe/ (`kubedna-image build
+//! --outputs tar,disk,pxe`): `KUBEDNA_LAB_PXE_IMAGE`, else `KUBEDNA_LAB_IMAGE`. A TCG boot
+//! takes minutes.
 //! `KUBEDNA_LAB_PXE_COMPARE=1` adds the baseline of docs/benchmarks.md: the same machine
 //! booted with the kernel and initrd handed to qemu, in the same run.
 
@@ -30,7 +33,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{assert_root, diagnose, poll, Down, ROOT};
+use kubedna_lab::lab::{self, Lab, UpOptions};
 use kubedna_lab::qemu::{OVMF_CODE, OVMF_VARS};
+use serde_json::Value;
 
 const IPXE_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 /// The PXE server's address inside qemu's user network (10.0.2.0/24; 10.0.2.2 is qemu's own
@@ -41,6 +49,13 @@ const UNKNOWN_MAC: &str = "52:54:00:64:00:99";
 /// The machine the site script tells to install itself (`install-disk /dev/vda`).
 const INSTALL_MAC: &str = "52:54:00:64:00:0c";
 const INSTALL_HEXHYP: &str = "52-54-00-64-00-0c";
+/// The lab cluster the installed machine joins, and the address its seed gives it there.
+const LAB: &str = "p-pxe";
+const SUBNET: &str = "198.18.100.0/24";
+const INSTALL_ADDRESS: &str = "198.18.100.20";
+/// The installed machine's tap on the lab bridge: named like a lab port (`kdl-ID-N`), so the
+/// lab's `down` removes it with the rest.
+const TAP_INDEX: u32 = 99;
 /// esp.img is there when the image has the disk output too: what the installer writes.
 const PXE_FILES: [&str; 5] = [
     "vmlinuz",
@@ -77,10 +92,25 @@ struct Vm {
     started: Instant,
 }
 
+/// Where the machine's one NIC is plugged.
+enum Wire<'a> {
+    /// The provisioning network: qemu's user network with the PXE server (DHCP, TFTP, HTTP).
+    Provisioning { www: &'a Path, tftp: &'a Path },
+    /// The lab's bridge, through this tap: the cluster's network, where nothing answers DHCP.
+    Lab { tap: &'a str },
+}
+
 impl Vm {
     /// Boots a blank UEFI machine whose only boot device is the virtio NIC's iPXE.
     fn netboot(dir: &Path, name: &str, mac: &str, www: &Path, tftp: &Path) -> Vm {
-        Vm::boot(dir, name, mac, www, tftp, None, None)
+        Vm::boot(
+            dir,
+            name,
+            mac,
+            &Wire::Provisioning { www, tftp },
+            None,
+            None,
+        )
     }
 
     /// A blank machine with a local disk: the firmware tries the disk first (bootindex 1), the
@@ -93,7 +123,14 @@ impl Vm {
         tftp: &Path,
         disk: &Path,
     ) -> Vm {
-        Vm::boot(dir, name, mac, www, tftp, None, Some(disk))
+        Vm::boot(
+            dir,
+            name,
+            mac,
+            &Wire::Provisioning { www, tftp },
+            None,
+            Some(disk),
+        )
     }
 
     /// Boots with `direct = Some(kernel command line)`: qemu is handed `www/kubedna/vmlinuz`
@@ -102,8 +139,7 @@ impl Vm {
         dir: &Path,
         name: &str,
         mac: &str,
-        www: &Path,
-        tftp: &Path,
+        wire: &Wire<'_>,
         direct: Option<&str>,
         disk: Option<&Path>,
     ) -> Vm {
@@ -117,13 +153,16 @@ impl Vm {
             std::fs::copy(OVMF_VARS, &vars).expect("OVMF vars");
         }
         let server = env!("CARGO_BIN_EXE_kubedna-lab");
-        let netdev = format!(
-            "user,id=n0,restrict=on,tftp={},bootfile=kubedna.ipxe,\
-             guestfwd=tcp:{SERVER}:80-cmd:{server} pxe-http --root {} --log {}",
-            tftp.display(),
-            www.display(),
-            dir.join(format!("{name}-server.log")).display()
-        );
+        let netdev = match wire {
+            Wire::Provisioning { www, tftp } => format!(
+                "user,id=n0,restrict=on,tftp={},bootfile=kubedna.ipxe,\
+                 guestfwd=tcp:{SERVER}:80-cmd:{server} pxe-http --root {} --log {}",
+                tftp.display(),
+                www.display(),
+                dir.join(format!("{name}-server.log")).display()
+            ),
+            Wire::Lab { tap } => format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+        };
         let stderr = std::fs::File::create(dir.join(format!("{name}-qemu.log"))).expect("log");
         let mut qemu = Command::new("qemu-system-x86_64");
         let mut nic_boot = String::new();
@@ -136,7 +175,7 @@ impl Vm {
                 .args(["-device", "virtio-blk-pci,drive=d0,bootindex=1"]);
             nic_boot = ",bootindex=2".into();
         }
-        if let Some(append) = direct {
+        if let (Some(append), Wire::Provisioning { www, .. }) = (direct, wire) {
             qemu.arg("-kernel")
                 .arg(www.join("kubedna/vmlinuz"))
                 .arg("-initrd")
@@ -326,24 +365,42 @@ fn blank_machines_network_boot_install_to_disk_and_only_a_described_mac_gets_a_s
         ),
     )
     .expect("kubedna.ipxe");
-    // Seeds for the whole cluster, by MAC.
+    // The lab cluster the installed machine joins: one control plane (a nspawn node) on the lab
+    // bridge. The installed machine's NIC moves from the provisioning network to this bridge
+    // after its install, as a datacenter switch port is moved from the provisioning VLAN to the
+    // cluster's (what OpenStack Ironic does with its provisioning network).
+    let _down = Down(LAB);
+    let lab = lab_cluster(&image);
+    let cp = lab.node("cp-1").unwrap_or_else(|e| panic!("{e}")).address;
+    // Seeds for the whole cluster, by MAC: the lab's cluster, its secret and its control plane.
+    // pxe-w2 (the machine that installs itself) has a static address on the lab subnet, given
+    // to the NIC with its MAC.
     let cluster = dir.join("cluster.yaml");
     std::fs::write(
         &cluster,
         format!(
-            "apiVersion: kubedna.io/v1alpha1\nkind: ClusterSeed\nname: x-pxe\n\
-             secretFile: cluster-secret\nnodes:\n  \
-             - name: cp-1\n    role: control-plane\n    mac: 52:54:00:64:00:0a\n  \
+            "apiVersion: kubedna.io/v1alpha1\nkind: ClusterSeed\nname: {LAB}\n\
+             secretFile: cluster-secret\nprovider: lab\nnetwork:\n  prefixLength: 24\n  \
+             gateway: {gw}\nnodes:\n  \
+             - name: cp-1\n    role: control-plane\n    address: {cp}\n    \
+             mac: 52:54:00:64:00:0a\n  \
              - name: pxe-w1\n    role: worker\n    mac: {KNOWN_MAC}\n  \
-             - name: pxe-w2\n    role: worker\n    mac: {INSTALL_MAC}\n"
+             - name: pxe-w2\n    role: worker\n    mac: {INSTALL_MAC}\n    \
+             address: {INSTALL_ADDRESS}\n",
+            gw = lab.gateway(),
         ),
     )
     .expect("cluster.yaml");
-    std::fs::write(
-        dir.join("cluster-secret"),
-        "x-pxe-test-secret-0123456789abcdef01234",
-    )
-    .expect("secret");
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join("cluster-secret"))
+            .and_then(|mut f| f.write_all(lab.cluster_secret().as_bytes()))
+            .expect("secret");
+    }
     let o = Command::new(&builder)
         .args(["seed", "--cluster"])
         .arg(&cluster)
@@ -424,7 +481,24 @@ fn blank_machines_network_boot_install_to_disk_and_only_a_described_mac_gets_a_s
     );
 
     tampered_image_stops_the_install_before_the_disk_is_touched(dir, &www, &tftp);
-    installs_to_disk_and_boots_from_it(dir, &www, &tftp);
+    installs_to_disk_and_boots_from_it(dir, &www, &tftp, &lab);
+}
+
+/// The lab the installed machine joins (`LAB` on `SUBNET`): one control plane, no workers.
+fn lab_cluster(image: &Path) -> Lab {
+    assert_root();
+    let opts = UpOptions {
+        root: ROOT.into(),
+        name: LAB.into(),
+        control_planes: 1,
+        workers: 0,
+        image: image.to_path_buf(),
+        image_cache: kubedna_lab::image::DEFAULT_CACHE.into(),
+        subnet: SUBNET.parse().unwrap_or_else(|e| panic!("{e}")),
+        timeout: Duration::from_secs(300),
+    };
+    lab::down(ROOT.as_ref(), LAB).unwrap_or_else(|e| panic!("pre-clean {LAB}: {e}"));
+    Lab::up(&opts).unwrap_or_else(|e| panic!("lab up {LAB}: {e}"))
 }
 
 /// A blank 8 GiB disk image.
@@ -513,7 +587,7 @@ fn tampered_image_stops_the_install_before_the_disk_is_touched(
 /// The described machine with `install-disk`: network boot, install, reboot, and from then on
 /// its disk (first in the boot order) boots it; the PXE server sees no request after the
 /// reboot. The second boot reaches the agent without installing again.
-fn installs_to_disk_and_boots_from_it(dir: &Path, www: &Path, tftp: &Path) {
+fn installs_to_disk_and_boots_from_it(dir: &Path, www: &Path, tftp: &Path, lab: &Lab) {
     let disk = dir.join("pxe-w2-disk.qcow2");
     blank_disk(&disk);
     let mut vm = Vm::netboot_with_disk(dir, "pxe-w2", INSTALL_MAC, www, tftp, &disk);
@@ -577,11 +651,16 @@ fn installs_to_disk_and_boots_from_it(dir: &Path, www: &Path, tftp: &Path) {
     );
 
     // A power cycle: the same disk and firmware variables, a new qemu, the old one killed right
-    // after its agent said ready (a power cut, not a shutdown). It boots its disk again; nothing
-    // is fetched and nothing is installed, and the agent starts: its config and secret were
-    // made durable before it said ready (cloud-init writes them without an fsync; before that
-    // fix a cut here left a 0-byte secret and an agent that never started again).
-    let mut vm = Vm::netboot_with_disk(dir, "pxe-w2-again", INSTALL_MAC, www, tftp, &disk);
+    // after its agent said ready (a power cut, not a shutdown). Its NIC is now on the lab bridge
+    // (the cluster's network, no PXE server there). It boots its disk again; nothing is
+    // installed, and the agent starts: its config and secret were made durable before it said
+    // ready (cloud-init writes them without an fsync; before that fix a cut here left a 0-byte
+    // secret and an agent that never started again). Then it joins the lab's cluster as a
+    // worker, on the address its seed gave the NIC with its MAC.
+    let tap = kubedna_lab::names::veth(LAB, TAP_INDEX);
+    kubedna_lab::qemu::create_tap(&tap, &lab.state.bridge).unwrap_or_else(|e| panic!("{e}"));
+    let wire = Wire::Lab { tap: &tap };
+    let mut vm = Vm::boot(dir, "pxe-w2-again", INSTALL_MAC, &wire, None, Some(&disk));
     let t = vm.wait_for(
         &[
             ("booted from its disk", "root=PARTUUID="),
@@ -589,11 +668,30 @@ fn installs_to_disk_and_boots_from_it(dir: &Path, www: &Path, tftp: &Path) {
         ],
         BOOT,
     );
-    drop(vm);
     eprintln!(
         "FIGURE second boot (power cycle) from its disk: agent ready after {:.1} s wall",
         t[1].as_secs_f64()
     );
+    let joined = Instant::now();
+    let row = poll(
+        "pxe-w2 a member of the lab's cluster, as cp-1's `kubedna status --cluster` shows",
+        BOOT,
+        || worker_row(lab, "pxe-w2"),
+        || diagnose(lab, "cp-1"),
+    );
+    eprintln!(
+        "FIGURE installed machine joined the lab cluster as a worker {:.1} s after its agent \
+         was ready ({:.1} s wall)",
+        joined.elapsed().as_secs_f64(),
+        vm.started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        row["address"].as_str().and_then(|a| a.split(':').next()),
+        Some(INSTALL_ADDRESS),
+        "pxe-w2 is not on the address its seed gave its NIC: {row:#}"
+    );
+    assert_eq!(row["status"]["leader"]["name"], "cp-1", "{row:#}");
+    drop(vm);
     let console = std::fs::read_to_string(dir.join("pxe-w2-again-console.log")).expect("console");
     assert!(
         !console.contains("kubedna-install:"),
@@ -603,11 +701,28 @@ fn installs_to_disk_and_boots_from_it(dir: &Path, www: &Path, tftp: &Path) {
         !console.contains("boot=live"),
         "the second boot was a network boot"
     );
-    let asked = std::fs::read_to_string(dir.join("pxe-w2-again-server.log")).unwrap_or_default();
-    assert!(
-        asked.is_empty(),
-        "the second boot asked the PXE server: {asked}"
-    );
+}
+
+/// cp-1's `kubedna status --cluster` row of `node` once it answers as a worker member.
+fn worker_row(lab: &Lab, node: &str) -> Option<Value> {
+    let out = lab
+        .exec(
+            "cp-1",
+            &["kubedna", "-o", "json", "status", "--cluster"],
+            Some(Duration::from_secs(60)),
+        )
+        .ok()?;
+    let v: Value = serde_json::from_str(&out.stdout).ok()?;
+    v["nodes"]
+        .as_array()?
+        .iter()
+        .find(|r| {
+            r["node"] == node
+                && r["answer"] == "ok"
+                && r["status"]["role"] == "worker"
+                && r["status"]["phase"] == "member"
+        })
+        .cloned()
 }
 
 /// The baseline of docs/benchmarks.md: the same machine booted the old way, qemu handed the
@@ -627,7 +742,8 @@ fn compare_with_direct_kernel_boot(dir: &Path, www: &Path, tftp: &Path, netboot:
         .join(" ")
         .replace("${seed-url}", &format!("{base}/seed/52-54-00-64-00-0b/"))
         .replace("${base-url}", &base);
-    let mut vm = Vm::boot(dir, "direct", KNOWN_MAC, www, tftp, Some(&append), None);
+    let wire = Wire::Provisioning { www, tftp };
+    let mut vm = Vm::boot(dir, "direct", KNOWN_MAC, &wire, Some(&append), None);
     let t = vm.wait_for(&[("agent ready", "Started kubedna-agent.service")], BOOT)[0];
     eprintln!(
         "FIGURE direct kernel boot (baseline): agent ready after {:.1} s wall; network boot / \
