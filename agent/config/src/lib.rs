@@ -82,6 +82,11 @@ impl Config {
         &self.spec.state.dir
     }
 
+    /// Where the units the agent starts write their output (`state.runtimeDir`).
+    pub fn runtime_dir(&self) -> &Path {
+        &self.spec.state.runtime_dir
+    }
+
     pub fn audit_dir(&self) -> PathBuf {
         self.spec
             .audit
@@ -154,6 +159,9 @@ impl Config {
         }
         if a.state.dir != b.state.dir {
             out.push("state.dir");
+        }
+        if a.state.runtime_dir != b.state.runtime_dir {
+            out.push("state.runtimeDir");
         }
         if new.audit_dir() != self.audit_dir() {
             out.push("audit.dir");

@@ -393,14 +393,23 @@ pub struct StateSpec {
     /// Default `/var/lib/kubedna`.
     #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
+    /// Where the units the agent starts (kubeadm, the pod network) write their output for it to
+    /// read: volatile, root-only. Default `/run/kubedna`, the agent unit's RuntimeDirectory.
+    #[serde(default = "default_runtime_dir")]
+    pub runtime_dir: PathBuf,
 }
 
 impl Default for StateSpec {
     fn default() -> Self {
         StateSpec {
             dir: default_state_dir(),
+            runtime_dir: default_runtime_dir(),
         }
     }
+}
+
+fn default_runtime_dir() -> PathBuf {
+    PathBuf::from("/run/kubedna")
 }
 
 fn default_state_dir() -> PathBuf {

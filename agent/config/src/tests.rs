@@ -74,6 +74,7 @@ fn defaults_are_documented_values() {
     assert_eq!(cfg.spec.admin.socket, Path::new("/run/kubedna/agent.sock"));
     assert_eq!(cfg.socket_mode, 0o660);
     assert_eq!(cfg.spec.state.dir, Path::new("/var/lib/kubedna"));
+    assert_eq!(cfg.runtime_dir(), Path::new("/run/kubedna"));
     assert_eq!(cfg.audit_dir(), Path::new("/var/lib/kubedna/audit"));
     assert_eq!(cfg.spec.audit.retention_days, 365);
     assert_eq!(cfg.spec.discovery.port, 7946);
@@ -333,6 +334,11 @@ fn restart_only_changes_are_detected() {
         .parse(&(minimal() + "metrics:\n  listen: 198.18.0.2:9100\n"))
         .expect("d");
     assert_eq!(a.restart_only_changes(&d), vec!["metrics"]);
+    let e = fx
+        .parse(&(minimal() + "state:\n  runtimeDir: /run/kubedna-2\n"))
+        .expect("e");
+    assert_eq!(e.runtime_dir(), Path::new("/run/kubedna-2"));
+    assert_eq!(a.restart_only_changes(&e), vec!["state.runtimeDir"]);
 }
 
 #[test]

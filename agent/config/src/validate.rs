@@ -304,6 +304,7 @@ pub(crate) fn validate(file: &Path, mut spec: AgentConfig) -> Result<Config, Con
     }
 
     spec.state.dir = absolute(&spec.state.dir);
+    spec.state.runtime_dir = absolute(&spec.state.runtime_dir);
     if let Some(d) = &spec.audit.dir {
         spec.audit.dir = Some(absolute(d));
     }

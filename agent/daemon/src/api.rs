@@ -51,6 +51,7 @@ pub struct AppState {
     mesh: MeshSlot,
     node: crate::node::NodeSlot,
     metrics: Arc<crate::metrics::Metrics>,
+    tasks: crate::tasks::Tasks,
 }
 
 impl AppState {
@@ -67,7 +68,13 @@ impl AppState {
             mesh: MeshSlot::default(),
             node: crate::node::NodeSlot::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            tasks: crate::tasks::Tasks::new(),
         }
+    }
+
+    /// The agent's one task set (crate::tasks): every task of the daemon is spawned through it.
+    pub fn tasks(&self) -> &crate::tasks::Tasks {
+        &self.tasks
     }
 
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {

@@ -3,7 +3,8 @@
 //! opened (and a torn tail repaired), the socket bound with its mode and group, and only then is
 //! READY=1 sent. SIGHUP reloads the config (an invalid one is refused and the old one kept);
 //! SIGTERM and SIGINT send STOPPING=1, stop accepting, and drain in-flight calls up to the
-//! configured deadline.
+//! configured deadline. Every task goes through the one task set (crate::tasks) made here; after
+//! the subsystems stopped in order, what still runs is aborted and named.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,10 @@ use crate::api::AppState;
 use crate::logging::{LogControl, LogFormat};
 use crate::mesh;
 use crate::server;
+
+/// How long tasks still running after every subsystem stopped (each within the drain deadline)
+/// get before they are aborted and named in the journal.
+const STRAGGLERS: Duration = Duration::from_secs(2);
 
 /// `kubedna-agent [--config FILE] [--log-format plain|json] [--check-config]`
 #[derive(Debug, Clone, clap::Parser)]
@@ -226,15 +231,14 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
     let state = Arc::new(AppState::new(config, state_dir, audit, log));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let server_task = tokio::spawn(server::serve(
-        listener,
-        Arc::clone(&state),
-        shutdown_rx.clone(),
-        drain,
-    ));
+    let tasks = state.tasks().clone();
+    let server_task = tasks.spawn(
+        "admin server",
+        server::serve(listener, Arc::clone(&state), shutdown_rx.clone(), drain),
+    );
     let watchdog_task = notify::watchdog_interval().map(|every| {
         let mut stop = shutdown_rx.clone();
-        tokio::spawn(async move {
+        tasks.spawn("watchdog", async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tokio::select! {
@@ -247,10 +251,10 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
 
     make_inputs_durable(&state.config());
     notify::ready(&format!("ready; admin API on {}", socket_path.display()));
-    let mesh = mesh::start(&state.config(), state.mesh().clone());
+    let mesh = mesh::start(&state.config(), state.mesh().clone(), &tasks);
     let metrics_task = {
         let (state, mut stop) = (Arc::clone(&state), shutdown_rx.clone());
-        tokio::spawn(async move {
+        tasks.spawn("metrics server", async move {
             let config = state.config();
             let Some(addr) = server::metrics_addr(&config, state.mesh(), &mut stop).await else {
                 return;
@@ -273,6 +277,7 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
         state.node().clone(),
         state.audit().clone(),
         shutdown_rx.clone(),
+        &tasks,
     );
     tracing::info!(
         socket = %socket_path.display(),
@@ -313,11 +318,16 @@ pub async fn run(config: Config, log: LogControl) -> Result<(), StartError> {
     let _ = metrics_task.await;
     let _ = view_task.await;
     mesh::stop(mesh, drain).await;
-    if let Err(e) = server_task.await {
-        tracing::error!(error = %e, "the admin server task failed");
+    if server_task.await.is_none() {
+        tracing::error!("the admin server task failed");
     }
     if let Some(t) = watchdog_task {
         let _ = t.await;
+    }
+    // Every subsystem has stopped; what is left are helpers that outlived them.
+    let left = tasks.drain(STRAGGLERS).await;
+    if !left.is_empty() {
+        tracing::warn!(tasks = ?left, "tasks still running at shutdown were aborted");
     }
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("kubedna-agent stopped");

@@ -23,7 +23,9 @@ use kubedna_proto::{
     Outcome as AuditOutcome, PeerLiveness, Role, Via,
 };
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
+
+use crate::tasks::Done;
 
 use crate::api::AppState;
 use crate::mesh::{request_kind, IncomingRequest, Liveness, MeshHandle};
@@ -40,8 +42,9 @@ const CHUNKS_IN_FLIGHT: usize = 16;
 const LAST_ERROR_CHARS: usize = 300;
 
 /// Serves [`request_kind::CLUSTER_VIEW`] once the mesh runs, until `stop`.
-pub fn spawn_serve(state: Arc<AppState>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
+pub fn spawn_serve(state: Arc<AppState>, mut stop: watch::Receiver<bool>) -> Done<()> {
+    let tasks = state.tasks().clone();
+    tasks.clone().spawn("cluster view server", async move {
         let handle = tokio::select! {
             h = state.mesh().running() => h,
             _ = stop.wait_for(|s| *s) => return,
@@ -57,7 +60,7 @@ pub fn spawn_serve(state: Arc<AppState>, mut stop: watch::Receiver<bool>) -> Joi
         loop {
             tokio::select! {
                 req = requests.recv() => match req {
-                    Some(req) => { tokio::spawn(serve_one(Arc::clone(&state), Arc::clone(&exports), req)); }
+                    Some(req) => { tasks.spawn("cluster view request", serve_one(Arc::clone(&state), Arc::clone(&exports), req)); }
                     None => return,
                 },
                 r = stop.changed() => if r.is_err() || *stop.borrow() { return },

@@ -205,6 +205,7 @@ pub fn build(
     slot: &DoctorSlot,
     actions: ActionLog,
     shutdown: watch::Receiver<bool>,
+    tasks: &crate::tasks::Tasks,
 ) -> Option<Arc<dyn LeaderDuty>> {
     let spec = &config.spec;
     if !spec.doctor.enabled {
@@ -281,7 +282,10 @@ pub fn build(
         role: kubedna_proto::NodeRole::ControlPlane,
         state: MeshState::Alive,
     };
-    tokio::spawn(keep_mesh_view(mesh.clone(), view.clone(), own, shutdown));
+    tasks.spawn(
+        "doctor mesh view keeper",
+        keep_mesh_view(mesh.clone(), view.clone(), own, shutdown),
+    );
     let doctor = Doctor::new(
         provider,
         Kubectl::default(),

@@ -30,3 +30,4 @@ pub mod node;
 pub mod reload;
 pub mod selfaudit;
 pub mod server;
+pub mod tasks;

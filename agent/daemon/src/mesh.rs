@@ -36,6 +36,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::tasks::{Done, Tasks};
+
 pub use kubedna_mesh::runtime::{IncomingRequest, MeshHandle, MeshStopped, RequestError};
 pub use kubedna_mesh::{Liveness, MemberInfo};
 
@@ -262,16 +264,19 @@ pub struct MeshService {
     state_file: PathBuf,
     slot: MeshSlot,
     stop: watch::Sender<bool>,
-    starter: JoinHandle<Option<JoinHandle<std::io::Result<kubedna_mesh::Mesh>>>>,
+    starter: Done<Option<JoinHandle<std::io::Result<kubedna_mesh::Mesh>>>>,
 }
 
 /// Starts the mesh for `config` in the background and fills `slot` once it runs.
-pub fn start(config: &Config, slot: MeshSlot) -> MeshService {
+pub fn start(config: &Config, slot: MeshSlot, tasks: &Tasks) -> MeshService {
     let (stop, stop_rx) = watch::channel(false);
     let config = config.clone();
     let task_slot = slot.clone();
     let state_file = config.state_dir().join(SAVED_MESH_FILE);
-    let starter = tokio::spawn(async move { run_start(config, task_slot, stop_rx).await });
+    let t = tasks.clone();
+    let starter = tasks.spawn("mesh start", async move {
+        run_start(config, task_slot, stop_rx, t).await
+    });
     MeshService {
         state_file,
         slot,
@@ -293,7 +298,7 @@ pub async fn stop(service: MeshService, deadline: Duration) {
         let _ = handle.leave().await;
     }
     let finished = tokio::time::timeout(deadline, async {
-        if let Ok(Some(task)) = service.starter.await {
+        if let Some(Some(task)) = service.starter.await {
             let _ = task.await;
         }
     })
@@ -311,6 +316,7 @@ async fn run_start(
     config: Config,
     slot: MeshSlot,
     mut stop: watch::Receiver<bool>,
+    tasks: Tasks,
 ) -> Option<JoinHandle<std::io::Result<kubedna_mesh::Mesh>>> {
     let spec = &config.spec.discovery;
     // Its length was checked when the config was read.
@@ -368,14 +374,17 @@ async fn run_start(
         }
     };
     let (handle, task) = runtime::spawn(mesh, socket);
-    tokio::spawn(log_events(handle.subscribe()));
-    serve_ping(&handle);
-    tokio::spawn(keep_saved(
-        handle.clone(),
-        config.state_dir().join(SAVED_MESH_FILE),
-        saved,
-        stop.clone(),
-    ));
+    tasks.spawn("mesh event log", log_events(handle.subscribe()));
+    serve_ping(&handle, &tasks);
+    tasks.spawn(
+        "mesh identity saver",
+        keep_saved(
+            handle.clone(),
+            config.state_dir().join(SAVED_MESH_FILE),
+            saved,
+            stop.clone(),
+        ),
+    );
     let discovery_cfg = discovery_config(&config, addr);
     let sources = discovery::spawn(discovery_cfg, handle.clone(), stop.clone());
     tracing::info!(
@@ -451,9 +460,9 @@ async fn pause(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 
 /// Answers [`request_kind::PING`] with the payload: a cheap end-to-end check of the
 /// authenticated request path.
-fn serve_ping(handle: &MeshHandle) {
+fn serve_ping(handle: &MeshHandle, tasks: &Tasks) {
     if let Ok(mut requests) = handle.serve(request_kind::PING, 16) {
-        tokio::spawn(async move {
+        tasks.spawn("mesh ping server", async move {
             while let Some(req) = requests.recv().await {
                 let payload = req.payload.clone();
                 req.respond(Ok(payload));

@@ -26,9 +26,9 @@ use kubedna_host::systemd::DbusSystemd;
 use kubedna_mesh::{Liveness, NodeState};
 use kubedna_proto::NodeRole;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::mesh::{request_kind, MeshHandle, MeshSlot};
+use crate::tasks::{Done, Tasks};
 
 mod engine_config;
 
@@ -91,7 +91,8 @@ pub fn start(
     slot: NodeSlot,
     audit: kubedna_audit::AuditHandle,
     shutdown: watch::Receiver<bool>,
-) -> Option<JoinHandle<()>> {
+    tasks: &Tasks,
+) -> Option<Done<()>> {
     let Some(cps) = config.spec.cluster.control_planes.as_ref() else {
         tracing::warn!(
             file = %config.file.display(),
@@ -110,8 +111,9 @@ pub fn start(
         return None;
     }
     let config = config.clone();
-    Some(tokio::spawn(async move {
-        run(config, mesh, slot, audit, shutdown).await;
+    let t = tasks.clone();
+    Some(tasks.spawn("control-plane engine", async move {
+        run(config, mesh, slot, audit, shutdown, t).await;
     }))
 }
 
@@ -121,6 +123,7 @@ async fn run(
     slot: NodeSlot,
     audit: kubedna_audit::AuditHandle,
     mut shutdown: watch::Receiver<bool>,
+    tasks: Tasks,
 ) {
     let handle = tokio::select! {
         h = mesh.running() => h,
@@ -144,20 +147,20 @@ async fn run(
         mesh: handle.clone(),
         view: view.clone(),
     };
-    let actions = crate::selfaudit::log(audit);
+    let actions = crate::selfaudit::log(audit, &tasks);
     let cfg = engine_config(&config, handle.local_addr().ip(), actions.clone());
     let api_port = cfg.api_port();
     let kubeadm = KubeadmUnit {
         systemd: systemd.clone(),
         runs: Arc::new(AtomicU64::new(0)),
         records: OpRecords::new(config.state_dir().join("kubeadm")),
-        out_dir: config
-            .spec
-            .admin
-            .socket
-            .parent()
-            .map_or_else(|| PathBuf::from("/run/kubedna"), Path::to_path_buf),
+        out_dir: config.runtime_dir().to_path_buf(),
+        tasks: tasks.clone(),
     };
+    if let Err(e) = std::fs::create_dir_all(&kubeadm.out_dir) {
+        tracing::error!(dir = %kubeadm.out_dir.display(), error = %e, "control plane: cannot create state.runtimeDir, where kubeadm's output is read from; fix the directory or the setting and restart the agent");
+        return;
+    }
     let podnet = (systemd.clone(), kubeadm.out_dir.clone());
     let mut engine = match Engine::new(
         cfg,
@@ -176,7 +179,8 @@ async fn run(
             return;
         }
     };
-    if let Some(doctor) = crate::doctor::build(&config, &handle, &slot.1, actions, shutdown.clone())
+    if let Some(doctor) =
+        crate::doctor::build(&config, &handle, &slot.1, actions, shutdown.clone(), &tasks)
     {
         engine.set_doctor(doctor);
     }
@@ -184,22 +188,28 @@ async fn run(
     let _ = slot.0.set(engine_handle.clone());
     // Keep the view, /etc/hosts and the gossiped state current; answer other nodes.
     let local = (config.node_name.clone(), handle.local_addr());
-    tokio::spawn(keep_view(
-        handle.clone(),
-        view.clone(),
-        engine_handle.clone(),
-        cluster,
-        local,
-        api_port,
-        shutdown.clone(),
-    ));
-    serve(&handle, view, engine_handle);
-    tokio::spawn(keep_pod_network(
-        podnet.0,
-        config.node_name.clone(),
-        podnet.1,
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "peer view keeper",
+        keep_view(
+            handle.clone(),
+            view.clone(),
+            engine_handle.clone(),
+            cluster,
+            local,
+            api_port,
+            shutdown.clone(),
+        ),
+    );
+    serve(&handle, view, engine_handle, &tasks);
+    tasks.spawn(
+        "pod network keeper",
+        keep_pod_network(
+            podnet.0,
+            config.node_name.clone(),
+            podnet.1,
+            shutdown.clone(),
+        ),
+    );
     tracing::info!(node = %config.node_name, "control plane: engine running");
     engine.run(shutdown).await;
     tracing::info!("control plane: engine stopped");
@@ -486,7 +496,7 @@ impl Peers for MeshPeers {
 }
 
 /// Answers other nodes' engine requests, only from nodes the mesh lists as alive.
-fn serve(mesh: &MeshHandle, view: PeerView, engine: EngineHandle) {
+fn serve(mesh: &MeshHandle, view: PeerView, engine: EngineHandle, tasks: &Tasks) {
     let mut requests = match mesh.serve(request_kind::CONTROL_PLANE, 32) {
         Ok(r) => r,
         Err(e) => {
@@ -494,7 +504,8 @@ fn serve(mesh: &MeshHandle, view: PeerView, engine: EngineHandle) {
             return;
         }
     };
-    tokio::spawn(async move {
+    let t = tasks.clone();
+    tasks.spawn("engine request server", async move {
         while let Some(req) = requests.recv().await {
             let Some(from) = view.by_addr(req.from) else {
                 let from = req.from;
@@ -504,7 +515,7 @@ fn serve(mesh: &MeshHandle, view: PeerView, engine: EngineHandle) {
                 continue;
             };
             let engine = engine.clone();
-            tokio::spawn(async move {
+            t.spawn("engine request", async move {
                 let answer = match postcard::from_bytes::<Request>(&req.payload) {
                     Ok(r) => {
                         tracing::debug!(peer = %from, request = ?r, "control plane: request");
@@ -584,6 +595,7 @@ struct KubeadmUnit {
     runs: Arc<AtomicU64>,
     records: OpRecords,
     out_dir: PathBuf,
+    tasks: Tasks,
 }
 
 /// Stops a duty's unit if the call is dropped before the unit ended.
@@ -591,13 +603,14 @@ struct StopOnDrop {
     systemd: DbusSystemd,
     unit: String,
     armed: bool,
+    tasks: Tasks,
 }
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         if self.armed {
             let (sd, unit) = (self.systemd.clone(), self.unit.clone());
-            tokio::spawn(async move {
+            self.tasks.spawn("stop an abandoned unit", async move {
                 use kubedna_host::systemd::Systemd;
                 let _ = sd.stop(&unit).await;
             });
@@ -636,6 +649,7 @@ impl Kubeadm for KubeadmUnit {
             systemd: self.systemd.clone(),
             unit: unit.clone(),
             armed: !op.is_node_operation(),
+            tasks: self.tasks.clone(),
         };
         let r = self
             .systemd

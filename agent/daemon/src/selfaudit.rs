@@ -8,11 +8,11 @@ use kubedna_audit::{AuditHandle, Entry};
 use kubedna_controlplane::actions::{ActionLog, AgentAction};
 use kubedna_proto::{AuditResult, Outcome, Via};
 
-/// A log whose reports are written to `audit` by a task of its own, which ends when the last
-/// reporter is dropped.
-pub fn log(audit: AuditHandle) -> ActionLog {
+/// A log whose reports are written to `audit` by a task of its own (in `tasks`), which ends
+/// when the last reporter is dropped.
+pub fn log(audit: AuditHandle, tasks: &crate::tasks::Tasks) -> ActionLog {
     let (log, mut rx) = ActionLog::channel();
-    tokio::spawn(async move {
+    tasks.spawn("agent action audit", async move {
         while let Some(a) = rx.recv().await {
             let action = a.action;
             if let Err(e) = audit.append(entry(a)).await {

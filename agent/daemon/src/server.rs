@@ -80,6 +80,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let tasks = state.tasks().clone();
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -105,7 +106,7 @@ pub async fn serve(
                 let conn = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                tasks.spawn("admin connection", async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "admin connection ended with an error");
                     }
@@ -155,6 +156,7 @@ pub async fn serve_metrics(
 ) {
     use bytes::Bytes;
     use http_body_util::Full;
+    let tasks = state.tasks().clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -175,8 +177,14 @@ pub async fn serve_metrics(
                         Ok::<_, std::convert::Infallible>(resp.expect("static response parts are valid"))
                     }
                 });
-                tokio::spawn(async move {
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                // Ends with the agent: a scraper keeps its connection open between scrapes.
+                let mut stop = shutdown.clone();
+                tasks.spawn("metrics connection", async move {
+                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
                 });
             }
             _ = shutdown.changed() => break,

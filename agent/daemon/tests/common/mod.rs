@@ -26,7 +26,7 @@ pub struct Agent {
 /// A config for `dir` with `extra` YAML appended (top-level sections).
 pub fn config_text(dir: &Path, extra: &str, admin: &str) -> String {
     format!(
-        "apiVersion: kubedna.io/v1alpha1\nkind: AgentConfig\ncluster:\n  name: test\n  secretFile: {dir}/cluster.secret\nnode:\n  name: n1\n  role: control-plane\nstate:\n  dir: {dir}/state\nadmin:\n  socket: {dir}/agent.sock\n{admin}{extra}",
+        "apiVersion: kubedna.io/v1alpha1\nkind: AgentConfig\ncluster:\n  name: test\n  secretFile: {dir}/cluster.secret\nnode:\n  name: n1\n  role: control-plane\nstate:\n  dir: {dir}/state\n  runtimeDir: {dir}/run\nadmin:\n  socket: {dir}/agent.sock\n{admin}{extra}",
         dir = dir.display()
     )
 }
