@@ -23,7 +23,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,20 +41,7 @@ const REPLACED: Duration = Duration::from_secs(900);
 const DEPLOYMENT: &str = "doc-pause";
 
 fn opts() -> UpOptions {
-    assert_root();
-    let image = std::env::var_os("KUBEDNA_LAB_K8S_IMAGE")
-        .map(PathBuf::from)
-        .expect("set KUBEDNA_LAB_K8S_IMAGE to a node image with real Kubernetes (scripts/lab-image builds it; scripts/test does)");
-    UpOptions {
-        root: ROOT.into(),
-        name: LAB.into(),
-        control_planes: 3,
-        workers: 2,
-        image,
-        image_cache: kubedna_lab::image::DEFAULT_CACHE.into(),
-        subnet: SUBNET.parse().unwrap_or_else(|e| panic!("{e}")),
-        timeout: Duration::from_secs(180),
-    }
+    lab_opts(LAB, SUBNET, (3, 2), k8s_image())
 }
 
 /// Opens the lab for one look (the lab is locked while open; the API's backend needs it too).

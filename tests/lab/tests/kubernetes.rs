@@ -35,7 +35,6 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::faults::*;
@@ -52,20 +51,7 @@ const LEASE_TTL: Duration = Duration::from_secs(15);
 const APISERVER_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
 
 fn opts() -> UpOptions {
-    assert_root();
-    let image = std::env::var_os("KUBEDNA_LAB_K8S_IMAGE")
-        .map(PathBuf::from)
-        .expect("set KUBEDNA_LAB_K8S_IMAGE to a node image with real Kubernetes (scripts/lab-image builds it; scripts/test does)");
-    UpOptions {
-        root: ROOT.into(),
-        name: LAB.into(),
-        control_planes: 3,
-        workers: 2,
-        image,
-        image_cache: kubedna_lab::image::DEFAULT_CACHE.into(),
-        subnet: SUBNET.parse().unwrap_or_else(|e| panic!("{e}")),
-        timeout: Duration::from_secs(180),
-    }
+    lab_opts(LAB, SUBNET, (3, 2), k8s_image())
 }
 
 #[test]

@@ -38,7 +38,6 @@ const PROMETHEUS_PORT: u16 = 9090;
 const METRICS_PORT: u16 = 9464;
 
 fn opts() -> UpOptions {
-    assert_root();
     let image = std::env::var_os("KUBEDNA_LAB_IMAGE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/kubedna-lab-dev/rootfs"));
@@ -47,16 +46,7 @@ fn opts() -> UpOptions {
         "no node image at {} (set KUBEDNA_LAB_IMAGE; docs/lab.md says how to build one with --test-doubles)",
         image.display()
     );
-    UpOptions {
-        root: ROOT.into(),
-        name: LAB.into(),
-        control_planes: 3,
-        workers: 2,
-        image,
-        image_cache: kubedna_lab::image::DEFAULT_CACHE.into(),
-        subnet: SUBNET.parse().unwrap_or_else(|e| panic!("{e}")),
-        timeout: Duration::from_secs(180),
-    }
+    lab_opts(LAB, SUBNET, (3, 2), image)
 }
 
 #[test]

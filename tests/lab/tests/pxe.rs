@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{assert_root, diagnose, poll, Down, ROOT};
-use kubedna_lab::lab::{self, Lab, UpOptions};
+use common::{diagnose, lab_opts, poll, Down, ROOT};
+use kubedna_lab::lab::{self, Lab};
 use kubedna_lab::qemu::{OVMF_CODE, OVMF_VARS};
 use serde_json::Value;
 
@@ -101,27 +101,15 @@ enum Wire<'a> {
 }
 
 impl Vm {
-    /// Boots a blank UEFI machine whose only boot device is the virtio NIC's iPXE.
-    fn netboot(dir: &Path, name: &str, mac: &str, www: &Path, tftp: &Path) -> Vm {
-        Vm::boot(
-            dir,
-            name,
-            mac,
-            &Wire::Provisioning { www, tftp },
-            None,
-            None,
-        )
-    }
-
-    /// A blank machine with a local disk: the firmware tries the disk first (bootindex 1), the
-    /// NIC second, as a datacenter machine that installs itself is set up.
-    fn netboot_with_disk(
+    /// Boots a blank UEFI machine from the virtio NIC's iPXE on the provisioning network. With
+    /// a local disk, the firmware tries the disk first (bootindex 1) and the NIC second, as a
+    /// datacenter machine that installs itself is set up.
+    fn netboot(
         dir: &Path,
         name: &str,
         mac: &str,
-        www: &Path,
-        tftp: &Path,
-        disk: &Path,
+        (www, tftp): (&Path, &Path),
+        disk: Option<&Path>,
     ) -> Vm {
         Vm::boot(
             dir,
@@ -129,7 +117,7 @@ impl Vm {
             mac,
             &Wire::Provisioning { www, tftp },
             None,
-            Some(disk),
+            disk,
         )
     }
 
@@ -423,7 +411,7 @@ fn blank_machines_network_boot_install_to_disk_and_only_a_described_mac_gets_a_s
     // A machine nobody described: refused before any kernel is fetched.
     let refusal = "KubeDNA: no seed for MAC 52-54-00-64-00-99";
     {
-        let mut vm = Vm::netboot(dir, "unknown", UNKNOWN_MAC, &www, &tftp);
+        let mut vm = Vm::netboot(dir, "unknown", UNKNOWN_MAC, (&www, &tftp), None);
         let t = vm.wait_for(&[("refusal on the console", refusal)], BOOT);
         eprintln!(
             "FIGURE unknown MAC refused at boot.ipxe after {:.1} s wall",
@@ -440,7 +428,7 @@ fn blank_machines_network_boot_install_to_disk_and_only_a_described_mac_gets_a_s
     }
 
     // The described machine: network boot to its agent.
-    let mut vm = Vm::netboot(dir, "pxe-w1", KNOWN_MAC, &www, &tftp);
+    let mut vm = Vm::netboot(dir, "pxe-w1", KNOWN_MAC, (&www, &tftp), None);
     let stages = [
         ("DHCP and the boot file over TFTP", "kubedna.ipxe : "),
         ("boot.ipxe over HTTP", "/kubedna/boot.ipxe... ok"),
@@ -486,17 +474,8 @@ fn blank_machines_network_boot_install_to_disk_and_only_a_described_mac_gets_a_s
 
 /// The lab the installed machine joins (`LAB` on `SUBNET`): one control plane, no workers.
 fn lab_cluster(image: &Path) -> Lab {
-    assert_root();
-    let opts = UpOptions {
-        root: ROOT.into(),
-        name: LAB.into(),
-        control_planes: 1,
-        workers: 0,
-        image: image.to_path_buf(),
-        image_cache: kubedna_lab::image::DEFAULT_CACHE.into(),
-        subnet: SUBNET.parse().unwrap_or_else(|e| panic!("{e}")),
-        timeout: Duration::from_secs(300),
-    };
+    let mut opts = lab_opts(LAB, SUBNET, (1, 0), image.to_path_buf());
+    opts.timeout = Duration::from_secs(300);
     lab::down(ROOT.as_ref(), LAB).unwrap_or_else(|e| panic!("pre-clean {LAB}: {e}"));
     Lab::up(&opts).unwrap_or_else(|e| panic!("lab up {LAB}: {e}"))
 }
@@ -559,7 +538,7 @@ fn tampered_image_stops_the_install_before_the_disk_is_touched(
     }
     let disk = dir.join("tampered-disk.qcow2");
     blank_disk(&disk);
-    let mut vm = Vm::netboot_with_disk(dir, "tampered", INSTALL_MAC, &bad, tftp, &disk);
+    let mut vm = Vm::netboot(dir, "tampered", INSTALL_MAC, (&bad, tftp), Some(&disk));
     let t = vm.wait_for(
         &[
             (
@@ -590,7 +569,7 @@ fn tampered_image_stops_the_install_before_the_disk_is_touched(
 fn installs_to_disk_and_boots_from_it(dir: &Path, www: &Path, tftp: &Path, lab: &Lab) {
     let disk = dir.join("pxe-w2-disk.qcow2");
     blank_disk(&disk);
-    let mut vm = Vm::netboot_with_disk(dir, "pxe-w2", INSTALL_MAC, www, tftp, &disk);
+    let mut vm = Vm::netboot(dir, "pxe-w2", INSTALL_MAC, (www, tftp), Some(&disk));
     let install = [
         ("network boot: kernel over HTTP", "/kubedna/vmlinuz... ok"),
         (

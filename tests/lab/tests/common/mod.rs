@@ -26,6 +26,33 @@ pub fn assert_root() {
     );
 }
 
+/// The node image with real Kubernetes (`KUBEDNA_LAB_K8S_IMAGE`, which scripts/test sets).
+pub fn k8s_image() -> std::path::PathBuf {
+    std::env::var_os("KUBEDNA_LAB_K8S_IMAGE")
+        .map(std::path::PathBuf::from)
+        .expect("set KUBEDNA_LAB_K8S_IMAGE to a node image with real Kubernetes (scripts/lab-image builds it; scripts/test does)")
+}
+
+/// Options for a nspawn lab `name` on `subnet` with `image`, under [`ROOT`], checking root.
+pub fn lab_opts(
+    name: &str,
+    subnet: &str,
+    (control_planes, workers): (u32, u32),
+    image: std::path::PathBuf,
+) -> kubedna_lab::lab::UpOptions {
+    assert_root();
+    kubedna_lab::lab::UpOptions {
+        root: ROOT.into(),
+        name: name.into(),
+        control_planes,
+        workers,
+        image,
+        image_cache: kubedna_lab::image::DEFAULT_CACHE.into(),
+        subnet: subnet.parse().unwrap_or_else(|e| panic!("{e}")),
+        timeout: Duration::from_secs(180),
+    }
+}
+
 /// Takes the lab down when the test ends, even by panic (unless `KUBEDNA_LAB_KEEP_FAILED` is
 /// set and the test failed: then the lab stays for inspection, and `kubedna-lab --name LAB
 /// down` removes it). Declare it before the lab, so it is dropped after it.
