@@ -25,10 +25,9 @@ use kubedna_proto::{
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::tasks::Done;
-
 use crate::api::AppState;
 use crate::mesh::{request_kind, IncomingRequest, Liveness, MeshHandle};
+use crate::tasks::Done;
 use decide::{MemberView, NodeAudit, Outcome, Plan, Target};
 use wire::{Asker, AuditExport, AuditQuery, ViewAnswer, ViewRequest, CHUNK};
 

@@ -1,9 +1,9 @@
 //! The agent's tasks, in one place. `app` makes one [`Tasks`] and every module of the daemon
 //! spawns through it: its subsystems (admin server, metrics, mesh, engine) and their helpers
 //! (event loggers, view keepers, per-request tasks). It is one `JoinSet`, so no task is detached
-//! and forgotten: a task that panics is logged with its name when it is reaped, and at shutdown
-//! `app` waits for every task still running up to the drain deadline, then aborts the rest and
-//! names them. Libraries (the mesh runtime) keep their own tasks behind their handles.
+//! and forgotten: a task that panics is logged with its name when it is reaped, and at shutdown,
+//! once the subsystems stopped in order, `app` gives the tasks still running a short grace
+//! (`app::STRAGGLERS`), then aborts them and names them in the journal. Libraries (the mesh runtime) keep their own tasks behind their handles.
 
 use std::collections::HashMap;
 use std::future::Future;
